@@ -1,0 +1,52 @@
+"""Training losses.
+
+Denoising score matching (Vincent 2011; Song et al. 2021, eq. 7) for the VE SDE, with
+lambda(t) = std(t)^2 weighting:
+    t ~ U(eps, 1), z ~ N(0, I), x_t = x + std(t) z
+    L = E || std(t) s(x_t, t) + z ||^2          (summed over pixels, averaged over the batch)
+With probability `label_dropout` a label is replaced by the null class, so one network learns both the
+conditional and unconditional scores (classifier-free guidance, Ho & Salimans 2022).
+
+Autoencoder: MSE + lambda * LPIPS (Zhang et al. 2018) on 3-channel repeats of [0, 1] images
+(`normalize=True` maps them to [-1, 1], the range LPIPS expects).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def dsm_noise(x: torch.Tensor, generator: torch.Generator | None, eps: float = 1e-3,
+              label_dropout: float = 0.0) -> dict:
+    """The randomness of one DSM batch, drawn on CPU: t (B,), z like x, drop (B,) bool."""
+    b = x.shape[0]
+    return {"t": torch.rand(b, generator=generator, dtype=torch.float64).float() * (1.0 - eps) + eps,
+            "z": torch.randn(x.shape, generator=generator),
+            "drop": torch.rand(b, generator=generator) < label_dropout}
+
+
+def dsm_loss(score_model, x: torch.Tensor, labels: torch.Tensor | None = None, noise: dict | None = None,
+             generator: torch.Generator | None = None, label_dropout: float = 0.0) -> torch.Tensor:
+    """E || std(t) s(x + std(t) z, t) + z ||^2; `noise` from `dsm_noise` (drawn here when None)."""
+    if noise is None:
+        noise = dsm_noise(x, generator, score_model.sde.eps, label_dropout)
+    t, z = noise["t"].to(x.device), noise["z"].to(x.device, x.dtype)
+    std = score_model.sde.marginal_std(t)[:, None, None, None]
+    if labels is not None:
+        labels = torch.where(noise["drop"].to(x.device), torch.full_like(labels, score_model.null_label), labels)
+    score = score_model(x + std * z, t, labels)
+    return (std * score + z).square().flatten(1).sum(dim=1).mean()
+
+
+def autoencoder_loss(autoencoder, x: torch.Tensor, perceptual=None, perceptual_weight: float = 1.0):
+    """MSE(x_hat, x) + w * LPIPS(x_hat, x); `perceptual` is an lpips.LPIPS (or any callable with its
+    signature) or None for MSE only. Returns (loss, x_hat, parts dict)."""
+    x_hat = autoencoder(x)
+    mse = F.mse_loss(x_hat, x)
+    parts = {"mse": mse.detach()}
+    loss = mse
+    if perceptual is not None:
+        lp = perceptual(x_hat.repeat(1, 3, 1, 1), x.repeat(1, 3, 1, 1), normalize=True).mean()
+        parts["lpips"] = lp.detach()
+        loss = loss + perceptual_weight * lp
+    return loss, x_hat, parts

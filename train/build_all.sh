@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Build every shipped checkpoint with the committed settings, in dependency order, then evaluate.
+# Each step resumes from its last checkpoint if interrupted (--resume), so rerunning continues.
+# Usage: bash train/build_all.sh [extra flags for every script, e.g. --push-to-hub user/mnist-diffusion-lab]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m train.classifier --resume "$@"
+python -m train.autoencoder --perceptual none --resume "$@"   # LPIPS backbone is not downloadable offline
+python -m train.pixel_cond --resume "$@"
+python -m train.latent_cond --resume "$@"
+python -m train.pixel_uncond --resume "$@"
+python -m train.evaluate --all

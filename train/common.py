@@ -1,0 +1,35 @@
+"""Pieces every training script shares: setup (threads, device, data) and finish (weights, push)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from train.data import load_mnist
+from train.loop import TrainConfig, dist_setup, save_weights
+
+
+def setup(cfg: TrainConfig):
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rank, world, device = dist_setup()
+    x, y = load_mnist("train", cfg.mnist_dir or None, limit=cfg.train_limit or None)
+    cfg._t_start = time.time()
+    return rank, world, device, (x, y)
+
+
+def finish(cfg: TrainConfig, ema_model, summary: dict | None = None):
+    """Save EMA weights to cfg.weights_dir (atomically), record the run, optionally push."""
+    summary = dict(summary or {})
+    summary["wall_time_s"] = round(time.time() - getattr(cfg, "_t_start", time.time()), 1)
+    summary["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
+    if cfg.weights_dir:
+        dest = save_weights(ema_model, cfg.weights_dir)
+        (Path(cfg.out) / "train_summary.json").write_text(json.dumps(summary, indent=1))
+        print(f"EMA weights written to {dest}  ({summary})")
+        if cfg.push_to_hub:
+            from diffusion.hub import push_folder
+            commit = push_folder(dest, cfg.push_to_hub)
+            print(f"pushed {dest} to {cfg.push_to_hub} at commit {commit}")

@@ -1,0 +1,19 @@
+"""latent-cond: class-conditional score model on the autoencoder's scaled latents. python -m train.latent_cond"""
+from dataclasses import dataclass
+
+from train.diffusion_models import ScoreConfig, main
+
+
+@dataclass
+class LatentCondConfig(ScoreConfig):
+    out: str = "runs/latent-cond"
+    weights_dir: str = "weights/latent-cond"
+    space: str = "latent"
+    conditional: bool = True
+    channels: str = "64,128"
+    attention_levels: str = "0,1"
+    steps: int = 6000
+
+
+if __name__ == "__main__":
+    main(config_cls=LatentCondConfig)

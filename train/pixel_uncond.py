@@ -1,0 +1,17 @@
+"""pixel-uncond: unconditional pixel-space score model. python -m train.pixel_uncond [flags]"""
+from dataclasses import dataclass
+
+from train.diffusion_models import ScoreConfig, main
+
+
+@dataclass
+class PixelUncondConfig(ScoreConfig):
+    out: str = "runs/pixel-uncond"
+    weights_dir: str = "weights/pixel-uncond"
+    space: str = "pixel"
+    conditional: bool = False
+    steps: int = 6000
+
+
+if __name__ == "__main__":
+    main(config_cls=PixelUncondConfig)
