@@ -2,21 +2,40 @@
 
 Local first: `weights/<name>/` (config.json + model.safetensors + README.md, save_pretrained layout).
 Hub: one repository holding one folder per model name, downloaded with `huggingface_hub` at a pinned
-revision (a commit sha recorded by `push_folder` in weights/hub.json). When the Hub cannot be reached
-the loaders fall back to the local weights and say so in the returned messages.
-Loading is strict and safetensors-only (see hub_mixin.py).
+revision (the commit sha `push_folder` records in weights/hub.json). Loading is strict and
+safetensors-only (see hub_mixin.py).
+
+Hub loading, in order:
+1. a full commit sha that is complete in the local Hub cache loads with no network request at all;
+   so does any revision when offline (HF_HUB_OFFLINE=1) and it is cached;
+2. otherwise one metadata request resolves the revision to a commit and lists its files: a missing
+   repo, revision or file each give their own error (a Hub that cannot be reached falls back to the
+   cache for that revision);
+3. the folder is downloaded with `snapshot_download`, and every cached file is checked against the
+   Hub's checksum (git blob sha1, or sha256 for LFS files); a mismatching file is deleted from the cache.
+When any of this fails, `load_model` falls back to the local weights and says why in `messages`.
+
+HF_ENDPOINT, HF_HUB_CACHE / HF_HOME and HF_HUB_OFFLINE are read when a function is called (not only
+when huggingface_hub is imported), so they can be set after import.
+
+Publishing: `push_folder` uploads exactly config.json, model.safetensors and (if present) README.md
+in one commit. A folder holding anything else (optimizer state, checkpoints, pickles, sample grids)
+is refused, not silently filtered: weights/<name>/ is also what ships in git and what the app loads.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
 
 from .autoencoder import AutoEncoder
-from .hub_mixin import WEIGHTS_NAME, load_state_dict_checked, refuse_pickle
+from .hub_mixin import (CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, CorruptWeightsError, UnsafeWeightsError,
+                        hub_cache_dir, hub_endpoint, pickle_files, refuse_pickle)
 from .metrics import Classifier
 from .pipeline import Pipeline
 from .score import ScoreModel
@@ -26,11 +45,38 @@ log = logging.getLogger(__name__)
 MODEL_CLASSES = {"pixel-uncond": ScoreModel, "pixel-cond": ScoreModel, "latent-cond": ScoreModel,
                  "autoencoder": AutoEncoder, "classifier": Classifier}
 PIPELINE_NAMES = ("pixel-uncond", "pixel-cond", "latent-cond")
-FOLDER_FILES = ("config.json", WEIGHTS_NAME, "README.md")
+FOLDER_FILES = (CONFIG_NAME, WEIGHTS_NAME, "README.md")
+REQUIRED_FILES = (CONFIG_NAME, WEIGHTS_NAME)
 DEFAULT_WEIGHTS_DIR = Path(os.environ.get("MNIST_DIFFUSION_WEIGHTS", Path(__file__).resolve().parent.parent / "weights"))
+PIN_FILE = "hub.json"
+_SHA = re.compile(r"[0-9a-f]{40}")
 
 
 class WeightsNotFound(FileNotFoundError):
+    pass
+
+
+class HubLoadError(Exception):
+    """A Hub download that failed for a reason a person can act on; str(e) is that reason."""
+
+
+class HubUnreachable(HubLoadError):
+    pass
+
+
+class HubRepoNotFound(HubLoadError):
+    pass
+
+
+class HubRevisionNotFound(HubLoadError):
+    pass
+
+
+class HubFileNotFound(HubLoadError):
+    pass
+
+
+class HubCorruptDownload(HubLoadError):
     pass
 
 
@@ -40,47 +86,248 @@ def _check_name(name: str) -> type:
     return MODEL_CLASSES[name]
 
 
+def _weights_dir(weights_dir) -> Path:
+    return Path(weights_dir or DEFAULT_WEIGHTS_DIR)
+
+
+# ---------------------------------------------------------------- local
+
+
 def load_local(name: str, weights_dir: str | os.PathLike | None = None, device="cpu"):
     """Load weights/<name>/ strictly; a clear error when it is missing or unsafe."""
     cls = _check_name(name)
-    folder = Path(weights_dir or DEFAULT_WEIGHTS_DIR) / name
+    folder = _weights_dir(weights_dir) / name
     refuse_pickle(folder)
-    if not (folder / "config.json").is_file() or not (folder / WEIGHTS_NAME).is_file():
+    if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
+        found = pickle_files(folder)
+        if found and not (folder / WEIGHTS_NAME).is_file():
+            raise UnsafeWeightsError(
+                f"{folder} holds only {found} for {name!r}: pickle checkpoints can run code when loaded and are "
+                f"never opened. Convert them to {WEIGHTS_NAME} with a trusted script, or use the shipped weights.")
         raise WeightsNotFound(
-            f"no trained weights for {name!r} in {folder} (need config.json and {WEIGHTS_NAME}). "
+            f"no trained weights for {name!r} in {folder} (need {CONFIG_NAME} and {WEIGHTS_NAME}). "
             f"Get them with `git lfs pull`/a fresh clone (they ship in weights/), download them with "
             f"--hub-repo REPO_ID, or train them: python -m train.{name.replace('-', '_')}")
     return cls.from_pretrained(str(folder), map_location=str(device)).to(device)
 
 
+# ---------------------------------------------------------------- Hub download
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+    return constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:limit]}" if text else type(e).__name__
+
+
+def _is_connection_error(e: BaseException) -> bool:
+    """No answer from the Hub (refused, DNS, timeout, offline mode) or a 5xx answer."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    if isinstance(e, (httpx2.TransportError, OfflineModeIsEnabled, ConnectionError, TimeoutError)):
+        return True
+    return isinstance(e, HfHubHTTPError) and e.response is not None and e.response.status_code >= 500
+
+
+def _git_blob_sha1(path: Path) -> str:
+    h = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verify_cached_files(folder: Path, where: str) -> None:
+    """Check each cached file against its ETag (the blob's file name in the cache: sha256 for LFS files,
+    git blob sha1 otherwise). A mismatch deletes the blob and the snapshot link, then raises."""
+    for fname in FOLDER_FILES:
+        link = folder / fname
+        if not link.is_symlink():  # copies (no symlink support): the etag is not recoverable here; skip
+            continue
+        blob = link.resolve()
+        etag = blob.name
+        if not blob.is_file():
+            link.unlink(missing_ok=True)
+            raise HubCorruptDownload(f"{where}: {folder.name}/{fname} is a dangling link in the Hub cache; removed it")
+        got = _sha256(blob) if len(etag) == 64 else _git_blob_sha1(blob) if len(etag) == 40 else etag
+        if got != etag:
+            blob.unlink(missing_ok=True)
+            link.unlink(missing_ok=True)
+            raise HubCorruptDownload(
+                f"{folder.name}/{fname} from {where} does not match the Hub's checksum (expected {etag[:12]}..., "
+                f"got {got[:12]}...): the download was corrupted; it was removed from the cache")
+
+
+def _write_ref(cache: str, repo_id: str, revision: str, sha: str) -> None:
+    from huggingface_hub.file_download import repo_folder_name
+    ref = Path(cache) / repo_folder_name(repo_id=repo_id, repo_type="model") / "refs" / revision
+    try:
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ref.with_name(f".{ref.name}.tmp")
+        tmp.write_text(sha)
+        os.replace(tmp, ref)
+    except OSError as e:  # a read-only cache still works online
+        log.warning("could not record %s -> %s in the Hub cache: %s", revision, sha, e)
+
+
+def _cached_folder(name: str, repo_id: str, revision: str, cache: str) -> tuple[Path, str] | None:
+    """(folder, commit sha) of a complete, checksum-verified cached copy, with no network request; else None."""
+    from huggingface_hub import snapshot_download
+    try:
+        root = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=True,
+                                      allow_patterns=[f"{name}/{f}" for f in FOLDER_FILES]))
+    except Exception as e:  # noqa: BLE001 - not cached, or cached incompletely
+        log.debug("no usable cached copy of %s@%s: %s", repo_id, revision, _first_line(e))
+        return None
+    folder = root / name
+    if not all((folder / f).is_file() for f in REQUIRED_FILES):
+        return None
+    try:
+        _verify_cached_files(folder, f"{repo_id}@{root.name[:12]}")
+    except HubCorruptDownload as e:
+        log.warning("%s", e)
+        return None
+    return folder, root.name
+
+
+def fetch_folder(name: str, repo_id: str, revision: str | None = None, cache_dir=None,
+                 token=None) -> tuple[Path, str, str]:
+    """Download <repo_id>/<name>/ at `revision`: (folder, commit sha, how) with how in
+    {"cache", "cache-offline", "cache-unreachable", "download"}. Raises HubLoadError subclasses
+    (or UnsafeWeightsError for a pickle-only folder) with a message that names repo, revision and file."""
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+    _check_name(name)
+    rev = revision or "main"
+    cache, endpoint = hub_cache_dir(cache_dir), hub_endpoint()
+    where = f"{repo_id}@{rev}"
+
+    # 1. a pinned commit, or offline: the cache alone, no request
+    offline = _offline()
+    if _SHA.fullmatch(rev) or offline:
+        hit = _cached_folder(name, repo_id, rev, cache)
+        if hit:
+            return (*hit, "cache-offline" if offline else "cache")
+        if offline:
+            raise HubUnreachable(f"offline mode is on (HF_HUB_OFFLINE=1) and {where} is not in the local Hub "
+                                 f"cache ({cache})")
+
+    # 2. resolve the revision and list its files: one request, no retries
+    try:
+        info = HfApi(endpoint=endpoint, token=token).model_info(repo_id, revision=rev,
+                                                                timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except RevisionNotFoundError:
+        raise HubRevisionNotFound(f"the Hub repository {repo_id!r} has no revision {rev!r} "
+                                  f"(no such commit, branch or tag)") from None
+    except RepositoryNotFoundError:
+        raise HubRepoNotFound(f"the Hub repository {repo_id!r} was not found at {endpoint} "
+                              f"(check the id; a private repo needs a token)") from None
+    except Exception as e:  # noqa: BLE001
+        if not _is_connection_error(e):
+            raise
+        hit = _cached_folder(name, repo_id, rev, cache)
+        if hit:
+            return (*hit, "cache-unreachable")
+        raise HubUnreachable(f"the Hub at {endpoint} could not be reached ({_first_line(e, 120)}) and {where} "
+                             f"is not in the local Hub cache ({cache})") from None
+    sha = info.sha
+    where = f"{repo_id}@{rev}" if rev == sha else f"{repo_id}@{rev} (commit {sha[:12]})"
+    if info.siblings is not None:
+        present = {s.rfilename for s in info.siblings}
+        here = sorted(p.split("/", 1)[1] for p in present if p.startswith(f"{name}/"))
+        missing = [f for f in REQUIRED_FILES if f"{name}/{f}" not in present]
+        pickles = [f for f in here if f.lower().endswith(PICKLE_SUFFIXES)]
+        if WEIGHTS_NAME in missing and pickles:
+            raise UnsafeWeightsError(
+                f"{where} has no {name}/{WEIGHTS_NAME}, only {', '.join(f'{name}/{p}' for p in pickles)}: pickle "
+                f"checkpoints can run code when loaded and are never downloaded or opened")
+        if missing:
+            listing = f"{name}/ holds {here}" if here else f"there is no {name}/ folder"
+            raise HubFileNotFound(f"{where} has no {', '.join(f'{name}/{m}' for m in missing)} ({listing})")
+
+    # 3. download (only the published files), then check checksums
+    try:
+        root = Path(snapshot_download(repo_id, revision=sha, cache_dir=cache, endpoint=endpoint, token=token,
+                                      allow_patterns=[f"{name}/{f}" for f in FOLDER_FILES]))
+    except Exception as e:  # noqa: BLE001
+        if _is_connection_error(e):
+            raise HubUnreachable(f"the connection to the Hub at {endpoint} failed while downloading {name}/ from "
+                                 f"{where} ({_first_line(e, 120)}); nothing partial was kept") from None
+        if isinstance(e, OSError):  # huggingface_hub's size check: the body was shorter/longer than announced
+            raise HubCorruptDownload(f"the download of {name}/ from {where} was incomplete ({_first_line(e, 160)}); "
+                                     f"nothing partial was kept in the cache") from None
+        raise
+    folder = root / name
+    for f in REQUIRED_FILES:
+        if not (folder / f).is_file():
+            raise HubFileNotFound(f"{where} has no {name}/{f}")
+    _verify_cached_files(folder, where)
+    if rev != sha:  # remember branch/tag -> commit (cache refs/), so the cache serves `rev` when offline
+        _write_ref(cache, repo_id, rev, sha)
+    return folder, sha, "download"
+
+
 def download_folder(name: str, repo_id: str, revision: str | None = None, cache_dir=None) -> Path:
     """Download <repo_id>/<name>/{config.json, model.safetensors, README.md} at `revision`; returns the folder."""
-    from huggingface_hub import snapshot_download
-    _check_name(name)
-    root = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
-                             allow_patterns=[f"{name}/{f}" for f in FOLDER_FILES])
-    folder = Path(root) / name
-    if not (folder / WEIGHTS_NAME).is_file():
-        raise WeightsNotFound(f"{repo_id}@{revision or 'main'} has no {name}/{WEIGHTS_NAME}")
-    return folder
+    return fetch_folder(name, repo_id, revision, cache_dir)[0]
+
+
+# ---------------------------------------------------------------- loaders
 
 
 def load_model(name: str, *, weights_dir=None, hub_repo: str | None = None, revision: str | None = None,
                device="cpu", messages: list | None = None):
-    """From the Hub when `hub_repo` is given (falling back to local weights on failure), else local."""
+    """From the Hub when `hub_repo` is given (falling back to local weights on failure), else local.
+
+    With `hub_repo` and no `revision`, the commit recorded for that repo in weights/hub.json is used
+    (else the head of main). One line per model is appended to `messages`: where it came from, or
+    why the Hub copy was not used.
+    """
     messages = messages if messages is not None else []
+    cls = _check_name(name)
+    local = _weights_dir(weights_dir) / name
+    hub_problem = None
     if hub_repo:
+        pin = hub_pin(weights_dir)
+        rev = revision or (pin.get("revision") if pin.get("repo") == hub_repo else None)
         try:
-            folder = download_folder(name, hub_repo, revision)
-            model = _check_name(name).from_pretrained(str(folder), map_location=str(device)).to(device)
-            messages.append(f"{name}: loaded from the Hub, {hub_repo}@{revision or 'main'}")
+            folder, sha, how = fetch_folder(name, hub_repo, rev)
+            model = cls.from_pretrained(str(folder), map_location=str(device)).to(device)
+        except (HubLoadError, UnsafeWeightsError, CorruptWeightsError, FileNotFoundError) as e:
+            hub_problem = str(e)
+        except Exception as e:  # noqa: BLE001 - anything else is reported, never fatal: the local weights remain
+            hub_problem = f"could not load from the Hub ({hub_repo}@{rev or 'main'}): {_first_line(e)}"
+        else:
+            source = {"cache": "from the local Hub cache, no network needed",
+                      "cache-offline": "from the local Hub cache (offline mode)",
+                      "cache-unreachable": "from the local Hub cache (the Hub could not be reached)",
+                      "download": "downloaded"}[how]
+            pinned = "" if revision else " (pinned in hub.json)" if rev else " (head of main, not pinned)"
+            messages.append(f"{name}: loaded from the Hub, {hub_repo}@{sha[:12]}{pinned}, {source}")
             return model
-        except Exception as e:  # noqa: BLE001 - any Hub failure falls back to the shipped weights
-            messages.append(f"{name}: could not load from the Hub ({hub_repo}@{revision or 'main'}: "
-                            f"{type(e).__name__}: {str(e).splitlines()[0][:200]}); using local weights")
-    model = load_local(name, weights_dir, device)
-    if not hub_repo:
-        messages.append(f"{name}: loaded from {Path(weights_dir or DEFAULT_WEIGHTS_DIR) / name}")
+    try:
+        model = load_local(name, weights_dir, device)
+    except Exception as e:
+        if hub_problem:
+            raise WeightsNotFound(f"{hub_problem}; and the local weights are unusable too "
+                                  f"({type(e).__name__}: {e})") from e
+        raise
+    if hub_problem:
+        messages.append(f"{name}: not loaded from the Hub: {hub_problem}. Using the local weights in {local}")
+    else:
+        messages.append(f"{name}: loaded from {local}")
     return model
 
 
@@ -104,50 +351,86 @@ def load_pipelines(names=PIPELINE_NAMES, **kwargs) -> tuple[dict, list[str]]:
     return pipes, messages
 
 
+# ---------------------------------------------------------------- publishing
+
+
 def hub_pin(weights_dir=None) -> dict:
-    """The {repo, revision} recorded by the last push, or {}."""
-    path = Path(weights_dir or DEFAULT_WEIGHTS_DIR) / "hub.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """The {repo, revision, models} recorded by the last push, or {}."""
+    path = _weights_dir(weights_dir) / PIN_FILE
+    try:
+        pin = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        log.warning("ignoring %s: not valid JSON", path)
+        return {}
+    return pin if isinstance(pin, dict) else {}
 
 
-def verify_folder(folder: str | os.PathLike, name: str | None = None) -> None:
-    """Refuse to publish a folder unless it reloads strictly and samples finite values."""
+def record_pin(path: str | os.PathLike, repo_id: str, revision: str, names) -> dict:
+    """Write {repo, revision, models: {name: commit}} to `path` atomically; models pushed to another repo are dropped."""
+    path = Path(path)
+    try:
+        pin = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        pin = {}
+    if pin.get("repo") != repo_id:
+        pin = {}
+    pin.update({"repo": repo_id, "revision": revision})
+    pin.setdefault("models", {}).update({n: revision for n in names})
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(pin, indent=1) + "\n")
+    os.replace(tmp, path)
+    return pin
+
+
+def verify_folder(folder: str | os.PathLike, name: str | None = None) -> list[str]:
+    """Refuse to publish a folder unless it holds only the published files, reloads strictly and gives
+    finite outputs; returns the file names that will be uploaded."""
     folder = Path(folder)
     name = name or folder.name
     cls = _check_name(name)
-    extra = [p.name for p in folder.iterdir() if p.name not in FOLDER_FILES]
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder")
+    extra = sorted(p.name for p in folder.iterdir() if p.name not in FOLDER_FILES)
     if extra:
-        raise ValueError(f"{folder} holds files that must not be published: {extra}")
-    model = cls.from_pretrained(str(folder))
+        raise ValueError(f"{folder} holds files that must not be published: {extra}. A weights folder holds only "
+                         f"{', '.join(FOLDER_FILES)}; training state and checkpoints stay in the run directory. "
+                         f"Move them out and push again.")
+    missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} has no {', '.join(missing)}; nothing to publish")
+    model = cls.from_pretrained(str(folder))  # strict: keys, shapes, NaN/inf, safetensors only
+    g = torch.Generator().manual_seed(0)
     with torch.inference_mode():
         if isinstance(model, ScoreModel):
-            x = torch.randn(2, *model.sample_shape)
-            out = model(x, torch.full((2,), 0.5), torch.tensor([0, 1]) if model.conditional else None)
-        elif isinstance(model, AutoEncoder):
-            out = model(torch.rand(2, 1, 28, 28))
+            x = torch.randn(4, *model.sample_shape, generator=g)
+            labels = torch.tensor([0, 1, 2, model.null_label]) if model.conditional else None
+            outs = [model(x * float(model.sde.marginal_std(torch.tensor(t))), torch.full((4,), t), labels)
+                    for t in (model.sde.eps, 0.5, 1.0)]
+            if model.conditional:
+                outs.append(model(x, torch.full((4,), 0.5), labels, guidance=3.0))
+            out = torch.stack(outs)
         else:
-            out = model(torch.rand(2, 1, 28, 28))
+            out = model(torch.rand(4, 1, 28, 28, generator=g))
     if not torch.isfinite(out).all():
         raise ValueError(f"{folder}: the reloaded model produces non-finite outputs; refusing to push")
+    return [f for f in FOLDER_FILES if (folder / f).is_file()]
 
 
 def push_folder(folder: str | os.PathLike, repo_id: str, path_in_repo: str | None = None, token=None,
                 record: bool = True) -> str:
-    """Upload weights/<name>/ (config, safetensors, card only) to <repo_id>/<name>/; returns the commit sha
-    and records {repo, revision} in the folder's parent hub.json so the app can pin it."""
-    from huggingface_hub import HfApi
+    """Upload weights/<name>/ (config, safetensors, card only) to <repo_id>/<name>/ in one commit; returns the
+    commit sha and (record=True) records {repo, revision, models} in the folder's parent hub.json."""
+    from huggingface_hub import CommitOperationAdd, HfApi
     folder = Path(folder)
-    verify_folder(folder)
-    api = HfApi(token=token)
+    files = verify_folder(folder)
+    prefix = (path_in_repo or folder.name).strip("/")
+    api = HfApi(endpoint=hub_endpoint(), token=token)
     api.create_repo(repo_id, exist_ok=True)
-    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), path_in_repo=path_in_repo or folder.name,
-                             allow_patterns=list(FOLDER_FILES),
-                             commit_message=f"Upload {folder.name} from mnist-diffusion-lab")
+    ops = [CommitOperationAdd(path_in_repo=f"{prefix}/{f}", path_or_fileobj=str(folder / f)) for f in files]
+    info = api.create_commit(repo_id, operations=ops, commit_message=f"Upload {prefix} from mnist-diffusion-lab")
     sha = info.oid
+    if "README.md" not in files:
+        log.warning("%s has no README.md: pushed without a model card", folder)
     if record:
-        pin_path = folder.parent / "hub.json"
-        pin = json.loads(pin_path.read_text()) if pin_path.is_file() else {}
-        pin.update({"repo": repo_id, "revision": sha})
-        pin.setdefault("models", {})[folder.name] = sha
-        pin_path.write_text(json.dumps(pin, indent=1) + "\n")
+        record_pin(folder.parent / PIN_FILE, repo_id, sha, [folder.name])
     return sha

@@ -55,7 +55,11 @@ def _denoiser(score_model, labels, guidance):
 
 
 def _check_steps(num_steps: int, minimum: int = 1) -> int:
-    if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < minimum:
+    try:  # None, strings, NaN and inf get the same clear error as 0 or 2.5
+        ok = not isinstance(num_steps, bool) and int(num_steps) == num_steps and num_steps >= minimum
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
         raise ValueError(f"num_steps must be an integer >= {minimum}, got {num_steps!r}")
     return int(num_steps)
 

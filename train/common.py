@@ -1,7 +1,10 @@
 """Pieces every training script shares: setup (threads, device, data) and finish (weights, push)."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -9,6 +12,15 @@ import torch
 
 from train.data import load_mnist
 from train.loop import TrainConfig, dist_setup, save_weights
+
+
+RECORDS = Path(__file__).resolve().parent / "records"  # committed: what each shipped checkpoint's run was
+
+
+def _module_name() -> str:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return spec.name if spec is not None else Path(sys.argv[0]).stem
 
 
 def setup(cfg: TrainConfig):
@@ -28,6 +40,12 @@ def finish(cfg: TrainConfig, ema_model, summary: dict | None = None):
     if cfg.weights_dir:
         dest = save_weights(ema_model, cfg.weights_dir)
         (Path(cfg.out) / "train_summary.json").write_text(json.dumps(summary, indent=1))
+        record = {"command": "python -m " + shlex.join([_module_name(), *sys.argv[1:]]),
+                  "config": {k: v for k, v in dataclasses.asdict(cfg).items() if not k.startswith("_")},
+                  "parameters": sum(p.numel() for p in ema_model.parameters()),
+                  "torch": torch.__version__, **summary}
+        RECORDS.mkdir(parents=True, exist_ok=True)
+        (RECORDS / f"{dest.name}.json").write_text(json.dumps(record, indent=1) + "\n")
         print(f"EMA weights written to {dest}  ({summary})")
         if cfg.push_to_hub:
             from diffusion.hub import push_folder

@@ -247,6 +247,8 @@ def train_loop(cfg: TrainConfig, model: torch.nn.Module, task, x_train: torch.Te
 
     n = x_train.shape[0]
     steps_per_epoch = n // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{n} training examples are fewer than one batch of {cfg.batch_size}")
     perm, perm_epoch = None, -1
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=rank != 0, dynamic_ncols=True,
                unit="step", desc=run_dir.name)
@@ -276,7 +278,12 @@ def train_loop(cfg: TrainConfig, model: torch.nn.Module, task, x_train: torch.Te
         ema.update(model)
         seen += cfg.batch_size
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            logs = {"loss": float(loss.detach()), **logs}
+            loss_val = loss.detach()
+            if world > 1:  # log the global batch's loss, not this rank's slice of it
+                loss_val = loss_val.clone()
+                dist.all_reduce(loss_val)
+                loss_val /= world
+            logs = {"loss": float(loss_val), **logs}
             history.append({"step": step, **{k: round(v, 5) for k, v in logs.items()}})
             bar.set_postfix(loss=f"{logs['loss']:.4g}", img_s=f"{seen / (time.time() - t0):.0f}", lr=f"{lr_at(cfg, step):.2g}")
         done = step + 1

@@ -1,0 +1,84 @@
+"""Shared fixtures. App fixtures: tiny, randomly initialised models saved in save_pretrained layout into a
+temporary weights folder, and the Gradio app built from them, launched on a free port."""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+
+TINY_CARD = """---
+library_name: mnist-diffusion-lab
+---
+# {name} (tiny test model)
+
+Randomly initialised, for tests only.
+
+## Training
+
+Nothing to see.
+
+## Evaluation
+
+| metric | value |
+|---|---|
+| FID (classifier features) | 123.4 |
+
+![sample grid](grid.png)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory):
+    """weights/<name>/ for every model the app loads, tiny and random (seeded); a model card for pixel-cond."""
+    from diffusion import AutoEncoder, Classifier, ScoreModel
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("weights")
+    models = {
+        "pixel-cond": ScoreModel(channels=(8, 16), attention_levels=(1,), num_classes=10, embed_dim=32, context_dim=16),
+        "pixel-uncond": ScoreModel(channels=(8, 16), attention_levels=(1,), num_classes=None, embed_dim=32,
+                                   context_dim=16),
+        "latent-cond": ScoreModel(in_channels=4, image_size=10, channels=(8, 16), attention_levels=(1,),
+                                  num_classes=10, embed_dim=32, context_dim=16),
+        "autoencoder": AutoEncoder(hidden=8),
+        "classifier": Classifier(width=4, feature_dim=8),
+    }
+    for name, model in models.items():
+        model.save_pretrained(root / name)
+    (root / "pixel-cond" / "README.md").write_text(TINY_CARD.format(name="pixel-cond"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def app_demo(tiny_weights):
+    import app
+
+    return app.create_demo(weights_dir=tiny_weights, device=torch.device("cpu"), max_seconds=60)
+
+
+@pytest.fixture(scope="session")
+def app_url(app_demo):
+    """The tiny app launched in this process (server thread), with the same settings as `python app.py`."""
+    import app
+
+    port = _free_port()
+    app_demo.launch(prevent_thread_lock=True, quiet=True, **app.launch_kwargs("127.0.0.1", port))
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        app_demo.close()
+
+
+@pytest.fixture(scope="session")
+def client(app_url):
+    from gradio_client import Client
+
+    return Client(app_url, verbose=False, download_files=str(os.environ.get("TMPDIR", "/tmp")))

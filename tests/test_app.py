@@ -1,0 +1,320 @@
+"""The Gradio app, end to end through gradio_client, on tiny random models (see conftest.py), plus the
+app's pure helpers. Real-weight checks are marked slow."""
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import app
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+GEN = dict(api_name="/generate")
+
+
+def _size(path) -> tuple[int, int]:
+    with Image.open(path) as im:
+        return im.size
+
+
+def _gen_args(**over):
+    args = dict(model="pixel-cond", digit=3, sampler="dpmpp_2m", steps=4, guidance=2.0, seed=0, num_images=4)
+    args.update(over)
+    return list(args.values())
+
+
+# ---------------------------------------------------------------- API surface and security
+
+def test_every_tab_has_a_named_endpoint(client):
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for name in ("/generate", "/estimate_cost", "/random_seed", "/compare", "/interpolate", "/forward_diffusion"):
+        assert name in api, name
+    params = [p["parameter_name"] for p in api["/generate"]["parameters"]]
+    assert params == ["model", "digit", "sampler", "steps", "guidance", "seed", "num_images"]
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_weights_and_monitoring_are_not_served(app_url, tiny_weights):
+    weights = tiny_weights / "pixel-cond" / "model.safetensors"
+    assert _status(f"{app_url}gradio_api/file={weights}") in (403, 404)
+    assert _status(f"{app_url}file={weights}") in (403, 404)
+    assert _status(f"{app_url}monitoring") in (403, 404)
+    assert _status(f"{app_url}gradio_api/monitoring") in (403, 404)
+    assert _status(app_url) == 200
+
+
+# ---------------------------------------------------------------- Generate
+
+def test_generate_streams_previews_then_final_grid_and_gif(client):
+    job = client.submit(*_gen_args(steps=6, num_images=4, seed=7), **GEN)
+    outputs = list(job)
+    previews = [o for o in outputs if isinstance(o[0], str) and not isinstance(o[3], str)]
+    assert previews, "no streamed preview before the final grid"
+    status, gif = outputs[-1][2], outputs[-1][4]
+    final = next(o[3] for o in outputs if isinstance(o[3], str))
+    assert _size(previews[0][0]) == _size(previews[0][1])
+    w, h = _size(final)
+    assert 400 <= w <= 520 and w == h                        # 2 x 2 grid of 28 px digits upscaled x8
+    assert Path(gif).suffix == ".gif" and "seed7" in Path(gif).name
+    with Image.open(gif) as im:
+        assert im.n_frames >= 3                              # a frame per step (+ the final one)
+    assert "NFE" in status and "wall time" in status and "seed 7" in status and "dpmpp_2m" in status
+    assert "6 NFE" in status
+
+
+def test_generate_other_models_and_samplers(client):
+    out = client.predict(*_gen_args(model="pixel-uncond", sampler="heun", steps=3, num_images=1), **GEN)
+    assert "5 NFE" in out[2] and "unconditional" in out[2]   # heun: 2 N - 1
+    assert _size(out[3])[0] >= 400                           # one digit, upscaled to the same page size
+    out = client.predict(*_gen_args(model="latent-cond", sampler="euler_maruyama", steps=3, num_images=2), **GEN)
+    assert "autoencoder decoding" in out[2] and "3 NFE" in out[2]
+
+
+def test_generate_is_reproducible(client):
+    a = client.predict(*_gen_args(seed=11, num_images=2, steps=3), **GEN)
+    b = client.predict(*_gen_args(seed=11, num_images=2, steps=3), **GEN)
+    assert np.array_equal(np.asarray(Image.open(a[3])), np.asarray(Image.open(b[3])))
+
+
+@pytest.mark.parametrize("param, value", [
+    ("model", "pixel-huge"), ("model", 3), ("digit", 10), ("digit", 2.5), ("digit", -1), ("sampler", "ddim"),
+    ("steps", 0), ("steps", 1001), ("steps", 2.5), ("steps", "nan"), ("guidance", -0.5), ("guidance", 20.5),
+    ("guidance", "inf"), ("seed", -1), ("seed", 2**31), ("seed", 1.5), ("num_images", 0), ("num_images", 65),
+    ("num_images", True), ("num_images", "many"),
+])
+def test_generate_rejects_bad_input_naming_it(client, param, value):
+    with pytest.raises(AppError, match=param):
+        client.predict(*_gen_args(**{param: value}), **GEN)
+
+
+def test_cancel_stops_the_sampler(client, app_demo):
+    """A cancelled generator is not resumed: the pipeline stops producing steps."""
+    pipe = app_demo.lab.pipelines["pixel-cond"]
+    steps_done = []
+    original = pipe.stream
+
+    def counting(*args, **kwargs):
+        for step in original(*args, **kwargs):
+            steps_done.append(step.i)
+            yield step
+    pipe.stream = counting
+    try:
+        job = client.submit(*_gen_args(steps=1000, num_images=8, sampler="euler_maruyama"), **GEN)
+        deadline = time.time() + 30
+        while len(steps_done) < 3 and time.time() < deadline:
+            time.sleep(0.05)
+        assert steps_done, "the job never started"
+        job.cancel()
+        time.sleep(1.5)
+        n = len(steps_done)
+        time.sleep(1.5)
+        assert len(steps_done) == n < 1000, "sampling went on after cancel"
+    finally:
+        pipe.stream = original
+
+
+def test_estimate_cost_and_random_seed(client):
+    text = client.predict("pixel-cond", "heun", 10, 16, 2.0, api_name="/estimate_cost")
+    assert "19 network evaluations" in text and "batch of 32" in text
+    text = client.predict("pixel-cond", "heun", 0, 16, 2.0, api_name="/estimate_cost")
+    assert "steps" in text and "⚠" in text                  # shown inline, not raised
+    seed = client.predict(api_name="/random_seed")
+    assert 0 <= int(seed) <= app.MAX_SEED
+
+
+# ---------------------------------------------------------------- Pixel vs latent
+
+def test_compare_streams_both_models_with_costs(client):
+    outs = list(client.submit(5, "dpmpp_2m", 4, 2.0, 1, 4, api_name="/compare"))
+    last = outs[-1]
+    assert all(isinstance(p, str) and Path(p).is_file() for p in last[:4])
+    table = last[4]
+    for key in ("pixel-cond", "latent-cond", "NFE", "time per step", "total time", "autoencoder decoding", "% of its time"):
+        assert key in table, key
+    assert table.count("| 4 |") >= 1 or "| NFE | 4 | 4 |" in table
+
+
+@pytest.mark.parametrize("param, value", [("digit", 11), ("steps", -3), ("guidance", "nan"), ("seed", 0.5),
+                                          ("num_images", 100), ("sampler", "plms")])
+def test_compare_rejects_bad_input(client, param, value):
+    args = dict(digit=5, sampler="dpmpp_2m", steps=4, guidance=2.0, seed=1, num_images=4)
+    args[param] = value
+    with pytest.raises(AppError, match=param):
+        client.predict(*args.values(), api_name="/compare")
+
+
+# ---------------------------------------------------------------- Digit embeddings
+
+def test_interpolate_grid_and_strip(client):
+    grid_path, strip_path, status = client.predict("pixel-cond", 1, 7, 0.25, 0, 4, "dpmpp_2m", 3, 2.0,
+                                                   api_name="/interpolate")
+    assert _size(grid_path)[0] >= 400
+    w, h = _size(strip_path)
+    assert w > 4 * h                                         # a row of 9 digits with alpha labels
+    assert "α = 0.25" in status and "e_1" in status and "e_7" in status
+
+
+@pytest.mark.parametrize("param, value", [("model", "pixel-uncond"), ("model", "nope"), ("digit_a", -1),
+                                          ("digit_b", 10), ("alpha", 1.5), ("alpha", -0.1), ("alpha", "nan"),
+                                          ("num_images", 0), ("steps", 5000)])
+def test_interpolate_rejects_bad_input(client, param, value):
+    args = dict(model="pixel-cond", digit_a=1, digit_b=7, alpha=0.5, seed=0, num_images=2, sampler="dpmpp_2m",
+                steps=3, guidance=2.0)
+    args[param] = value
+    with pytest.raises(AppError, match=param):
+        client.predict(*args.values(), api_name="/interpolate")
+
+
+def test_similarity_heatmap_has_one_panel_per_conditional_model(app_demo):
+    fig = app.similarity_figure(app_demo.lab.pipelines)
+    heatmaps = [ax for ax in fig.axes if ax.images]
+    assert len(heatmaps) == 2 and all(ax.get_xlabel() == "digit" for ax in heatmaps)
+    assert any("cosine similarity" in ax.get_ylabel() for ax in fig.axes)      # the colour bar
+    assert len(heatmaps[0].texts) == 100                                        # numbers + diagonal marks
+
+
+# ---------------------------------------------------------------- Forward diffusion
+
+FWD = dict(api_name="/forward_diffusion")
+
+
+def test_forward_diffusion_test_digit(client):
+    x0, xt, xr, tw, plot, status = client.predict("test digit", 30, None, 0.5, 0, "pixel-cond", **FWD)
+    assert all(_size(p) == (224, 224) for p in (x0, xt, xr, tw))
+    assert plot["type"] == "matplotlib"
+    assert "std(t) = 1.93" in status and "a 3" in status and "MSE" in status
+    x0b, xtb, *_ = client.predict("test digit", 30, None, 0.0, 0, "none", **FWD)
+    assert np.array_equal(np.asarray(Image.open(x0b)), np.asarray(Image.open(xtb)))   # t = 0: no noise
+
+
+def test_forward_diffusion_from_a_drawing(client, tmp_path):
+    canvas = np.zeros((280, 280, 3), np.uint8)
+    canvas[60:220, 130:150] = 255                                # a white "1" on black
+    path = tmp_path / "one.png"
+    Image.fromarray(canvas).save(path)
+    sketch = {"background": None, "layers": [], "composite": handle_file(str(path)), "id": None}
+    x0, *_, status = client.predict("drawing", 0, sketch, 0.1, 0, "pixel-uncond", **FWD)
+    img = np.asarray(Image.open(x0).convert("L"))
+    assert img.max() > 200 and "your drawing" in status
+
+
+@pytest.mark.parametrize("param, value", [("t", 1.5), ("t", -0.01), ("t", "nan"), ("test_index", 100),
+                                          ("test_index", 3.5), ("source", "camera"), ("denoiser", "latent-cond"),
+                                          ("noise_seed", -3)])
+def test_forward_diffusion_rejects_bad_input(client, param, value):
+    args = dict(source="test digit", test_index=0, sketch=None, t=0.5, noise_seed=0, denoiser="none")
+    args[param] = value
+    with pytest.raises(AppError, match=param):
+        client.predict(*args.values(), **FWD)
+
+
+def test_forward_diffusion_empty_drawing_is_named(client, tmp_path):
+    path = tmp_path / "blank.png"
+    Image.fromarray(np.zeros((280, 280, 3), np.uint8)).save(path)
+    sketch = {"background": None, "layers": [], "composite": handle_file(str(path)), "id": None}
+    with pytest.raises(AppError, match="sketch"):
+        client.predict("drawing", 0, sketch, 0.5, 0, "none", **FWD)
+    with pytest.raises(AppError, match="sketch"):
+        client.predict("drawing", 0, None, 0.5, 0, "none", **FWD)
+
+
+# ---------------------------------------------------------------- loading, helpers
+
+def test_app_builds_without_any_weights(tmp_path):
+    demo = app.create_demo(weights_dir=tmp_path, device=torch.device("cpu"))
+    messages = demo.lab.messages
+    assert any("pixel-cond: unavailable" in m for m in messages)
+    with pytest.raises(Exception, match="model: pixel-cond is not available"):
+        next(demo.lab.generate("pixel-cond", 3, "dpmpp_2m", 4, 2.0, 0, 4))
+    assert demo.lab.forward("test digit", 0, None, 0.5, 0, "none")[-1].startswith("test image #0")
+
+
+def test_import_does_not_build_the_demo():
+    assert "demo" not in vars(app)          # built on first access of app.demo only
+
+
+def test_resolve_revision_uses_the_pin_for_its_repo(tmp_path):
+    (tmp_path / "hub.json").write_text(json.dumps({"repo": "me/lab", "revision": "abc123"}))
+    assert app.resolve_revision("me/lab", None, tmp_path)[0] == "abc123"
+    assert app.resolve_revision("me/lab", "def456", tmp_path)[0] == "def456"
+    assert app.resolve_revision("other/lab", None, tmp_path)[0] is None
+    assert app.resolve_revision(None, None, tmp_path) == (None, [])
+
+
+def test_launch_settings_hide_unused_routes():
+    kw = app.launch_kwargs("0.0.0.0", 9999)
+    assert kw["server_name"] == "0.0.0.0" and kw["server_port"] == 9999
+    assert kw["enable_monitoring"] is False and kw["mcp_server"] is False and kw["run_history"] is False
+    assert "allowed_paths" not in kw
+
+
+def test_model_card_metrics_section(tiny_weights):
+    text = (tiny_weights / "pixel-cond" / "README.md").read_text()
+    out = app.card_metrics(text)
+    assert "FID" in out and "Evaluation" in out
+    assert "Training" not in out and "library_name" not in out and "](grid.png)" not in out
+
+
+@pytest.mark.parametrize("value, ok", [(3, True), (3.0, True), ("4", True), (3.5, False), (True, False),
+                                       (None, False), (float("inf"), False), (65, False), ([1], False)])
+def test_check_int(value, ok):
+    if ok:
+        assert app.check_int("n", value, 1, 64) in (3, 4)
+    else:
+        with pytest.raises(Exception, match="^n "):
+            app.check_int("n", value, 1, 64)
+
+
+def test_sketch_to_digit_is_centred_and_scaled(tmp_path):
+    canvas = np.full((280, 280, 4), 255, np.uint8)               # black ink on white, off-centre
+    canvas[20:100, 20:60, :3] = 0
+    path = tmp_path / "ink.png"
+    Image.fromarray(canvas).save(path)
+    x = app.sketch_to_digit({"composite": {"path": str(path)}, "layers": []})
+    assert x.shape == (28, 28) and x.max() > 0.9
+    ys, xs = np.nonzero(x.numpy() > 0.5)
+    assert abs(ys.mean() - 13.5) < 1.5 and abs(xs.mean() - 13.5) < 1.5
+    assert ys.max() - ys.min() + 1 <= 21                          # fitted into 20 px like MNIST
+
+
+def test_frame_buffer_is_bounded_and_keeps_the_last_frame():
+    buf = app.FrameBuffer(limit=10)
+    for i in range(100):
+        buf.add(lambda i=i: i, final=i == 99)
+    assert len(buf.frames) <= 10 and buf.frames[0] == 0 and buf.frames[-1] == 99
+
+
+# ---------------------------------------------------------------- real weights
+
+REAL = Path(__file__).resolve().parent.parent / "weights"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REAL / "pixel-cond" / "model.safetensors").is_file(), reason="no trained pixel-cond")
+def test_real_pixel_cond_defaults_are_fast_and_look_like_the_digit():
+    demo = app.create_demo()
+    lab = demo.lab
+    for out in lab.generate("pixel-cond", 7, app.dp.DEFAULT_SAMPLER, app.dp.DEFAULT_STEPS, app.dp.DEFAULT_GUIDANCE,
+                            0, 16):
+        pass
+    assert "Done" in out[2]
+    if lab.classifier is not None:
+        hits = int(out[2].split("reads ")[1].split("/")[0])
+        assert hits >= 12, out[2]

@@ -1,0 +1,264 @@
+"""Push to and load from the Hub (issue 3), against the fake Hub in tests/fakehub.py.
+
+Every test runs a fresh fake Hub on 127.0.0.1 with its own Hub cache (see hub_helpers.hub)."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from diffusion.hub import (HubCorruptDownload, HubFileNotFound, HubRepoNotFound, HubRevisionNotFound, HubUnreachable,
+                           fetch_folder, hub_pin, load_model, load_pipelines, push_folder, verify_folder)
+from diffusion.hub_mixin import CorruptWeightsError
+from hub_helpers import hub, make_weights, same_weights, tiny_model  # noqa: F401
+
+REPO = "lab/mnist-diffusion-lab"
+NAMES = ("pixel-uncond", "pixel-cond", "latent-cond", "autoencoder")
+
+
+@pytest.fixture
+def published(hub, tmp_path):
+    """Weights (seed 1) pushed to REPO; a different local copy (seed 0) to tell the two apart."""
+    pushed = make_weights(tmp_path / "pushed", NAMES, seed=1)
+    shas = [push_folder(pushed / n, REPO, token="hf_fake_token") for n in NAMES]
+    local = make_weights(tmp_path / "local", NAMES, seed=0)
+    hub.clear_log()
+    return {"sha": shas[-1], "shas": shas, "pushed": pushed, "local": local}
+
+
+def from_hub(model, name):
+    return same_weights(model, tiny_model(name, seed=1))
+
+
+def from_local(model, name):
+    return same_weights(model, tiny_model(name, seed=0))
+
+
+def cache_files(hub):
+    return sorted(str(p.relative_to(hub.cache)) for p in hub.cache.rglob("*") if p.is_file() or p.is_symlink())
+
+
+# ------------------------------------------------------------------ push
+
+
+def test_push_uploads_exactly_the_published_files_byte_identical(hub, tmp_path):
+    weights = make_weights(tmp_path / "weights", ["pixel-cond"])
+    folder = weights / "pixel-cond"
+    sha = push_folder(folder, REPO, token="hf_fake_token")
+    assert sha == hub.head(REPO) and len(sha) == 40
+    uploaded = {u["path"]: u for u in hub.uploads}
+    assert set(uploaded) == {"pixel-cond/config.json", "pixel-cond/model.safetensors", "pixel-cond/README.md"}
+    for path, u in uploaded.items():
+        assert u["data"] == (folder / path.split("/")[1]).read_bytes(), path
+        assert u["commit"] == sha
+    assert uploaded["pixel-cond/model.safetensors"]["mode"] == "lfs"  # through the LFS batch + PUT path
+    assert set(hub.files(REPO, sha)) == {".gitattributes", *uploaded}
+    assert json.loads((weights / "hub.json").read_text()) == {"repo": REPO, "revision": sha,
+                                                             "models": {"pixel-cond": sha}}
+    assert hub_pin(weights) == {"repo": REPO, "revision": sha, "models": {"pixel-cond": sha}}
+    # a second model: a new commit, which holds both; the pin follows it
+    sha2 = push_folder(make_weights(weights, ["autoencoder"]) / "autoencoder", REPO, token="hf_fake_token")
+    assert sha2 != sha and {"pixel-cond/model.safetensors", "autoencoder/model.safetensors"} <= set(hub.files(REPO, sha2))
+    assert hub_pin(weights) == {"repo": REPO, "revision": sha2, "models": {"pixel-cond": sha, "autoencoder": sha2}}
+
+
+@pytest.mark.parametrize("decoy", ["optimizer.safetensors", "pytorch_model.bin", "ckpt-00000100"])
+def test_push_refuses_a_folder_with_anything_else(hub, tmp_path, decoy):
+    folder = make_weights(tmp_path / "weights", ["pixel-cond"]) / "pixel-cond"
+    if decoy.startswith("ckpt"):
+        (folder / decoy).mkdir()
+        (folder / decoy / "state.safetensors").write_bytes(b"x")
+    else:
+        (folder / decoy).write_bytes(b"training state")
+    with pytest.raises(ValueError, match=rf"holds files that must not be published: \['{decoy}'\]"):
+        push_folder(folder, REPO, token="hf_fake_token")
+    assert hub.requests == [] and hub.uploads == []  # refused before any contact with the Hub
+    assert not (tmp_path / "weights" / "hub.json").exists()
+
+
+def test_push_refuses_weights_that_do_not_reload_or_are_not_finite(hub, tmp_path):
+    folder = make_weights(tmp_path / "weights", ["pixel-cond"]) / "pixel-cond"
+    model = tiny_model("pixel-cond")
+    with torch.no_grad():
+        model.net.class_embed.weight[0, 0] = float("nan")
+    model.save_pretrained(folder)
+    with pytest.raises(CorruptWeightsError, match="holds NaN or inf"):
+        push_folder(folder, REPO, token="hf_fake_token")
+    # finite weights whose outputs overflow
+    with torch.no_grad():
+        model.net.class_embed.weight.fill_(1.0)
+        for p in model.parameters():
+            p.mul_(1e30)
+    model.save_pretrained(folder)
+    with pytest.raises(ValueError, match="produces non-finite outputs; refusing to push"):
+        verify_folder(folder)
+    (folder / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")  # truncated
+    with pytest.raises(CorruptWeightsError, match="truncated"):
+        push_folder(folder, REPO, token="hf_fake_token")
+    assert hub.requests == []
+
+
+def test_push_cli_verifies_all_then_pushes_and_records(hub, tmp_path, capsys):
+    from train.push import main
+    weights = make_weights(tmp_path / "weights", ["pixel-cond", "autoencoder"])
+    (weights / "autoencoder" / "notes.txt").write_text("x")
+    with pytest.raises(SystemExit, match="autoencoder.*must not be published"):
+        main(["--repo-id", REPO, "--weights-dir", str(weights), "--names", "pixel-cond,autoencoder"])
+    assert hub.uploads == []  # nothing pushed when any folder fails
+    (weights / "autoencoder" / "notes.txt").unlink()
+    pin_file = tmp_path / "pins" / "hub.json"
+    pin_file.parent.mkdir()
+    main(["--repo-id", REPO, "--weights-dir", str(weights), "--names", "pixel-cond,autoencoder",
+          "--revision-file", str(pin_file)])
+    pin = json.loads(pin_file.read_text())
+    assert pin["repo"] == REPO and pin["revision"] == hub.head(REPO)
+    assert set(pin["models"]) == {"pixel-cond", "autoencoder"}
+    assert {u["path"] for u in hub.uploads} == {f"{n}/{f}" for n in ("pixel-cond", "autoencoder")
+                                               for f in ("config.json", "model.safetensors", "README.md")}
+    assert hub.head(REPO) in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ load
+
+
+def test_pinned_load_downloads_once_then_needs_no_network(hub, published):
+    messages = []
+    pipes, messages = load_pipelines(weights_dir=published["local"], hub_repo=REPO, revision=published["sha"])
+    assert set(pipes) == {"pixel-uncond", "pixel-cond", "latent-cond"}
+    assert from_hub(pipes["pixel-cond"].score_model, "pixel-cond")
+    assert from_hub(pipes["latent-cond"].autoencoder, "autoencoder")
+    assert len(messages) == 4 and all(f"loaded from the Hub, {REPO}@{published['sha'][:12]}" in m and "downloaded" in m
+                                      for m in messages), messages
+    assert hub.requests, "the first load should have downloaded"
+    # the CDN (another origin) never receives the token; the Hub API does
+    cdn = [r for r in hub.requests if r["host"] == "localhost"]
+    assert cdn and not any("authorization" in r["headers"] for r in cdn)
+    hub.clear_log()
+    pipes, messages = load_pipelines(weights_dir=published["local"], hub_repo=REPO, revision=published["sha"])
+    assert hub.requests == [], [r["path"] for r in hub.requests]
+    assert all("from the local Hub cache, no network needed" in m for m in messages), messages
+    assert from_hub(pipes["pixel-uncond"].score_model, "pixel-uncond")
+
+
+def test_revision_defaults_to_the_pin_recorded_by_push(hub, published):
+    messages = []
+    # the push recorded the last commit in pushed/hub.json: use that folder as weights_dir
+    model = load_model("pixel-cond", weights_dir=published["pushed"], hub_repo=REPO, messages=messages)
+    assert from_hub(model, "pixel-cond")
+    assert f"{REPO}@{published['sha'][:12]} (pinned in hub.json)" in messages[0]
+    hub.clear_log()
+    load_model("pixel-cond", weights_dir=published["pushed"], hub_repo=REPO)
+    assert hub.requests == []
+
+
+@pytest.mark.parametrize("how", ["refuse", "503", "HF_HUB_OFFLINE"])
+def test_offline_with_a_warm_cache_serves_from_the_cache(hub, published, monkeypatch, how):
+    load_model("pixel-cond", weights_dir=published["local"], hub_repo=REPO, revision="main")  # warm, by branch
+    if how == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        hub.go_offline(how)
+    messages = []
+    model = load_model("pixel-cond", weights_dir=published["local"], hub_repo=REPO, revision="main", messages=messages)
+    assert from_hub(model, "pixel-cond"), messages
+    expected = "(offline mode)" if how == "HF_HUB_OFFLINE" else "(the Hub could not be reached)"
+    assert f"loaded from the Hub, {REPO}@{published['sha'][:12]}" in messages[0] and expected in messages[0]
+
+
+@pytest.mark.parametrize("how", ["refuse", "503", "HF_HUB_OFFLINE"])
+def test_offline_with_a_cold_cache_falls_back_to_local_weights(hub, published, monkeypatch, how):
+    if how == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        hub.go_offline(how)
+    messages = []
+    model = load_model("pixel-cond", weights_dir=published["local"], hub_repo=REPO, revision=published["sha"],
+                       messages=messages)
+    assert from_local(model, "pixel-cond")
+    msg = messages[0]
+    assert msg.startswith("pixel-cond: not loaded from the Hub: ")
+    assert msg.endswith(f"Using the local weights in {published['local'] / 'pixel-cond'}")
+    if how == "HF_HUB_OFFLINE":
+        assert f"offline mode is on (HF_HUB_OFFLINE=1) and {REPO}@{published['sha']} is not in the local Hub cache" in msg
+    else:
+        assert f"the Hub at {hub.url} could not be reached" in msg and "is not in the local Hub cache" in msg
+
+
+def test_repo_revision_and_file_not_found_each_say_which(hub, published):
+    def message(**kw):
+        messages = []
+        model = load_model(kw.pop("name", "pixel-cond"), weights_dir=published["local"], messages=messages, **kw)
+        assert from_local(model, "pixel-cond" if "name" not in kw else kw["name"])
+        return messages[0]
+
+    m_repo = message(hub_repo="lab/no-such-repo", revision="main")
+    m_rev = message(hub_repo=REPO, revision="v9.9")
+    m_sha = message(hub_repo=REPO, revision="0" * 40)
+    hub.add_files("lab/partial", {"pixel-cond/config.json": b"{}"})
+    m_file = message(hub_repo="lab/partial", revision="main")
+    assert "the Hub repository 'lab/no-such-repo' was not found" in m_repo
+    assert f"the Hub repository '{REPO}' has no revision 'v9.9' (no such commit, branch or tag)" in m_rev
+    assert f"has no revision '{'0' * 40}'" in m_sha
+    assert "lab/partial@main (commit " in m_file and "has no pixel-cond/model.safetensors (pixel-cond/ holds ['config.json'])" in m_file
+    assert len({m_repo, m_rev, m_file}) == 3
+    for exc, kw in [(HubRepoNotFound, dict(repo_id="lab/no-such-repo")), (HubRevisionNotFound, dict(revision="v9.9")),
+                    (HubFileNotFound, dict(name="classifier"))]:
+        with pytest.raises(exc):
+            fetch_folder(kw.get("name", "pixel-cond"), kw.get("repo_id", REPO), kw.get("revision", "main"))
+
+
+@pytest.mark.parametrize("fault", ["truncate", "corrupt"])
+def test_broken_download_keeps_nothing_and_falls_back(hub, published, fault):
+    path = "pixel-cond/model.safetensors"
+    if fault == "truncate":
+        hub.truncate[path] = 200
+    else:
+        hub.corrupt.add(path)
+    messages = []
+    model = load_model("pixel-cond", weights_dir=published["local"], hub_repo=REPO, revision=published["sha"],
+                       messages=messages)
+    assert from_local(model, "pixel-cond")
+    expected = "was incomplete" if fault == "truncate" else "does not match the Hub's checksum"
+    assert expected in messages[0] and "Using the local weights" in messages[0], messages[0]
+    leftovers = [f for f in cache_files(hub) if f.endswith(".incomplete") or f.endswith(path)]
+    assert leftovers == [], leftovers
+    blobs = [p for p in hub.cache.rglob("blobs/*") if p.stat().st_size > 1000]
+    assert blobs == [], "a partial or corrupt weights blob stayed in the cache"
+    with pytest.raises(HubCorruptDownload):
+        fetch_folder("pixel-cond", REPO, published["sha"])
+    # once the Hub serves the file intact again, the same call repairs the cache
+    hub.truncate.clear()
+    hub.corrupt.clear()
+    messages = []
+    model = load_model("pixel-cond", weights_dir=published["local"], hub_repo=REPO, revision=published["sha"],
+                       messages=messages)
+    assert from_hub(model, "pixel-cond") and "downloaded" in messages[0]
+
+
+def test_cached_file_corrupted_on_disk_is_redownloaded(hub, published):
+    folder, sha, how = fetch_folder("pixel-cond", REPO, published["sha"])
+    assert how == "download"
+    blob = (folder / "model.safetensors").resolve()
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF
+    os.chmod(blob, 0o644)
+    blob.write_bytes(bytes(data))
+    folder, sha, how = fetch_folder("pixel-cond", REPO, published["sha"])
+    assert how == "download" and (folder / "model.safetensors").read_bytes() != bytes(data)
+
+
+def test_no_hub_repo_loads_local_and_says_so(hub, published):
+    pipes, messages = load_pipelines(["pixel-cond"], weights_dir=published["local"])
+    assert from_local(pipes["pixel-cond"].score_model, "pixel-cond")
+    assert messages == [f"pixel-cond: loaded from {published['local'] / 'pixel-cond'}"]
+    assert hub.requests == []
+
+
+def test_hub_failure_and_no_local_weights_is_reported_not_raised(hub, published, tmp_path):
+    pipes, messages = load_pipelines(["pixel-cond"], weights_dir=tmp_path / "empty", hub_repo="lab/no-such-repo")
+    assert pipes == {}
+    assert messages[0].startswith("pixel-cond: unavailable (WeightsNotFound: the Hub repository 'lab/no-such-repo' "
+                                  "was not found")
+    assert "and the local weights are unusable too" in messages[0]

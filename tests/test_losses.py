@@ -1,0 +1,184 @@
+"""Denoising score matching against its closed form for Gaussian data, and the autoencoder loss.
+
+For data N(mu, s^2 I) in d dimensions and the exact score of p_t, the per-pixel residual
+std(t) s(x_t, t) + z = (s^2 z - std(t) (x - mu)) / (s^2 + std(t)^2) is N(0, s^2 / (s^2 + std(t)^2)), so
+    E[L | t] = d s^2 / (s^2 + std(t)^2)                       (the DSM loss floor)
+and a score off by a constant c costs E[L_c - L | t] = d c^2 std(t)^2 more (the cross term has mean 0).
+"""
+import math
+
+import pytest
+import torch
+from scipy.integrate import quad
+
+from diffusion.autoencoder import AutoEncoder
+from diffusion.losses import autoencoder_loss, dsm_loss, dsm_noise
+from diffusion.score import ScoreModel
+from diffusion.sde import VESDE
+
+MU, S = 0.7, 0.5
+D = 16  # pixels of a (1, 4, 4) image
+
+
+class GaussianScore:
+    """Exact score of N(mu, s^2 I) data under the VE SDE, plus a constant offset; has .sde and .null_label."""
+
+    null_label = 10
+
+    def __init__(self, offset=0.0):
+        self.sde, self.offset, self.labels = VESDE(25.0), offset, []
+
+    def __call__(self, x, t, labels=None, guidance=1.0):
+        self.labels.append(labels)
+        var = S**2 + self.sde.marginal_std(t.double()).float() ** 2
+        return -(x - MU) / var[:, None, None, None] + self.offset
+
+
+def data(n, seed=0):
+    return MU + S * torch.randn(n, 1, 4, 4, generator=torch.Generator().manual_seed(seed))
+
+
+def fixed_t_noise(x, seed=1):
+    t = torch.linspace(1e-3, 1.0, x.shape[0])
+    return {"t": t, "z": torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)),
+            "drop": torch.zeros(x.shape[0], dtype=torch.bool)}
+
+
+def floor(t):
+    std2 = VESDE(25.0).marginal_std(torch.as_tensor(t, dtype=torch.float64)) ** 2
+    return D * S**2 / (S**2 + std2)
+
+
+def test_exact_score_attains_the_dsm_floor_at_fixed_t():
+    x = data(8000)
+    noise = fixed_t_noise(x)
+    loss = float(dsm_loss(GaussianScore(), x, noise=noise))
+    # relative standard error ~sqrt(2 / (B d)) ~ 0.3%
+    assert loss == pytest.approx(float(floor(noise["t"]).mean()), rel=0.02)
+
+
+def test_exact_score_attains_the_dsm_floor_over_t():
+    sde = VESDE(25.0)
+    expected = quad(lambda t: float(floor(t)), sde.eps, 1.0)[0] / (1.0 - sde.eps)
+    x = data(20000)
+    loss = float(dsm_loss(GaussianScore(), x, generator=torch.Generator().manual_seed(3)))
+    # t ~ U(eps, 1) adds variance: standard error 0.7% of the mean (measured over 10 seeds); 4% is ~6 SE
+    assert loss == pytest.approx(expected, rel=0.04)
+
+
+def test_an_offset_score_costs_d_c2_std2_more():
+    x = data(8000)
+    noise = fixed_t_noise(x)
+    c = 0.1
+    exact = float(dsm_loss(GaussianScore(), x, noise=noise))
+    off = float(dsm_loss(GaussianScore(offset=c), x, noise=noise))
+    std2 = VESDE(25.0).marginal_std(noise["t"].double()) ** 2
+    assert off > exact
+    assert off - exact == pytest.approx(float(D * c**2 * std2.mean()), rel=0.02)
+
+
+def test_dsm_loss_by_hand():
+    sde = VESDE(25.0)
+    x = torch.tensor([[[[0.1, 0.9], [0.5, 0.0]]], [[[1.0, 0.2], [0.3, 0.4]]]])
+    labels = torch.tensor([3, 7])
+    noise = {"t": torch.tensor([0.25, 0.8]), "z": torch.tensor([[[[1.0, -1.0], [0.5, 2.0]]], [[[0.0, 0.3], [-0.7, 1.1]]]]),
+             "drop": torch.tensor([False, True])}
+
+    class Linear:
+        null_label = 10
+
+        def __init__(self):
+            self.sde, self.seen = sde, []
+
+        def __call__(self, xt, t, labels=None):
+            self.seen.append((xt.clone(), t.clone(), labels.clone()))
+            return -0.3 * xt + 0.01 * labels.float()[:, None, None, None]
+
+    model = Linear()
+    loss = float(dsm_loss(model, x, labels, noise=noise))
+    total = 0.0
+    for i, lab in enumerate([3, 10]):          # the second label is dropped to the null class
+        t = float(noise["t"][i])
+        std = math.sqrt(math.expm1(2 * t * math.log(25.0)) / (2 * math.log(25.0)))
+        for xv, zv in zip(x[i].flatten().tolist(), noise["z"][i].flatten().tolist()):
+            xt = xv + std * zv
+            total += (std * (-0.3 * xt + 0.01 * lab) + zv) ** 2
+    assert loss == pytest.approx(total / 2, rel=1e-5)
+    (xt_seen, t_seen, labels_seen), = model.seen
+    assert labels_seen.tolist() == [3, 10] and labels.tolist() == [3, 7]
+    assert torch.equal(t_seen, noise["t"])
+
+
+def test_dsm_noise_statistics_and_label_dropout():
+    x = torch.zeros(20000, 1, 2, 2)
+    noise = dsm_noise(x, torch.Generator().manual_seed(0), eps=1e-3, label_dropout=0.3)
+    assert noise["t"].shape == (20000,) and noise["z"].shape == x.shape and noise["drop"].dtype == torch.bool
+    assert float(noise["t"].min()) >= 1e-3 and float(noise["t"].max()) <= 1.0
+    assert float(noise["t"].mean()) == pytest.approx(0.5005, abs=0.01)           # U(eps, 1); SE 0.002
+    assert float(noise["z"].std()) == pytest.approx(1.0, abs=0.02)
+    assert float(noise["drop"].float().mean()) == pytest.approx(0.3, abs=0.015)  # SE 0.0032
+    assert not dsm_noise(x, torch.Generator().manual_seed(0), label_dropout=0.0)["drop"].any()
+    assert dsm_noise(x, torch.Generator().manual_seed(0), label_dropout=1.0)["drop"].all()
+    again = dsm_noise(x, torch.Generator().manual_seed(0), eps=1e-3, label_dropout=0.3)
+    assert all(torch.equal(noise[k], again[k]) for k in noise)
+
+
+def test_label_dropout_reaches_the_model_at_the_requested_rate():
+    model = GaussianScore()
+    x = data(4000)
+    labels = torch.randint(0, 10, (4000,), generator=torch.Generator().manual_seed(0))
+    dsm_loss(model, x, labels, generator=torch.Generator().manual_seed(1), label_dropout=0.25)
+    seen = model.labels[-1]
+    dropped = seen == 10
+    assert float(dropped.float().mean()) == pytest.approx(0.25, abs=0.03)       # SE 0.007
+    assert torch.equal(seen[~dropped], labels[~dropped])
+
+
+def test_drawn_noise_equals_explicit_noise():
+    x = data(64)
+    a = dsm_loss(GaussianScore(), x, generator=torch.Generator().manual_seed(5))
+    noise = dsm_noise(x, torch.Generator().manual_seed(5), VESDE(25.0).eps)
+    assert torch.equal(a, dsm_loss(GaussianScore(), x, noise=noise))
+
+
+def test_dsm_loss_trains_a_real_score_model():
+    torch.manual_seed(0)
+    model = ScoreModel(channels=(8, 16), attention_levels=(1,), num_classes=10, embed_dim=16, context_dim=8, heads=2)
+    x, labels = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    loss = dsm_loss(model, x, labels, generator=torch.Generator().manual_seed(0), label_dropout=0.5)
+    loss.backward()
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert model.net.class_embed.weight.grad is not None and model.net.conv_in.weight.grad.abs().sum() > 0
+
+
+def test_autoencoder_loss_feeds_lpips_three_channels_normalized():
+    torch.manual_seed(0)
+    ae = AutoEncoder(hidden=8)
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    calls = []
+
+    def perceptual(a, b, normalize=False):
+        calls.append((a.detach(), b.detach(), normalize))
+        return ((a - b) ** 2).mean(dim=(1, 2, 3), keepdim=True)     # (B, 1, 1, 1) like lpips.LPIPS
+
+    loss, x_hat, parts = autoencoder_loss(ae, x, perceptual, perceptual_weight=0.5)
+    (a, b, normalize), = calls
+    assert normalize is True
+    assert a.shape == b.shape == (3, 3, 28, 28)
+    assert torch.equal(b, x.repeat(1, 3, 1, 1)) and torch.equal(a, x_hat.detach().repeat(1, 3, 1, 1))
+    assert float(a.min()) >= 0 and float(a.max()) <= 1                 # [0, 1] in; normalize=True maps to [-1, 1]
+    mse = float(((x_hat.detach() - x) ** 2).mean())
+    assert float(parts["mse"]) == pytest.approx(mse, rel=1e-6)
+    assert float(parts["lpips"]) == pytest.approx(mse, rel=1e-6)       # the stand-in is the MSE of the repeats
+    assert float(loss) == pytest.approx(1.5 * mse, rel=1e-6)
+    loss.backward()
+    assert ae.decoder[0].weight.grad is not None
+
+
+def test_autoencoder_loss_without_perceptual_is_mse():
+    torch.manual_seed(0)
+    ae = AutoEncoder(hidden=8)
+    x = torch.rand(2, 1, 28, 28)
+    loss, x_hat, parts = autoencoder_loss(ae, x, None)
+    assert set(parts) == {"mse"}
+    assert torch.equal(loss, torch.nn.functional.mse_loss(x_hat, x))

@@ -1,0 +1,115 @@
+"""Evaluate the trained models with the project's classifier and write their model cards.
+
+    python -m train.evaluate --all                 # every model present in weights/
+    python -m train.evaluate --models pixel-cond --samples 1000
+
+Per model: classifier -> test accuracy; autoencoder -> reconstruction MSE and reconstruction
+accuracy; conditional diffusion models -> conditional accuracy per digit and the Frechet distance on
+classifier features against the 10k test images; pixel-uncond -> class histogram and Frechet
+distance. The train-vs-test floor (10k train images vs the test set) is printed beside every Frechet
+distance. Results go to weights/metrics.json, weights/<name>/README.md and docs/samples-<name>.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffusion.hub import DEFAULT_WEIGHTS_DIR, load_model, load_pipeline
+from diffusion.images import save_grid
+from diffusion.metrics import classify, class_histogram, conditional_accuracy, feature_stats, frechet_distance
+from diffusion.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
+from train.cards import write_card
+from train.data import load_mnist
+
+ORDER = ("classifier", "autoencoder", "pixel-cond", "latent-cond", "pixel-uncond")
+
+
+def generate(pipe, n: int, sampler: str, steps: int, guidance: float, seed: int, batch: int = 500):
+    """n samples; conditional: n/10 per digit, labels 0..9 repeated."""
+    images, labels, t0, nfe = [], [], time.perf_counter(), 0
+    for b, start in enumerate(range(0, n, batch)):
+        m = min(batch, n - start)
+        lab = torch.arange(start, start + m) % 10 if pipe.conditional else None
+        imgs, last = pipe.generate(lab, num_images=m, sampler=sampler, num_steps=steps, guidance=guidance, seed=seed + b)
+        images.append(imgs)
+        labels.append(lab if lab is not None else torch.full((m,), -1))
+        nfe = last.nfe
+    return torch.cat(images)[:, None], torch.cat(labels), nfe, time.perf_counter() - t0
+
+
+def evaluate(names, samples: int, sampler: str, steps: int, guidance: float, weights_dir: Path, seed: int = 1234):
+    metrics_path = weights_dir / "metrics.json"
+    all_metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    x_test, y_test = load_mnist("test")
+    classifier = load_model("classifier", weights_dir=weights_dir)
+    test_pred, test_feat = classify(classifier, x_test)
+    mu_test, cov_test = feature_stats(test_feat)
+    x_train, _ = load_mnist("train")
+    _, train_feat = classify(classifier, x_train[torch.randperm(len(x_train), generator=torch.Generator().manual_seed(0))[:10000]])
+    floor = frechet_distance(*feature_stats(train_feat), mu_test, cov_test)
+    print(f"Frechet distance floor (10k train vs 10k test): {floor:.3f}")
+    for name in names:
+        m: dict = {"evaluated": time.strftime("%Y-%m-%d")}
+        if name == "classifier":
+            m["test_accuracy"] = float((test_pred == y_test).float().mean())
+            m["per_digit_accuracy"] = conditional_accuracy(test_pred, y_test)[1]
+        elif name == "autoencoder":
+            ae = load_model("autoencoder", weights_dir=weights_dir)
+            with torch.inference_mode():
+                recon = torch.cat([ae(c) for c in x_test.split(1000)])
+            pred, feat = classify(classifier, recon)
+            m["reconstruction_mse"] = float((recon - x_test).square().mean())
+            m["reconstruction_accuracy"] = float((pred == y_test).float().mean())
+            m["agreement_with_originals"] = float((pred == test_pred).float().mean())
+            m["frechet_distance_recon"] = frechet_distance(*feature_stats(feat), mu_test, cov_test)
+            m["latent_scale"] = ae.latent_scale
+            save_grid(torch.cat([x_test[:10, 0], recon[:10, 0]]), Path("docs") / f"samples-{name}.png", nrow=10, scale=3)
+        else:
+            pipe = load_pipeline(name, weights_dir=weights_dir)
+            g = guidance if pipe.conditional else 1.0
+            images, labels, nfe, wall = generate(pipe, samples, sampler, steps, g, seed)
+            pred, feat = classify(classifier, images)
+            m.update({"samples": samples, "sampler": sampler, "steps": steps, "nfe": nfe,
+                      "guidance": g if pipe.conditional else None, "seed": seed,
+                      "frechet_distance": frechet_distance(*feature_stats(feat), mu_test, cov_test),
+                      "sampling_seconds_per_image": wall / samples})
+            if pipe.conditional:
+                acc, per = conditional_accuracy(pred, labels)
+                m["conditional_accuracy"], m["per_digit_accuracy"] = acc, per
+            else:
+                m["class_histogram"] = class_histogram(pred)
+            order = torch.argsort(labels, stable=True) if pipe.conditional else torch.arange(len(labels))
+            save_grid(images[order][:: max(1, samples // 100)][:100, 0], Path("docs") / f"samples-{name}.png", nrow=10, scale=2)
+        m["frechet_floor_train_vs_test"] = floor
+        all_metrics[name] = m
+        print(name, json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()}))
+        metrics_path.write_text(json.dumps(all_metrics, indent=1) + "\n")
+        write_card(name, weights_dir, m)
+    return all_metrics
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="", help="comma-separated model names")
+    p.add_argument("--all", action="store_true", help="every model present in the weights dir")
+    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER)
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    p.add_argument("--weights-dir", default=str(DEFAULT_WEIGHTS_DIR))
+    a = p.parse_args(argv)
+    wd = Path(a.weights_dir)
+    names = [n for n in ORDER if (wd / n / "model.safetensors").is_file()] if a.all else [n for n in a.models.split(",") if n]
+    if not names:
+        raise SystemExit("nothing to evaluate: give --models or --all with weights present")
+    Path("docs").mkdir(exist_ok=True)
+    evaluate(names, a.samples, a.sampler, a.steps, a.guidance, wd)
+
+
+if __name__ == "__main__":
+    main()
