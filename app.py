@@ -294,7 +294,7 @@ def card_metrics(text: str, max_chars: int = 4000) -> str:
     out = "\n\n".join(kept).strip()
     if not out:
         tables = [line for line in text.splitlines() if line.lstrip().startswith("|")]
-        out = "\n".join(tables) if tables else text.strip()
+        out = "\n".join(tables) if tables else "*This model card has no evaluation section yet.*"
     return out[:max_chars] + ("\n\n*(truncated)*" if len(out) > max_chars else "")
 
 
@@ -482,7 +482,7 @@ class Lab:
         cost = (f"{steps} steps × {nfe // steps if nfe % steps == 0 else '≈2'} = {nfe} network evaluations"
                 if nfe is not None else "adaptive: typically 100–300 network evaluations")
         when = f" ≈ {_fmt_s(est)} here" if est is not None else ""
-        slow = " — slow; the defaults take about a second" if est is not None and est > 5 else ""
+        slow = " — slow: fewer steps or images, or dpmpp_2m, are quicker" if est is not None and est > 5 else ""
         return f"Cost: {cost} on a batch of {batch}{when}{slow}. {SAMPLER_DESCRIPTIONS[sampler]}."
 
     @staticmethod
@@ -587,6 +587,16 @@ class Lab:
         cell = self._test_grid_cell
         return min(int(y) // cell, 9) * 10 + min(int(x) // cell, 9), "test digit"
 
+    @staticmethod
+    def use_drawing(sketch):
+        """A stroke on the sketchpad ('input' fires for strokes, and once when the editor starts, empty):
+        switch the source to the drawing when there is ink."""
+        try:
+            sketch_to_digit(sketch)
+        except gr.Error:
+            return gr.skip()
+        return "drawing"
+
     _test_grid_scale = 2
     _test_grid_cell = 28 * 2 + 1
 
@@ -657,8 +667,8 @@ higher-order solvers (Heun, DPM-Solver++, adaptive RK45) reach good digits with 
 x̂0 = x + std(t)²·s(x, t) (Tweedie's formula). That is the right-hand picture in *Generate*: blurry and
 average-looking early on, sharp at the end.
 
-**Guidance.** The conditional models take a digit label; during training the label is dropped 10–20% of the
-time (a "null" class), so one network knows both p(x | digit) and p(x). Classifier-free guidance mixes them,
+**Guidance.** The conditional models take a digit label; during training the label is replaced by a "null" class
+10% of the time, so one network knows both p(x | digit) and p(x). Classifier-free guidance mixes them,
 s = s_uncond + w·(s_cond − s_uncond): w = 1 is the plain conditional model, w = 0 ignores the label, larger w gives
 more typical (and less varied) digits at the cost of two network evaluations per step, batched together.
 
@@ -726,22 +736,22 @@ def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | N
             g_sampler, g_steps, g_guidance = sampling_controls("gen")
             with gr.Row():
                 g_seed = gr.Number(DEFAULT_SEED, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
-                g_dice = gr.Button("🎲 new seed", scale=0, min_width=120)
+                g_dice = gr.Button("Random seed", scale=0, min_width=130)
                 g_n = gr.Slider(1, MAX_IMAGES, DEFAULT_IMAGES, step=1, label="Number of images")
             g_cost = gr.Markdown(lab.estimate(default_model, D_SAMPLER, D_STEPS, DEFAULT_IMAGES, D_GUIDANCE)
                                  if default_model else "", elem_classes=["panel-note"])
             with gr.Row():
-                g_run = gr.Button("Generate", variant="primary", interactive=bool(available))
+                g_run = gr.Button("Generate", variant="primary", interactive=bool(available), elem_id="gen-run")
                 g_stop = gr.Button("Stop", variant="stop")
             g_status = gr.Markdown("", elem_id="status-line")
             with gr.Row():
-                g_xt = gr.Image(label="x_t: the noisy sample", height=GRID_PX + 10, **img)
-                g_x0 = gr.Image(label="x̂0: denoised estimate (Tweedie)", height=GRID_PX + 10, **img)
+                g_xt = gr.Image(label="x_t: the noisy sample", height=GRID_PX + 10, elem_id="gen-xt", **img)
+                g_x0 = gr.Image(label="x̂0: denoised estimate (Tweedie)", height=GRID_PX + 10, elem_id="gen-x0", **img)
             note("When sampling ends, x_t and x̂0 coincide: the last step jumps to the denoised estimate (no noise "
                  "is added at the end). The GIF shows every k-th step, at most 40 frames, x_t left and x̂0 right.")
             with gr.Row():
-                g_final = gr.Image(label="Final samples", height=GRID_PX + 10, **img)
-                g_gif = gr.File(label="Trajectory GIF (download)", interactive=False)
+                g_final = gr.Image(label="Final samples", height=GRID_PX + 10, elem_id="gen-final", **img)
+                g_gif = gr.File(label="Trajectory GIF (download)", interactive=False, elem_id="gen-gif")
 
         # ------------------------------------------------------------------ 2. Pixel vs latent
         with gr.Tab("Pixel vs latent"):
@@ -755,7 +765,7 @@ def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | N
                 c_n = gr.Slider(1, MAX_IMAGES, DEFAULT_IMAGES, step=1, label="Number of images")
             c_sampler, c_steps, c_guidance = sampling_controls("cmp")
             with gr.Row():
-                c_run = gr.Button("Compare", variant="primary",
+                c_run = gr.Button("Compare", variant="primary", elem_id="cmp-run",
                                   interactive={"pixel-cond", "latent-cond"} <= set(available))
                 c_stop = gr.Button("Stop", variant="stop")
             with gr.Row():
@@ -769,7 +779,7 @@ def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | N
                     with gr.Row():
                         c_lat_xt = gr.Image(label="decoded z_t", height=390, **img)
                         c_lat_x0 = gr.Image(label="decoded ẑ0", height=390, **img)
-            c_table = gr.Markdown("")
+            c_table = gr.Markdown("", elem_id="cmp-table")
             note("A decoded noisy latent does not look like pixel noise: the decoder maps any code to something "
                  "smooth. Decoding each preview counts in the autoencoder's share; a run without previews "
                  "decodes only once.")
@@ -795,12 +805,14 @@ def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | N
             with gr.Accordion("Sampler settings", open=False):
                 e_sampler, e_steps, e_guidance = sampling_controls("emb")
             with gr.Row():
-                e_run = gr.Button("Generate from the blend", variant="primary", interactive=bool(conditional))
+                e_run = gr.Button("Generate from the blend", variant="primary", interactive=bool(conditional),
+                                  elem_id="emb-run")
                 e_stop = gr.Button("Stop", variant="stop")
             e_status = gr.Markdown("")
             with gr.Row():
                 e_grid = gr.Image(label="Samples at this α", height=360, scale=1, **img)
-                e_strip = gr.Image(label="α from 0 to 1 (same starting noise)", height=160, scale=2, **img)
+                e_strip = gr.Image(label="α from 0 to 1 (same starting noise)", height=160, scale=2, elem_id="emb-strip",
+                                   **img)
 
         # ------------------------------------------------------------------ 4. Forward diffusion
         with gr.Tab("Forward diffusion"):
@@ -818,21 +830,21 @@ def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | N
                     f_denoiser = gr.Radio(denoisers, value=denoisers[-1] if len(denoisers) > 1 else "none",
                                           label="Denoiser (one network evaluation)")
                 with gr.Column(scale=1):
-                    f_grid = gr.Image(lab.test_grid(), label="Click a test digit", height=340,
+                    f_grid = gr.Image(lab.test_grid(), label="Click a test digit", height=400, elem_id="fwd-grid",
                                       **{**img, "buttons": []})
                 with gr.Column(scale=1):
-                    f_sketch = gr.Sketchpad(label="…or draw one (white on black), then pick 'drawing'",
+                    f_sketch = gr.Sketchpad(elem_id="fwd-sketch", label="…or draw one (white on black), then pick 'drawing'",
                                             value={"background": np.zeros((280, 280, 3), np.uint8), "layers": [],
                                                    "composite": None},
                                             canvas_size=(280, 280), fixed_canvas=True, image_mode="RGB",
                                             brush=gr.Brush(default_size=20, colors=["#ffffff"], color_mode="fixed"),
-                                            layers=False, transforms=(), height=340, format="png")
+                                            layers=False, transforms=(), height=400, format="png")
             with gr.Row():
                 f_x0 = gr.Image(label="x(0): clean", height=234, **img)
                 f_xt = gr.Image(label="x(t), shown clipped to [0, 1]", height=234, **img)
                 f_xr = gr.Image(label="x(t), rescaled to its own range", height=234, **img)
                 f_tw = gr.Image(label="one-step denoised estimate x̂0", height=234, **img)
-            f_status = gr.Markdown("")
+            f_status = gr.Markdown("", elem_id="fwd-status")
             f_plot = gr.Plot(label="std(t)", format="png")
             note("The clipped view is what the numbers look like as pixels; the rescaled view stretches x(t) to its "
                  "own min–max so that the digit is visible for longer. The red dot marks the current t on the noise "
@@ -841,7 +853,7 @@ def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | N
         # ------------------------------------------------------------------ 5. About
         with gr.Tab("About"):
             gr.Markdown(ABOUT)
-            note("Below: the evaluation sections of each model's card (weights/<name>/README.md), measured when the "
+            note("Below: the evaluation sections of each model's card (`weights/NAME/README.md`), measured when the "
                  "weights were built. FID here is computed on the project's own MNIST classifier features, so it is "
                  "comparable between these models only.")
             for name in (*MODEL_NAMES, "autoencoder", "classifier"):
@@ -871,10 +883,10 @@ def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | N
         fwd_outputs = [f_x0, f_xt, f_xr, f_tw, f_plot, f_status]
         fwd = dict(preprocess=False, concurrency_id="forward", concurrency_limit=2, trigger_mode="always_last",
                    show_progress="minimal")
-        gr.on([f_source.change, f_index.change, f_t.change, f_seed.change, f_denoiser.change, f_sketch.change],
+        gr.on([f_source.change, f_index.change, f_t.change, f_seed.change, f_denoiser.change, f_sketch.input],
               lab.forward, fwd_inputs, fwd_outputs, api_name="forward_diffusion", **fwd)
         f_grid.select(lab.pick_test_digit, None, [f_index, f_source], api_name="pick_test_digit", queue=False)
-        f_sketch.change(lambda: "drawing", None, f_source, api_name="use_drawing", queue=False)
+        f_sketch.input(lab.use_drawing, f_sketch, f_source, api_name="use_drawing", queue=False, preprocess=False)
         demo.load(lab.forward, fwd_inputs, fwd_outputs, api_name="forward_initial", **fwd)
 
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)

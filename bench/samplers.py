@@ -42,18 +42,36 @@ REFERENCE = ("euler_maruyama", 500)
 # ---------------------------------------------------------------- data and metrics
 
 
+def feature_cache(classifier, n_floor: int) -> Path:
+    """Cache file for the test/train features, keyed by a hash of the classifier's weights."""
+    import hashlib
+    h = hashlib.sha256()
+    for k, v in sorted(classifier.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    from train.data import CACHE
+    return CACHE / "bench" / f"features-{h.hexdigest()[:16]}-{n_floor}.npz"
+
+
 class Evaluator:
     """Classifier features of the 10k test images, and FD / accuracy of a batch of samples against them."""
 
     def __init__(self, classifier, n_floor: int = 10_000):
-        from train.data import load_mnist
         self.classifier = classifier
-        x_test, _ = load_mnist("test")
-        _, f_test = classify(classifier, x_test)
+        cache = feature_cache(classifier, n_floor)
+        if cache.is_file():
+            with np.load(cache) as d:
+                f_test, self.f_train = torch.from_numpy(d["test"]), torch.from_numpy(d["train"])
+        else:
+            from train.data import load_mnist
+            x_test, _ = load_mnist("test")
+            _, f_test = classify(classifier, x_test)
+            x_train, _ = load_mnist("train")
+            perm = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(0))
+            _, self.f_train = classify(classifier, x_train[perm[:n_floor]])
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, test=f_test.numpy(), train=self.f_train.numpy())
         self.test_stats = feature_stats(f_test)
-        x_train, _ = load_mnist("train")
-        perm = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(0))
-        _, self.f_train = classify(classifier, x_train[perm[:n_floor]])
 
     def fd(self, features: torch.Tensor) -> float:
         return frechet_distance(*feature_stats(features), *self.test_stats)
@@ -169,6 +187,7 @@ def groups(store: dict):
 
 def sampler_table(store: dict) -> str:
     floor = store.get("floor", {})
+    chunks = "/".join(str(c) for c in sorted({r.get("chunk", CHUNK) for r in store["runs"]})) or CHUNK
     lines = ["# Sampler benchmark: quality vs NFE", "",
              "Fréchet distance (FD) on the project classifier's 128-d penultimate features against the 10k MNIST "
              "test images (lower is better; comparable only within this project and only at equal N, since FD is "
@@ -176,7 +195,7 @@ def sampler_table(store: dict) -> str:
              "(conditional models); worst: the lowest per-digit accuracy. `FD@Nc` is the FD of the first Nc images "
              "of every run (the same prior noise for every sampler: images are generated in seeded chunks), which is "
              "what the EM-500 comparison and the plot use. Wall time: generation only, per finished image, "
-             f"batched {CHUNK} images per call (a guided call evaluates a doubled batch), "
+             f"batched {chunks} images per call (a guided call evaluates a doubled batch), "
              f"{store.get('machine', 'CPU')}.", ""]
     if floor:
         lines += ["Floor (real data against the test set): " + ", ".join(

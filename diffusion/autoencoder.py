@@ -1,7 +1,7 @@
 """Convolutional autoencoder for latent diffusion (Rombach et al. 2022), MNIST-sized.
 
     encode: (B, 1, 28, 28) in [0, 1] -> (B, 4, 10, 10)      [28 -3x3-> 28 -s2-> 14 -3x3 valid-> 12 -> 10]
-    decode: (B, 4, 10, 10) -> (B, 1, 28, 28) in [0, 1]      (mirror with transposed convs, sigmoid)
+    decode: (B, 4, 10, 10) -> (B, 1, 28, 28) ~ [0, 1]       (mirror with transposed convs; clamp to show)
 
 `latent_scale` is the standard deviation of the latents over the training set (measured after
 training and stored in the config), so `encode(x) / latent_scale` has unit variance before the
@@ -32,7 +32,7 @@ class AutoEncoder(nn.Module, SafeHubMixin, library_name="mnist-diffusion-lab", t
             nn.ConvTranspose2d(latent_channels, h, 3), nn.SiLU(),                # 12
             nn.ConvTranspose2d(h, h, 3), nn.SiLU(),                              # 14
             nn.ConvTranspose2d(h, h // 2, 4, stride=2, padding=1), nn.SiLU(),    # 28
-            nn.Conv2d(h // 2, 1, 3, padding=1), nn.Sigmoid(),
+            nn.Conv2d(h // 2, 1, 3, padding=1),  # linear output: a sigmoid here saturates and stalls training
         )
 
     @property

@@ -119,16 +119,32 @@ def _offline() -> bool:
     return constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
 
 
+def _short(revision: str) -> str:
+    """A commit sha abbreviated for messages; branch and tag names as they are."""
+    return revision[:12] if _SHA.fullmatch(revision) else revision
+
+
 def _first_line(e: BaseException, limit: int = 200) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:limit]}" if text else type(e).__name__
 
 
-def _is_connection_error(e: BaseException) -> bool:
+def _reason(e: BaseException) -> str:
+    """Short cause of a failed request: 'HTTP 503 Service Unavailable', 'ConnectError: [Errno 111] ...'."""
+    from huggingface_hub.errors import HfHubHTTPError
+    if isinstance(e, HfHubHTTPError) and e.response is not None:
+        return f"HTTP {e.response.status_code} {e.response.reason_phrase}".strip()
+    return _first_line(e, 100)
+
+
+def _is_connection_error(e: BaseException | None) -> bool:
     """No answer from the Hub (refused, DNS, timeout, offline mode) or a 5xx answer."""
-    import httpx2
+    try:
+        from httpx2 import TransportError  # huggingface_hub >= 2 speaks HTTP through httpx2
+    except ImportError:
+        from httpx import TransportError
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-    if isinstance(e, (httpx2.TransportError, OfflineModeIsEnabled, ConnectionError, TimeoutError)):
+    if isinstance(e, (TransportError, OfflineModeIsEnabled, ConnectionError, TimeoutError)):
         return True
     return isinstance(e, HfHubHTTPError) and e.response is not None and e.response.status_code >= 500
 
@@ -150,18 +166,23 @@ def _sha256(path: Path) -> str:
 
 
 def _verify_cached_files(folder: Path, where: str) -> None:
-    """Check each cached file against its ETag (the blob's file name in the cache: sha256 for LFS files,
-    git blob sha1 otherwise). A mismatch deletes the blob and the snapshot link, then raises."""
+    """Check each cached file against its ETag, which the Hub cache uses as the blob's name
+    (snapshots/<sha>/<path> -> ../../blobs/<etag>; sha256 for LFS files, git blob sha1 otherwise).
+    A mismatch deletes the blob and the snapshot link, then raises. Only the first link is followed:
+    the blob itself may link on into huggingface_hub's shared store, whose names are not ETags."""
     for fname in FOLDER_FILES:
         link = folder / fname
         if not link.is_symlink():  # copies (no symlink support): the etag is not recoverable here; skip
             continue
-        blob = link.resolve()
-        etag = blob.name
+        blob = Path(os.path.normpath(link.parent / os.readlink(link)))
+        etag = blob.name.lower()
+        if blob.parent.name != "blobs" or not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", etag):
+            continue  # not the layout this check knows
         if not blob.is_file():
             link.unlink(missing_ok=True)
-            raise HubCorruptDownload(f"{where}: {folder.name}/{fname} is a dangling link in the Hub cache; removed it")
-        got = _sha256(blob) if len(etag) == 64 else _git_blob_sha1(blob) if len(etag) == 40 else etag
+            raise HubCorruptDownload(f"{folder.name}/{fname} from {where} is a dangling link in the Hub cache; "
+                                     f"removed it")
+        got = _sha256(blob) if len(etag) == 64 else _git_blob_sha1(blob)
         if got != etag:
             blob.unlink(missing_ok=True)
             link.unlink(missing_ok=True)
@@ -202,27 +223,29 @@ def _cached_folder(name: str, repo_id: str, revision: str, cache: str) -> tuple[
     return folder, root.name
 
 
-def fetch_folder(name: str, repo_id: str, revision: str | None = None, cache_dir=None,
-                 token=None) -> tuple[Path, str, str]:
+def fetch_folder(name: str, repo_id: str, revision: str | None = None, cache_dir=None, token=None,
+                 offline: bool | None = None) -> tuple[Path, str, str]:
     """Download <repo_id>/<name>/ at `revision`: (folder, commit sha, how) with how in
-    {"cache", "cache-offline", "cache-unreachable", "download"}. Raises HubLoadError subclasses
-    (or UnsafeWeightsError for a pickle-only folder) with a message that names repo, revision and file."""
+    {"cache", "cache-offline", "cache-unreachable", "resolved", "download"}. Raises HubLoadError subclasses
+    (or UnsafeWeightsError for a pickle-only folder) with a message that names repo, revision and file.
+    `offline=None` follows HF_HUB_OFFLINE; True uses the cache only."""
     from huggingface_hub import HfApi, constants, snapshot_download
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
     _check_name(name)
     rev = revision or "main"
     cache, endpoint = hub_cache_dir(cache_dir), hub_endpoint()
-    where = f"{repo_id}@{rev}"
+    where = f"{repo_id}@{_short(rev)}"
 
     # 1. a pinned commit, or offline: the cache alone, no request
-    offline = _offline()
+    offline = _offline() if offline is None else offline
     if _SHA.fullmatch(rev) or offline:
         hit = _cached_folder(name, repo_id, rev, cache)
         if hit:
             return (*hit, "cache-offline" if offline else "cache")
         if offline:
-            raise HubUnreachable(f"offline mode is on (HF_HUB_OFFLINE=1) and {where} is not in the local Hub "
-                                 f"cache ({cache})")
+            mode = "offline mode is on (HF_HUB_OFFLINE=1)" if _offline() else "working offline"
+            raise HubUnreachable(f"{mode} and {where} is not in the local Hub cache ({cache})")
 
     # 2. resolve the revision and list its files: one request, no retries
     try:
@@ -240,10 +263,10 @@ def fetch_folder(name: str, repo_id: str, revision: str | None = None, cache_dir
         hit = _cached_folder(name, repo_id, rev, cache)
         if hit:
             return (*hit, "cache-unreachable")
-        raise HubUnreachable(f"the Hub at {endpoint} could not be reached ({_first_line(e, 120)}) and {where} "
+        raise HubUnreachable(f"the Hub at {endpoint} could not be reached ({_reason(e)}) and {where} "
                              f"is not in the local Hub cache ({cache})") from None
     sha = info.sha
-    where = f"{repo_id}@{rev}" if rev == sha else f"{repo_id}@{rev} (commit {sha[:12]})"
+    where = f"{repo_id}@{_short(rev)}" if rev == sha else f"{repo_id}@{rev} (commit {sha[:12]})"
     if info.siblings is not None:
         present = {s.rfilename for s in info.siblings}
         here = sorted(p.split("/", 1)[1] for p in present if p.startswith(f"{name}/"))
@@ -257,18 +280,27 @@ def fetch_folder(name: str, repo_id: str, revision: str | None = None, cache_dir
             listing = f"{name}/ holds {here}" if here else f"there is no {name}/ folder"
             raise HubFileNotFound(f"{where} has no {', '.join(f'{name}/{m}' for m in missing)} ({listing})")
 
-    # 3. download (only the published files), then check checksums
+    # 3. download (only the published files) unless the cache has them, then check checksums
+    hit = _cached_folder(name, repo_id, sha, cache)
+    if hit:
+        if rev != sha:
+            _write_ref(cache, repo_id, rev, sha)
+        return (*hit, "resolved")
     try:
         root = Path(snapshot_download(repo_id, revision=sha, cache_dir=cache, endpoint=endpoint, token=token,
                                       allow_patterns=[f"{name}/{f}" for f in FOLDER_FILES]))
     except Exception as e:  # noqa: BLE001
-        if _is_connection_error(e):
+        size = re.search(r"should be of size (\d+) but has size (\d+)", str(e))
+        if size:  # huggingface_hub's size check: the body was shorter/longer than the Hub announced
+            raise HubCorruptDownload(f"the download of {name}/ from {where} was incomplete (received {size[2]} of "
+                                     f"{size[1]} bytes); nothing partial was kept in the cache") from None
+        if isinstance(e, EntryNotFoundError) and not isinstance(e, LocalEntryNotFoundError):
+            raise HubFileNotFound(f"{where}: a file of {name}/ disappeared during the download "
+                                  f"({_first_line(e, 120)})") from None
+        if _is_connection_error(e) or _is_connection_error(e.__cause__) or isinstance(e, LocalEntryNotFoundError):
             raise HubUnreachable(f"the connection to the Hub at {endpoint} failed while downloading {name}/ from "
-                                 f"{where} ({_first_line(e, 120)}); nothing partial was kept") from None
-        if isinstance(e, OSError):  # huggingface_hub's size check: the body was shorter/longer than announced
-            raise HubCorruptDownload(f"the download of {name}/ from {where} was incomplete ({_first_line(e, 160)}); "
-                                     f"nothing partial was kept in the cache") from None
-        raise
+                                 f"{where} ({_reason(e.__cause__ or e)}); nothing partial was kept") from None
+        raise HubLoadError(f"the download of {name}/ from {where} failed ({_first_line(e, 160)})") from e
     folder = root / name
     for f in REQUIRED_FILES:
         if not (folder / f).is_file():
@@ -288,12 +320,13 @@ def download_folder(name: str, repo_id: str, revision: str | None = None, cache_
 
 
 def load_model(name: str, *, weights_dir=None, hub_repo: str | None = None, revision: str | None = None,
-               device="cpu", messages: list | None = None):
+               device="cpu", messages: list | None = None, hub_state: dict | None = None):
     """From the Hub when `hub_repo` is given (falling back to local weights on failure), else local.
 
     With `hub_repo` and no `revision`, the commit recorded for that repo in weights/hub.json is used
     (else the head of main). One line per model is appended to `messages`: where it came from, or
-    why the Hub copy was not used.
+    why the Hub copy was not used. `hub_state` (a dict shared across calls, as load_pipelines does)
+    remembers an unreachable Hub so later models use the cache only instead of waiting again.
     """
     messages = messages if messages is not None else []
     cls = _check_name(name)
@@ -302,18 +335,33 @@ def load_model(name: str, *, weights_dir=None, hub_repo: str | None = None, revi
     if hub_repo:
         pin = hub_pin(weights_dir)
         rev = revision or (pin.get("revision") if pin.get("repo") == hub_repo else None)
+        state = hub_state if hub_state is not None else {}
+        folder = sha = None
+        known_down = bool(state.get("unreachable"))
         try:
-            folder, sha, how = fetch_folder(name, hub_repo, rev)
+            folder, sha, how = fetch_folder(name, hub_repo, rev, offline=True if known_down else None)
             model = cls.from_pretrained(str(folder), map_location=str(device)).to(device)
-        except (HubLoadError, UnsafeWeightsError, CorruptWeightsError, FileNotFoundError) as e:
+        except HubUnreachable as e:
+            state["unreachable"] = True
+            hub_problem = (f"the Hub could not be reached (see above) and {hub_repo}@{_short(rev or 'main')} is "
+                           f"not in the local Hub cache" if known_down and not _offline() else str(e))
+        except HubLoadError as e:
             hub_problem = str(e)
-        except Exception as e:  # noqa: BLE001 - anything else is reported, never fatal: the local weights remain
-            hub_problem = f"could not load from the Hub ({hub_repo}@{rev or 'main'}): {_first_line(e)}"
+        except Exception as e:  # noqa: BLE001 - reported, never fatal: the local weights remain
+            if folder is not None:
+                hub_problem = f"the Hub copy {hub_repo}@{sha[:12]} of {name} is unusable: {_first_line(e, 300)}"
+            elif isinstance(e, UnsafeWeightsError):
+                hub_problem = str(e)
+            else:
+                hub_problem = f"could not load from the Hub ({hub_repo}@{_short(rev or 'main')}): {_first_line(e)}"
         else:
             source = {"cache": "from the local Hub cache, no network needed",
                       "cache-offline": "from the local Hub cache (offline mode)",
                       "cache-unreachable": "from the local Hub cache (the Hub could not be reached)",
+                      "resolved": f"{rev or 'main'} resolved on the Hub, files from the local Hub cache",
                       "download": "downloaded"}[how]
+            if how == "cache-offline" and state.get("unreachable"):
+                source = "from the local Hub cache (the Hub could not be reached)"
             pinned = "" if revision else " (pinned in hub.json)" if rev else " (head of main, not pinned)"
             messages.append(f"{name}: loaded from the Hub, {hub_repo}@{sha[:12]}{pinned}, {source}")
             return model
@@ -332,6 +380,7 @@ def load_model(name: str, *, weights_dir=None, hub_repo: str | None = None, revi
 
 
 def load_pipeline(name: str, **kwargs) -> Pipeline:
+    """Pipeline(score model, autoencoder for latent models); kwargs as load_model."""
     if name not in PIPELINE_NAMES:
         raise ValueError(f"{name!r} is not a diffusion model; choose one of {', '.join(PIPELINE_NAMES)}")
     score = load_model(name, **kwargs)
@@ -340,8 +389,11 @@ def load_pipeline(name: str, **kwargs) -> Pipeline:
 
 
 def load_pipelines(names=PIPELINE_NAMES, **kwargs) -> tuple[dict, list[str]]:
-    """All the pipelines that can be loaded, and messages saying where each came from or why it is missing."""
+    """All the pipelines that can be loaded, and messages saying where each came from or why it is missing.
+
+    kwargs as load_model: weights_dir, hub_repo, revision, device."""
     messages: list[str] = []
+    kwargs.setdefault("hub_state", {})
     pipes = {}
     for name in names:
         try:
@@ -365,17 +417,18 @@ def hub_pin(weights_dir=None) -> dict:
     return pin if isinstance(pin, dict) else {}
 
 
-def record_pin(path: str | os.PathLike, repo_id: str, revision: str, names) -> dict:
-    """Write {repo, revision, models: {name: commit}} to `path` atomically; models pushed to another repo are dropped."""
+def record_pin(path: str | os.PathLike, repo_id: str, revision: str, models: dict[str, str]) -> dict:
+    """Write {repo, revision, models: {name: commit that uploaded it}} to `path` atomically.
+    `revision` (the newest commit) holds every model; entries recorded for another repo are dropped."""
     path = Path(path)
     try:
         pin = json.loads(path.read_text()) if path.is_file() else {}
     except ValueError:
         pin = {}
-    if pin.get("repo") != repo_id:
+    if not isinstance(pin, dict) or pin.get("repo") != repo_id:
         pin = {}
     pin.update({"repo": repo_id, "revision": revision})
-    pin.setdefault("models", {}).update({n: revision for n in names})
+    pin.setdefault("models", {}).update(models)
     tmp = path.with_name(f".tmp-{path.name}")
     tmp.write_text(json.dumps(pin, indent=1) + "\n")
     os.replace(tmp, path)
@@ -432,5 +485,5 @@ def push_folder(folder: str | os.PathLike, repo_id: str, path_in_repo: str | Non
     if "README.md" not in files:
         log.warning("%s has no README.md: pushed without a model card", folder)
     if record:
-        record_pin(folder.parent / PIN_FILE, repo_id, sha, [folder.name])
+        record_pin(folder.parent / PIN_FILE, repo_id, sha, {folder.name: sha})
     return sha

@@ -53,7 +53,9 @@ def refuse_pickle(path: str | os.PathLike) -> None:
 def pickle_files(folder: str | os.PathLike) -> list[str]:
     """Names of pickle-format files in `folder` (for error messages; they are never opened)."""
     folder = Path(folder)
-    return sorted(p.name for p in folder.iterdir() if p.name.lower().endswith(PICKLE_SUFFIXES)) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.name.lower().endswith(PICKLE_SUFFIXES))
 
 
 def check_safetensors_header(path: str | os.PathLike) -> dict:
@@ -100,7 +102,8 @@ def check_safetensors_header(path: str | os.PathLike) -> dict:
         except (KeyError, TypeError, ValueError):
             raise CorruptWeightsError(f"{path} has a malformed safetensors header entry for {key!r}") from None
         if stop < begin or (expected and stop - begin != expected):
-            raise CorruptWeightsError(f"{path}: {key!r} spans {stop - begin} bytes, its dtype and shape need {expected}")
+            raise CorruptWeightsError(f"{path}: {key!r} spans {stop - begin} bytes, its dtype and shape need "
+                                      f"{expected}")
         end = max(end, stop)
     if 8 + n + end > size:
         raise CorruptWeightsError(f"{path} is truncated: the header promises {8 + n + end} bytes, the file has {size}")

@@ -49,6 +49,13 @@ def state_tensors(model, ema_model) -> dict:
             **{f"ema.{k}": v.detach().clone().contiguous() for k, v in ema_model.state_dict().items()}}
 
 
+def sgd(params, lr, weight_decay):
+    """SGD with momentum for the DDP comparison: Adam divides by sqrt(v), which turns float-summation noise in
+    near-zero gradients (e.g. the cross-attention's to_q / to_k / norm2, which get no gradient at all with one
+    context token) into parameter differences of ~1e-4; SGD keeps them at the gradients' own ~1e-7 scale."""
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+
+
 def main(run_dir: str, result: str, steps: int) -> None:
     import json
 
@@ -62,7 +69,7 @@ def main(run_dir: str, result: str, steps: int) -> None:
     model = tiny_model()
     x, y = tiny_data()
     ema, history = train_loop(tiny_config(run_dir, steps=steps), model, tiny_task(model), x, y,
-                              device=device, rank=rank, world=world)
+                              device=device, rank=rank, world=world, optimizer_cls=sgd)
     if rank == 0:
         save_file(state_tensors(model, ema), result, metadata={"history": json.dumps(history)})
     dist.barrier()

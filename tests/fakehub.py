@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n"
+LFS_BATCH = ["info", "lfs", "objects", "batch"]  # /{repo}.git/info/lfs/objects/batch
 BACKGROUND_PATHS = {"/api/agent-harnesses"}  # fetched by huggingface_hub when it builds its user agent
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -107,7 +109,12 @@ class FakeHub:
 
     @property
     def cdn_url(self) -> str:
-        return f"http://localhost:{self.port}"
+        """Another origin on the same server, like the Hub's CDN; the Hub origin if localhost is not 127.0.0.1."""
+        try:
+            cdn_host = "localhost" if socket.gethostbyname("localhost") == "127.0.0.1" else "127.0.0.1"
+        except OSError:
+            cdn_host = "127.0.0.1"
+        return f"http://{cdn_host}:{self.port}"
 
     def start(self) -> "FakeHub":
         hub = self
@@ -335,7 +342,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._preupload(repo_id, rest[1], json.loads(body))
             if m == "POST" and rest[0] == "commit" and len(rest) == 2:
                 return self._commit_api(repo_id, rest[1], body)
-        if m == "POST" and len(parts) == 6 and parts[1].endswith(".git") and parts[2:] == ["info", "lfs", "objects", "batch"]:
+        if m == "POST" and len(parts) == 6 and parts[1].endswith(".git") and parts[2:] == LFS_BATCH:
             return self._lfs_batch(f"{parts[0]}/{parts[1][:-4]}", json.loads(body))
         if m in ("GET", "HEAD") and len(parts) >= 5 and parts[2] == "resolve":
             return self._resolve(f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:]))
@@ -419,7 +426,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not (self.command == "POST" and oid == "verify"):
             raise HubError(405, None, f"{self.command} not allowed here")
         payload = json.loads(body or b"{}")
-        if payload.get("oid") not in self.hub.lfs_store or len(self.hub.lfs_store[payload["oid"]]) != payload.get("size"):
+        stored = self.hub.lfs_store.get(payload.get("oid"))
+        if stored is None or len(stored) != payload.get("size"):
             raise HubError(404, None, f"LFS object {payload.get('oid')} not uploaded")
         self._json(200, {"success": True})
 
@@ -490,4 +498,7 @@ class _Handler(BaseHTTPRequestHandler):
         if data is None:
             raise HubError(404, None, "NoSuchKey")
         served = self.hub._served_bytes(path, data) if self.command == "GET" else data
-        self._send(200, served, {"ETag": f'"{oid}"'}, content_type="application/octet-stream")
+        # Hub headers too, so that a client following the redirect on the same origin still gets them
+        headers = {"ETag": f'"{oid}"', "X-Linked-Etag": f'"{oid}"', "X-Linked-Size": str(len(data)),
+                   "X-Repo-Commit": query.get("commit", [""])[0]}
+        self._send(200, served, headers, content_type="application/octet-stream")

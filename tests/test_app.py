@@ -105,29 +105,22 @@ def test_generate_rejects_bad_input_naming_it(client, param, value):
 
 
 def test_cancel_stops_the_sampler(client, app_demo):
-    """A cancelled generator is not resumed: the pipeline stops producing steps."""
-    pipe = app_demo.lab.pipelines["pixel-cond"]
-    steps_done = []
-    original = pipe.stream
-
-    def counting(*args, **kwargs):
-        for step in original(*args, **kwargs):
-            steps_done.append(step.i)
-            yield step
-    pipe.stream = counting
+    """A cancelled generator is not resumed: the network stops being evaluated."""
+    calls = []
+    hook = app_demo.lab.pipelines["pixel-cond"].score_model.register_forward_hook(lambda *a: calls.append(1))
     try:
-        job = client.submit(*_gen_args(steps=1000, num_images=8, sampler="euler_maruyama"), **GEN)
-        deadline = time.time() + 30
-        while len(steps_done) < 3 and time.time() < deadline:
+        job = client.submit(*_gen_args(steps=1000, num_images=2, sampler="euler_maruyama"), **GEN)
+        deadline = time.time() + 60
+        while len(calls) < 30 and time.time() < deadline and not job.done():
             time.sleep(0.05)
-        assert steps_done, "the job never started"
+        assert len(calls) >= 30, f"the job did not run: {job.status()}"
         job.cancel()
-        time.sleep(1.5)
-        n = len(steps_done)
-        time.sleep(1.5)
-        assert len(steps_done) == n < 1000, "sampling went on after cancel"
+        time.sleep(2.0)
+        n = len(calls)
+        time.sleep(2.0)
+        assert len(calls) == n < 1000, "sampling went on after cancel"
     finally:
-        pipe.stream = original
+        hook.remove()
 
 
 def test_estimate_cost_and_random_seed(client):
@@ -278,8 +271,9 @@ def test_check_int(value, ok):
     if ok:
         assert app.check_int("n", value, 1, 64) in (3, 4)
     else:
-        with pytest.raises(Exception, match="^n "):
+        with pytest.raises(app.gr.Error) as err:
             app.check_int("n", value, 1, 64)
+        assert err.value.message.startswith("n (n) must be")
 
 
 def test_sketch_to_digit_is_centred_and_scaled(tmp_path):

@@ -60,7 +60,8 @@ def test_push_uploads_exactly_the_published_files_byte_identical(hub, tmp_path):
     assert hub_pin(weights) == {"repo": REPO, "revision": sha, "models": {"pixel-cond": sha}}
     # a second model: a new commit, which holds both; the pin follows it
     sha2 = push_folder(make_weights(weights, ["autoencoder"]) / "autoencoder", REPO, token="hf_fake_token")
-    assert sha2 != sha and {"pixel-cond/model.safetensors", "autoencoder/model.safetensors"} <= set(hub.files(REPO, sha2))
+    assert sha2 != sha
+    assert {"pixel-cond/model.safetensors", "autoencoder/model.safetensors"} <= set(hub.files(REPO, sha2))
     assert hub_pin(weights) == {"repo": REPO, "revision": sha2, "models": {"pixel-cond": sha, "autoencoder": sha2}}
 
 
@@ -114,7 +115,8 @@ def test_push_cli_verifies_all_then_pushes_and_records(hub, tmp_path, capsys):
           "--revision-file", str(pin_file)])
     pin = json.loads(pin_file.read_text())
     assert pin["repo"] == REPO and pin["revision"] == hub.head(REPO)
-    assert set(pin["models"]) == {"pixel-cond", "autoencoder"}
+    first = next(u["commit"] for u in hub.uploads if u["path"].startswith("pixel-cond/"))
+    assert pin["models"] == {"pixel-cond": first, "autoencoder": hub.head(REPO)}
     assert {u["path"] for u in hub.uploads} == {f"{n}/{f}" for n in ("pixel-cond", "autoencoder")
                                                for f in ("config.json", "model.safetensors", "README.md")}
     assert hub.head(REPO) in capsys.readouterr().out
@@ -165,6 +167,13 @@ def test_offline_with_a_warm_cache_serves_from_the_cache(hub, published, monkeyp
     assert from_hub(model, "pixel-cond"), messages
     expected = "(offline mode)" if how == "HF_HUB_OFFLINE" else "(the Hub could not be reached)"
     assert f"loaded from the Hub, {REPO}@{published['sha'][:12]}" in messages[0] and expected in messages[0]
+    if how == "refuse":  # back online: the branch is resolved on the Hub again
+        hub.go_online()
+        hub.clear_log()
+        messages = []
+        load_model("pixel-cond", weights_dir=published["local"], hub_repo=REPO, revision="main", messages=messages)
+        assert messages[0].endswith(", main resolved on the Hub, files from the local Hub cache")
+        assert hub.paths_requested() == [f"/api/models/{REPO}/revision/main"]
 
 
 @pytest.mark.parametrize("how", ["refuse", "503", "HF_HUB_OFFLINE"])
@@ -181,7 +190,8 @@ def test_offline_with_a_cold_cache_falls_back_to_local_weights(hub, published, m
     assert msg.startswith("pixel-cond: not loaded from the Hub: ")
     assert msg.endswith(f"Using the local weights in {published['local'] / 'pixel-cond'}")
     if how == "HF_HUB_OFFLINE":
-        assert f"offline mode is on (HF_HUB_OFFLINE=1) and {REPO}@{published['sha']} is not in the local Hub cache" in msg
+        assert (f"offline mode is on (HF_HUB_OFFLINE=1) and {REPO}@{published['sha'][:12]} "
+                "is not in the local Hub cache") in msg
     else:
         assert f"the Hub at {hub.url} could not be reached" in msg and "is not in the local Hub cache" in msg
 
@@ -201,7 +211,8 @@ def test_repo_revision_and_file_not_found_each_say_which(hub, published):
     assert "the Hub repository 'lab/no-such-repo' was not found" in m_repo
     assert f"the Hub repository '{REPO}' has no revision 'v9.9' (no such commit, branch or tag)" in m_rev
     assert f"has no revision '{'0' * 40}'" in m_sha
-    assert "lab/partial@main (commit " in m_file and "has no pixel-cond/model.safetensors (pixel-cond/ holds ['config.json'])" in m_file
+    assert "lab/partial@main (commit " in m_file
+    assert "has no pixel-cond/model.safetensors (pixel-cond/ holds ['config.json'])" in m_file
     assert len({m_repo, m_rev, m_file}) == 3
     for exc, kw in [(HubRepoNotFound, dict(repo_id="lab/no-such-repo")), (HubRevisionNotFound, dict(revision="v9.9")),
                     (HubFileNotFound, dict(name="classifier"))]:
@@ -262,3 +273,52 @@ def test_hub_failure_and_no_local_weights_is_reported_not_raised(hub, published,
     assert messages[0].startswith("pixel-cond: unavailable (WeightsNotFound: the Hub repository 'lab/no-such-repo' "
                                   "was not found")
     assert "and the local weights are unusable too" in messages[0]
+
+
+def test_an_unreachable_hub_is_asked_once_per_load_pipelines(hub, published):
+    hub.go_offline("503")
+    pipes, messages = load_pipelines(weights_dir=published["local"], hub_repo=REPO, revision="main")
+    assert set(pipes) == {"pixel-uncond", "pixel-cond", "latent-cond"}
+    assert len(hub.requests) == 1, [r["path"] for r in hub.requests]
+    assert "could not be reached (HTTP 503 Service Unavailable)" in messages[0]
+    assert all("the Hub could not be reached (see above)" in m and "Using the local weights" in m
+               for m in messages[1:]), messages
+
+
+def test_from_pretrained_takes_a_repo_id_and_subfolder(hub, published):
+    from diffusion import ScoreModel
+    model = ScoreModel.from_pretrained(REPO, revision=published["sha"], subfolder="pixel-cond")
+    assert from_hub(model, "pixel-cond")
+    with pytest.raises(FileNotFoundError, match=f"{REPO}@main in classifier/ has no config.json"):
+        ScoreModel.from_pretrained(REPO, subfolder="classifier")
+
+
+def test_a_hub_copy_with_nan_weights_is_refused(hub, published, tmp_path):
+    model = tiny_model("pixel-cond", seed=1)
+    with torch.no_grad():
+        model.net.class_embed.weight[0, 0] = float("nan")
+    bad = tmp_path / "bad" / "pixel-cond"
+    model.save_pretrained(bad)
+    sha = hub.add_files(REPO, {"pixel-cond/model.safetensors": (bad / "model.safetensors").read_bytes()})
+    messages = []
+    model = load_model("pixel-cond", weights_dir=published["local"], hub_repo=REPO, revision=sha, messages=messages)
+    assert from_local(model, "pixel-cond")
+    assert f"the Hub copy {REPO}@{sha[:12]} of pixel-cond is unusable: CorruptWeightsError: " in messages[0]
+    assert "net.class_embed.weight holds NaN or inf values" in messages[0]
+
+
+def test_the_fake_hub_answers_like_the_hub(hub, published, tmp_path):
+    """The error codes huggingface_hub maps to its exceptions, and the download headers it relies on."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    kw = dict(endpoint=hub.url, cache_dir=tmp_path / "c")
+    with pytest.raises(RepositoryNotFoundError):
+        hf_hub_download("lab/nope", "config.json", **kw)
+    with pytest.raises(RevisionNotFoundError):
+        hf_hub_download(REPO, "pixel-cond/config.json", revision="nope", **kw)
+    with pytest.raises(RemoteEntryNotFoundError):
+        hf_hub_download(REPO, "pixel-cond/nope.json", **kw)
+    codes = [r for r in hub.requests if r["method"] == "HEAD"]
+    assert len(codes) == 3
+    path = hf_hub_download(REPO, "pixel-cond/model.safetensors", revision=published["sha"], **kw)
+    assert open(path, "rb").read() == (published["pushed"] / "pixel-cond" / "model.safetensors").read_bytes()

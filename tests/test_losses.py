@@ -170,7 +170,7 @@ def test_autoencoder_loss_feeds_lpips_three_channels_normalized():
     mse = float(((x_hat.detach() - x) ** 2).mean())
     assert float(parts["mse"]) == pytest.approx(mse, rel=1e-6)
     assert float(parts["lpips"]) == pytest.approx(mse, rel=1e-6)       # the stand-in is the MSE of the repeats
-    assert float(loss) == pytest.approx(1.5 * mse, rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(1.5 * mse, rel=1e-6)
     loss.backward()
     assert ae.decoder[0].weight.grad is not None
 

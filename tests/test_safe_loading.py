@@ -41,7 +41,8 @@ def test_load_local_refuses_folder_with_only_a_pickle(tmp_path, marker):
     (folder / "pytorch_model.bin").write_bytes(evil_torch_zip(marker, tmp_path))
     with pytest.raises(UnsafeWeightsError, match=r"only \['pytorch_model.bin'\].*never opened"):
         load_local("pixel-cond", tmp_path / "weights")
-    with pytest.raises(FileNotFoundError, match=r"model.safetensors not found \(found \['pytorch_model.bin'\]: pickle formats are refused\)"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"model.safetensors not found \(found \['pytorch_model.bin'\]: pickle formats are refused"):
         ScoreModel.from_pretrained(folder)
 
 
@@ -129,7 +130,8 @@ def test_round_trip_is_strict_and_exact(folder):
 def test_truncated_safetensors(folder):
     path = folder / "model.safetensors"
     path.write_bytes(path.read_bytes()[:-1000])
-    with pytest.raises(CorruptWeightsError, match=r"model.safetensors is truncated: the header promises \d+ bytes, the file has \d+"):
+    with pytest.raises(CorruptWeightsError,
+                       match=r"model.safetensors is truncated: the header promises \d+ bytes, the file has \d+"):
         ScoreModel.from_pretrained(folder)
     path.write_bytes(path.read_bytes()[:100])  # cut inside the header
     with pytest.raises(CorruptWeightsError, match="is truncated: its safetensors header claims"):
@@ -151,7 +153,8 @@ def test_malformed_header(folder):
 def test_wrong_shape(folder):
     other = ScoreModel(num_classes=10, channels=(8, 24), attention_levels=(1,), embed_dim=32, context_dim=16)
     save_file(other.state_dict(), str(folder / "model.safetensors"))
-    with pytest.raises(CorruptWeightsError, match=r"has shape \(.*\), the model expects \(.*\) \(config.json and weights disagree\)"):
+    with pytest.raises(CorruptWeightsError,
+                       match=r"has shape \(.*\), the model expects \(.*\) \(config.json and weights disagree\)"):
         ScoreModel.from_pretrained(folder)
 
 
@@ -179,7 +182,8 @@ def test_config_must_exist_and_match_the_class(folder, tmp_path):
         ScoreModel.from_pretrained(folder)
     ae = tmp_path / "autoencoder"
     tiny_model("autoencoder").save_pretrained(ae)
-    with pytest.raises(CorruptWeightsError, match=r"keys \['hidden', 'latent_channels', 'latent_scale'\] that ScoreModel does not take"):
+    with pytest.raises(CorruptWeightsError,
+                       match=r"keys \['hidden', 'latent_channels', 'latent_scale'\] that ScoreModel does not take"):
         ScoreModel.from_pretrained(ae)
 
 

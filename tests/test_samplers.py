@@ -96,6 +96,25 @@ def test_sde_samplers_reach_the_data_distribution(name, shape):
     assert nfe == model.calls == nfe_for(name, 500)
 
 
+def test_corrector_step_has_the_requested_snr():
+    # Langevin corrector x' = x + e s + sqrt(2 e) z with e = 2 (snr ||z|| / ||s||)^2 per sample, so that
+    # ||e s|| / ||sqrt(2 e) z|| = snr (Song et al. 2021, algorithm 5). z is the sampler's first draw from the generator.
+    class Recording(GaussianScore):
+        def __call__(self, x, t, labels=None, guidance=1.0):
+            seen.append(x.clone())
+            return super().__call__(x, t, labels, guidance)
+
+    model, snr, seen = Recording(), 0.2, []
+    x1, _ = prior(model, shape=(6, 1, 4, 4))
+    next(get_sampler("predictor_corrector")(model, x1.clone(), num_steps=3, snr=snr,
+                                            generator=torch.Generator().manual_seed(3)))
+    z = torch.randn(x1.shape, generator=torch.Generator().manual_seed(3))
+    s = GaussianScore()(x1, torch.ones(6))
+    e = 2 * (snr * z.flatten(1).norm(dim=1) / s.flatten(1).norm(dim=1)) ** 2
+    grad_step, noise_step = e[:, None, None, None] * s, torch.sqrt(2 * e)[:, None, None, None] * z
+    assert torch.allclose(seen[1], x1 + grad_step + noise_step, atol=1e-4)
+
+
 @pytest.mark.parametrize("name", FIXED_STEP)
 @pytest.mark.parametrize("steps", [1, 2, 7])
 def test_step_records(name, steps):

@@ -21,13 +21,13 @@ from train.loop import TrainConfig, parse_config, train_loop
 class AutoEncoderConfig(TrainConfig):
     out: str = "runs/autoencoder"
     weights_dir: str = "weights/autoencoder"
-    steps: int = 2000
+    steps: int = 1500
     batch_size: int = 128
-    lr: float = 2e-3
+    lr: float = 1e-3
     ema_decay: float = 0.998
     perceptual: str = "lpips"         # lpips | none
     lpips_weight: float = 0.1
-    hidden: int = 64
+    hidden: int = 32
     latent_channels: int = 4
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from diffusion.hub import DEFAULT_WEIGHTS_DIR
 from train.data import load_mnist
 from train.loop import TrainConfig, dist_setup, save_weights
 
@@ -44,8 +45,10 @@ def finish(cfg: TrainConfig, ema_model, summary: dict | None = None):
                   "config": {k: v for k, v in dataclasses.asdict(cfg).items() if not k.startswith("_")},
                   "parameters": sum(p.numel() for p in ema_model.parameters()),
                   "torch": torch.__version__, **summary}
-        RECORDS.mkdir(parents=True, exist_ok=True)
-        (RECORDS / f"{dest.name}.json").write_text(json.dumps(record, indent=1) + "\n")
+        (Path(cfg.out) / "record.json").write_text(json.dumps(record, indent=1) + "\n")
+        if dest.resolve().parent == DEFAULT_WEIGHTS_DIR.resolve():  # shipped weights: keep the record in git
+            RECORDS.mkdir(parents=True, exist_ok=True)
+            (RECORDS / f"{dest.name}.json").write_text(json.dumps(record, indent=1) + "\n")
         print(f"EMA weights written to {dest}  ({summary})")
         if cfg.push_to_hub:
             from diffusion.hub import push_folder

@@ -48,7 +48,7 @@ class TrainConfig:
     log_every: int = 50
     sample_every: int = 0             # write a sample grid every N steps (0: only at the end)
     resume: bool = False
-    threads: int = 0                  # torch intra-op threads (0: torch's default)
+    threads: int = 0                  # torch intra-op threads (0: auto, 1 when the machine is busy, else all cores)
     mnist_dir: str = ""
     train_limit: int = 0              # use only the first N training images (0: all), for smoke tests
     push_to_hub: str = ""             # REPO_ID to upload the weights folder to after training
@@ -254,6 +254,8 @@ def train_loop(cfg: TrainConfig, model: torch.nn.Module, task, x_train: torch.Te
                unit="step", desc=run_dir.name)
     t0, seen = time.time(), 0
     for step in bar:
+        if cfg.threads == 0 and step % 100 == 0:
+            _auto_threads()
         epoch, k = divmod(step, steps_per_epoch)
         if epoch != perm_epoch:  # data order is a function of (seed, epoch): resume-exact without saving it
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
@@ -297,6 +299,18 @@ def train_loop(cfg: TrainConfig, model: torch.nn.Module, task, x_train: torch.Te
     if rank == 0:
         (run_dir / "history.json").write_text(json.dumps(history))
     return ema_model, history
+
+
+_CORES = os.cpu_count() or 1
+
+
+def _auto_threads() -> None:
+    """On a busy machine OpenMP threads wait on each other at every barrier and a multi-threaded step gets
+    slower than a single-threaded one; use one thread while the load average exceeds the core count."""
+    busy = os.getloadavg()[0] > _CORES + 0.5
+    want = 1 if busy else _CORES
+    if torch.get_num_threads() != want:
+        torch.set_num_threads(want)
 
 
 def _ema_copy(model, ema: EMA):

@@ -61,12 +61,12 @@ def main(argv=None) -> str | None:
         print("dry run: nothing pushed")
         return None
 
-    sha = None
+    commits = {}
     for name in names:
-        sha = push_folder(weights / name, args.repo_id, token=args.token, record=False)
+        commits[name] = sha = push_folder(weights / name, args.repo_id, token=args.token, record=False)
         print(f"{name}: pushed to {args.repo_id}/{name} at commit {sha}")
     pin_path = Path(args.revision_file) if args.revision_file else weights / PIN_FILE
-    record_pin(pin_path, args.repo_id, sha, names)
+    record_pin(pin_path, args.repo_id, sha, commits)
     print(f"recorded {args.repo_id}@{sha} in {pin_path}")
     return sha
 

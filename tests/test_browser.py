@@ -1,0 +1,101 @@
+"""Drive the app in a real Chromium (Playwright): generate, see the images appear, and keep screenshots
+under artifacts/ for a person to look at. Skipped when /usr/bin/chromium is missing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not CHROMIUM.is_file(), reason="no /usr/bin/chromium (apt-get install chromium)")]
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(app_url, wait_until="domcontentloaded")
+            page.wait_for_selector("#gen-run", timeout=60_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def _natural_width(page, selector: str) -> int:
+    return page.eval_on_selector(selector, "img => img.complete ? img.naturalWidth : 0")
+
+
+def test_generate_in_the_browser(page):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.click("#gen-run")
+    page.wait_for_selector("#gen-final img", timeout=60_000)
+    page.wait_for_function("() => { const i = document.querySelector('#gen-final img');"
+                           " return i && i.complete && i.naturalWidth > 0; }", timeout=30_000)
+    assert _natural_width(page, "#gen-final img") >= 400
+    assert _natural_width(page, "#gen-xt img") >= 400 and _natural_width(page, "#gen-x0 img") >= 400
+    page.wait_for_selector("#gen-gif a, #gen-gif .file-name, #gen-gif td", timeout=30_000)
+    body = page.inner_text("body")
+    assert "NFE" in body and "wall time" in body and "seed 0" in body
+    page.screenshot(path=str(ARTIFACTS / "app_generate.png"), full_page=True)
+
+
+@pytest.mark.parametrize("tab", ["Pixel vs latent", "Digit embeddings", "Forward diffusion", "About"])
+def test_other_tabs_render(page, tab):
+    page.get_by_role("tab", name=tab).click()
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(ARTIFACTS / f"app_{tab.lower().replace(' ', '_')}.png"), full_page=True)
+    assert page.get_by_role("tab", name=tab).get_attribute("aria-selected") == "true"
+    assert page.locator('[data-testid="toast-body"]').count() == 0, page.inner_text("body")[:300]  # no error popped
+
+
+def test_compare_in_the_browser(page):
+    page.get_by_role("tab", name="Pixel vs latent").click()
+    page.click("#cmp-run")
+    page.wait_for_function("() => (document.querySelector('#cmp-table') || {}).innerText?.includes('done')",
+                           timeout=60_000)
+    assert "autoencoder decoding" in page.inner_text("#cmp-table")
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / "app_pixel_vs_latent_run.png"), full_page=True)
+
+
+def test_interpolation_in_the_browser(page):
+    page.get_by_role("tab", name="Digit embeddings").click()
+    page.click("#emb-run")
+    page.wait_for_function("() => { const i = document.querySelector('#emb-strip img');"
+                           " return i && i.complete && i.naturalWidth > 0; }", timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "app_digit_embeddings_run.png"), full_page=True)
+
+
+def test_forward_pick_and_draw(page):
+    page.get_by_role("tab", name="Forward diffusion").click()
+    page.wait_for_selector("#fwd-grid img", timeout=30_000)
+    page.wait_for_function("() => (document.querySelector('#fwd-status') || {}).innerText?.includes('test image #')",
+                           timeout=30_000)
+    box = page.eval_on_selector("#fwd-grid img", "i => { const r = i.getBoundingClientRect();"
+                                " return {x: r.x, y: r.y, w: r.width, h: r.height, nw: i.naturalWidth}; }")
+    # the grid is 10 x 10 digits shown with object-fit: contain; click row 7, column 2 -> image #72
+    s = min(box["w"], box["h"]) / box["nw"]
+    left = box["x"] + (box["w"] - box["nw"] * s) / 2
+    top = box["y"] + (box["h"] - box["nw"] * s) / 2
+    cell = box["nw"] * s / 10
+    page.mouse.click(left + 2.5 * cell, top + 7.5 * cell)
+    page.wait_for_function("() => document.querySelector('#fwd-status').innerText.includes('test image #72')",
+                           timeout=30_000)
+    canvas = page.locator("#fwd-sketch canvas").first
+    b = canvas.bounding_box()
+    page.mouse.move(b["x"] + b["width"] * 0.5, b["y"] + b["height"] * 0.2)
+    page.mouse.down()
+    for k in range(1, 11):
+        page.mouse.move(b["x"] + b["width"] * 0.5, b["y"] + b["height"] * (0.2 + 0.06 * k), steps=2)
+    page.mouse.up()
+    page.wait_for_function("() => document.querySelector('#fwd-status').innerText.includes('your drawing')",
+                           timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "app_forward_diffusion_drawn.png"), full_page=True)
