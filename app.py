@@ -351,10 +351,13 @@ class Lab:
         labels = torch.zeros(batch, dtype=torch.long, device=pipe.device) if pipe.conditional else None
         t = torch.full((batch,), 0.5, device=pipe.device)
         pipe.score_model(x, t, labels)
+        sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
+        sync()
         start = time.perf_counter()
         pipe.score_model(x, t, labels)
         if pipe.is_latent:
             pipe.autoencoder.decode(x)
+        sync()
         return (time.perf_counter() - start) / batch
 
     def _pipeline(self, name: str, *, conditional: bool | None = None, param: str = "model"):
@@ -443,15 +446,16 @@ class Lab:
                 total = step.num_steps if sampler != "rk45" else "?"
                 progress = (f"step {step.i + 1}/{total} · t = {step.t:.3f} · σ(t) = {step.sigma:.3g} · "
                             f"NFE {step.nfe} · {_fmt_s(step.elapsed)}")
-                frames.add(lambda s=step, p=progress: captioned(
-                    [show_grid(s.x, GIF_PX), show_grid(s.x0, GIF_PX)], f"x_t | x0   {p}"), final=step.final)
+                caption = (f"x_t | x0-hat   step {step.i + 1}/{total}  t={step.t:.3f}  sigma={step.sigma:.3g}  "
+                           f"NFE {step.nfe}")                    # ASCII: PIL's default font has no Greek
+                frames.add(lambda s=step, c=caption: captioned(
+                    [show_grid(s.x, GIF_PX), show_grid(s.x0, GIF_PX)], c), final=step.final)
                 now = time.perf_counter()
-                if step.final or now - last_emit >= PREVIEW_INTERVAL:
+                if not step.final and now - last_emit >= PREVIEW_INTERVAL:     # <= 10 updates/s; final below
                     last_emit = now
-                    if not step.final:
-                        yield show_grid(step.x), show_grid(step.x0), f"{what}\n\n{progress}", gr.skip(), gr.skip()
-        except ValueError as e:   # the library's own checks (should not happen after validation)
-            raise gr.Error(str(e)) from None
+                    yield show_grid(step.x), show_grid(step.x0), f"{what}\n\n{progress}", gr.skip(), gr.skip()
+        except (ValueError, RuntimeError) as e:   # the library's own checks (e.g. rk45's NFE cap)
+            raise gr.Error(str(e), print_exception=False) from None
         batch = self._batch(pipe, n, guidance)
         self._learn_speed(model, step.nfe, batch, step.elapsed - step.decode_time)
         final = show_grid(step.x)
@@ -527,8 +531,8 @@ class Lab:
                     imgs = [show_grid(s.x, 380) if s else gr.skip() for s in last] + \
                            [show_grid(s.x0, 380) if s else gr.skip() for s in last]
                     yield imgs[0], imgs[2], imgs[1], imgs[3], self._compare_table(names, pipes, last, own, done)
-        except ValueError as e:
-            raise gr.Error(str(e)) from None
+        except (ValueError, RuntimeError) as e:
+            raise gr.Error(str(e), print_exception=False) from None
 
     def _compare_table(self, names, pipes, last, own, done) -> str:
         rows = ["| | " + " | ".join(names) + " |", "|---|---|---|"]
@@ -574,10 +578,10 @@ class Lab:
                 self._check_time(time.perf_counter() - start)
                 e = ((1 - al) * emb[a] + al * emb[b])[None].clone()
                 strip.append(pipe.generate(e, **kw)[0][0])
-        except ValueError as e:
-            raise gr.Error(str(e)) from None
+        except (ValueError, RuntimeError) as e:
+            raise gr.Error(str(e), print_exception=False) from None
         total = time.perf_counter() - start
-        picture = labelled_strip(torch.stack(strip), [f"α={al:.3g}" for al in alphas])
+        picture = labelled_strip(torch.stack(strip), [f"alpha={al:.3g}" for al in alphas])
         yield picture_grid, picture, f"{status} Strip: {STRIP_ALPHAS} more runs; {_fmt_s(total)} in all."
 
     # -- Forward diffusion -----------------------------------------------------------------------
@@ -789,7 +793,7 @@ def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | N
             note("Each conditional model learns one vector per digit (plus a 'null' one for guidance); it reaches "
                  "the U-Net through cross-attention. The heatmap compares the ten digit vectors by cosine "
                  "similarity: red pairs point the same way, blue pairs opposite ways. Digits the model finds alike "
-                 "(often 4/9, 3/5/8) tend to sit closer.")
+                 "(4/9 or 3/5/8, say) may sit closer.")
             gr.Plot(similarity_figure(pipelines), label="Embedding similarity", format="png")
             note("Below, the model is given a blend of two digit vectors, (1 − α)·e_A + α·e_B, instead of a digit. "
                  "The grid uses your α; the strip under it walks α from 0 to 1 for the first image's noise, so you "
@@ -896,11 +900,12 @@ def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | N
 
 def launch_kwargs(host: str | None = None, port: int | None = None) -> dict:
     """Launch settings: CSS, and gradio's routes this app does not use switched off (monitoring, MCP, PWA,
-    run history); nothing extra is served (no allowed_paths: the weights stay private)."""
+    run history); uploads (drawings) capped at 5 MB; nothing extra is served (no allowed_paths: the weights
+    stay private)."""
     return dict(server_name=host or os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                 server_port=int(port or os.environ.get("GRADIO_SERVER_PORT", 7860)),
                 css=CSS, footer_links=["api", "gradio"], run_history=False, enable_monitoring=False,
-                mcp_server=False, pwa=False, ssr_mode=False, show_error=False)
+                mcp_server=False, pwa=False, ssr_mode=False, show_error=False, max_file_size="5mb")
 
 
 def resolve_revision(hub_repo: str | None, revision: str | None, weights_dir=None) -> tuple[str | None, list[str]]:

@@ -312,3 +312,31 @@ def test_real_pixel_cond_defaults_are_fast_and_look_like_the_digit():
     if lab.classifier is not None:
         hits = int(out[2].split("reads ")[1].split("/")[0])
         assert hits >= 12, out[2]
+
+
+@pytest.mark.slow
+def test_python_app_py_listens_on_the_env_port(tiny_weights):
+    """`python app.py` honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT and serves the page."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import _free_port
+
+    port = _free_port()
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port)}
+    root = Path(app.__file__).resolve().parent
+    proc = subprocess.Popen([sys.executable, str(root / "app.py"), "--weights-dir", str(tiny_weights)], cwd=root,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, code = time.time() + 120, None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                code = _status(f"http://127.0.0.1:{port}/")
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -166,7 +166,7 @@ def test_autoencoder_loss_feeds_lpips_three_channels_normalized():
     assert normalize is True
     assert a.shape == b.shape == (3, 3, 28, 28)
     assert torch.equal(b, x.repeat(1, 3, 1, 1)) and torch.equal(a, x_hat.detach().repeat(1, 3, 1, 1))
-    assert float(a.min()) >= 0 and float(a.max()) <= 1                 # [0, 1] in; normalize=True maps to [-1, 1]
+    assert float(b.min()) >= 0 and float(b.max()) <= 1                 # [0, 1] images; normalize=True maps to [-1, 1]
     mse = float(((x_hat.detach() - x) ** 2).mean())
     assert float(parts["mse"]) == pytest.approx(mse, rel=1e-6)
     assert float(parts["lpips"]) == pytest.approx(mse, rel=1e-6)       # the stand-in is the MSE of the repeats

@@ -222,6 +222,11 @@ def train_loop(cfg: TrainConfig, model: torch.nn.Module, task, x_train: torch.Te
     """
     device = device or torch.device("cpu")
     run_dir = Path(cfg.out)
+    if cfg.keep < 1:
+        raise ValueError(f"keep must be >= 1, got {cfg.keep}")
+    if not cfg.resume and latest_checkpoint(run_dir) is not None:
+        raise FileExistsError(f"{run_dir} already holds checkpoints of another run: pass --resume to continue it, "
+                              f"or choose a new --out (or delete the folder) to start afresh")
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
@@ -269,8 +274,11 @@ def train_loop(cfg: TrainConfig, model: torch.nn.Module, task, x_train: torch.Te
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
         loss, logs = task.loss(ddp, x, y, noise)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"loss is {loss.item()} at step {step}; stopping without writing weights. "
+        finite = torch.isfinite(loss.detach()).float()
+        if world > 1:  # every rank must stop together, or the others would hang in the next all-reduce
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if not finite:
+            raise NonFiniteLoss(f"loss is {loss.item()} (on this or another process) at step {step}; stopping without writing weights. "
                                 f"Resume from the last good checkpoint with a lower --lr.")
         opt.zero_grad(set_to_none=True)
         loss.backward()
