@@ -28,6 +28,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import gradio as gr  # noqa: E402
+import gradio.utils as gradio_utils  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -172,9 +173,10 @@ class FrameBuffer:
             self.stride *= 2
 
 
-def sketch_to_digit(payload) -> torch.Tensor:
+def sketch_to_digit(payload, root: str | Path | None = None) -> torch.Tensor:
     """A Sketchpad value (raw EditorData dict) -> (28, 28) in [0, 1], MNIST-style: the ink's bounding box
-    fitted into 20 x 20 and centred by its centre of mass (LeCun et al. 1998's preprocessing)."""
+    fitted into 20 x 20 and centred by its centre of mass (LeCun et al. 1998's preprocessing).
+    With `root`, the image must lie inside it (gradio's upload folder: gradio checks this too)."""
     if not isinstance(payload, dict):
         raise _bad("sketch", "must be a drawing (an image-editor value)", payload)
     composite = payload.get("composite") or {}
@@ -184,6 +186,8 @@ def sketch_to_digit(payload) -> torch.Tensor:
         path = layers[-1].get("path") if isinstance(layers[-1], dict) else None
     if not path:
         raise _bad("sketch", "is empty: draw a digit first (or choose 'test digit')", "nothing drawn")
+    if root is not None and not Path(path).resolve().is_relative_to(Path(root).resolve()):
+        raise _bad("sketch", "must be an image uploaded to this app", "another path")
     try:
         img = np.asarray(Image.open(path).convert("RGBA"), dtype=np.float32) / 255.0
     except Exception as e:  # noqa: BLE001 - any unreadable upload is the user's input error
@@ -616,7 +620,7 @@ class Lab:
         denoisers = ["none"] + [n for n in MODEL_NAMES if n in self.pipelines and not self.pipelines[n].is_latent]
         denoiser = check_choice("denoiser", denoiser, denoisers)
         if source == "drawing":
-            x0, what = sketch_to_digit(sketch), "your drawing"
+            x0, what = sketch_to_digit(sketch, root=gradio_utils.get_upload_folder()), "your drawing"
         else:
             x0, what = self.test_images[index], f"test image #{index} (a {self.test_labels[index]})"
         std = float(self.sde.marginal_std(torch.tensor(t, dtype=torch.float64)))
@@ -714,7 +718,7 @@ def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | N
                                  info="1 = plain conditional, 0 = ignore the digit", key=f"{prefix}-guidance")
         return sampler, steps, guidance
 
-    problems = [m for m in messages if "unavailable" in m or "could not" in m]
+    problems = [m for m in messages if any(w in m for w in ("unavailable", "not loaded from the Hub", "could not"))]
     with gr.Blocks(title="MNIST diffusion lab", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
         gr.Markdown(INTRO)
         with gr.Accordion("Models: where they came from" + (" — some are missing" if problems else ""),
@@ -908,29 +912,28 @@ def launch_kwargs(host: str | None = None, port: int | None = None) -> dict:
                 mcp_server=False, pwa=False, ssr_mode=False, show_error=False, max_file_size="5mb")
 
 
-def resolve_revision(hub_repo: str | None, revision: str | None, weights_dir=None) -> tuple[str | None, list[str]]:
-    """--revision, or the revision weights/hub.json pinned for this repo; notes when it stays unpinned."""
+def resolve_revision(hub_repo: str | None, revision: str | None, weights_dir=None) -> str | None:
+    """--revision, else the revision weights/hub.json pinned for this repo (the rule `hub.load_model` follows)."""
     if not hub_repo or revision:
-        return revision, []
+        return revision
     pin = hub.hub_pin(weights_dir)
-    if pin.get("repo") == hub_repo and pin.get("revision"):
-        return pin["revision"], [f"Hub revision pinned by weights/hub.json: {pin['revision'][:12]}"]
-    return None, [f"no pinned revision for {hub_repo}: using its latest commit (main)"]
+    return pin.get("revision") if pin.get("repo") == hub_repo else None
 
 
 def create_demo(weights_dir=None, hub_repo=None, revision=None, device=None, **kwargs) -> gr.Blocks:
     """Load whatever models can be loaded (never raising for missing weights) and build the app."""
     device = device or pick_device()
-    revision, notes = resolve_revision(hub_repo, revision, weights_dir)
+    notes: list[str] = []
     pipelines, messages = hub.load_pipelines(weights_dir=weights_dir, hub_repo=hub_repo, revision=revision,
-                                             device=device)
+                                             device=device)     # no revision: the one pinned in hub.json
     classifier = None
     try:
         classifier = hub.load_model("classifier", weights_dir=weights_dir, hub_repo=hub_repo, revision=revision,
                                     device=device, messages=[])
     except Exception as e:  # noqa: BLE001 - optional: the app works without it
         notes.append(f"classifier: unavailable, generated digits are not checked ({type(e).__name__})")
-    cards = read_model_cards((*MODEL_NAMES, "autoencoder", "classifier"), weights_dir, hub_repo, revision)
+    cards = read_model_cards((*MODEL_NAMES, "autoencoder", "classifier"), weights_dir, hub_repo,
+                             resolve_revision(hub_repo, revision, weights_dir))
     return build_demo(pipelines, notes + messages, classifier=classifier, cards=cards, device=device, **kwargs)
 
 

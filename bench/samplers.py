@@ -87,7 +87,8 @@ class Evaluator:
         out["fd_at"][str(len(feats))] = out["fd"]
         if labels is not None:
             acc, per_class = conditional_accuracy(preds, labels)
-            out.update(accuracy=acc, per_class=[round(v, 4) for v in per_class])
+            out.update(accuracy=acc, per_class=[round(v, 4) for v in per_class],
+                       acc_at={str(n): conditional_accuracy(preds[:n], labels[:n])[0] for n in prefixes if n <= len(preds)})
         return out
 
 
@@ -202,6 +203,8 @@ def sampler_table(store: dict) -> str:
             f"N={n}: {_fmt(v)}" for n, v in sorted(floor.items(), key=lambda kv: int(kv[0]))) +
             " (training images, a random subset).", ""]
     for (model, w), runs in groups(store).items():
+        if len(runs) < 2:
+            continue  # a lone point (e.g. of a guidance sweep): see guidance.md
         nc = common_n(runs)
         ref = reference_run(runs, nc)
         ref_fd = ref["fd_at"].get(str(nc)) if ref else None
@@ -225,21 +228,30 @@ def guidance_table(store: dict) -> str | None:
     sweeps: dict = {}
     for r in store["runs"]:
         if r["guidance"] is not None:
-            sweeps.setdefault((r["model"], r["sampler"], r["steps"], r.get("tol"), r["n"]), []).append(r)
+            sweeps.setdefault((r["model"], r["sampler"], r["steps"], r.get("tol")), []).append(r)
     sweeps = {k: v for k, v in sweeps.items() if len({r["guidance"] for r in v}) >= 3}
     if not sweeps:
         return None
     lines = ["# Classifier-free guidance sweep", "",
              "s = s_uncond + w (s_cond - s_uncond); w = 0 is the unconditional model, w = 1 the plain conditional "
-             "one (a single, not doubled, batch). FD against the 10k test images at the run's N; accuracy: "
-             "the classifier reads the digit asked for.", ""]
+             "one (a single, not doubled, batch: half the cost per step). FD against the 10k test images and accuracy "
+             "(the classifier reads the digit asked for) on the first Nc images of each run (same seeds for every w); "
+             "the last columns give the run's own N where it is larger.", ""]
     floor = store.get("floor", {})
-    for (model, sampler, steps, tol, n), runs in sweeps.items():
-        lines += [f"## {model}, {sampler}, {steps} steps, N = {n} (floor at N: {_fmt(floor.get(str(n)))})", "",
-                  "| guidance w | accuracy | worst digit | FD | ms / image |", "|---:|---:|---:|---:|---:|"]
-        for r in sorted(runs, key=lambda r: r["guidance"]):
-            lines.append(f"| {r['guidance']:g} | {_fmt(r.get('accuracy'), 3)} | {_fmt(min(r['per_class']), 2)} | "
-                         f"{_fmt(r['fd'])} | {_fmt(r['ms_per_image'], 1)} |")
+    for (model, sampler, steps, tol), runs in sweeps.items():
+        best = {}
+        for r in runs:
+            if r["guidance"] not in best or r["n"] > best[r["guidance"]]["n"]:
+                best[r["guidance"]] = r
+        nc = min(r["n"] for r in best.values())
+        lines += [f"## {model}, {sampler}, {steps} steps (NFE {runs[0]['nfe']:.0f}), Nc = {nc} "
+                  f"(train-vs-test floor at Nc: {_fmt(floor.get(str(nc)))})", "",
+                  f"| guidance w | accuracy@Nc | worst digit | FD@Nc | ms / image | N | accuracy (N) | FD (N) |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for w, r in sorted(best.items()):
+            lines.append(f"| {w:g} | {_fmt(r.get('acc_at', {}).get(str(nc)), 3)} | {_fmt(min(r['per_class']), 2)} | "
+                         f"{_fmt(r['fd_at'].get(str(nc)))} | {_fmt(r['ms_per_image'], 1)} | {r['n']} | "
+                         f"{_fmt(r.get('accuracy'), 3)} | {_fmt(r['fd'])} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -248,6 +260,7 @@ def plot(store: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter, ScalarFormatter
 
     # one panel per model at its sweep guidance (the most common guidance among its runs)
     panels = {}
@@ -256,11 +269,16 @@ def plot(store: dict, path: Path) -> None:
             panels[model] = (w, runs)
     if not panels:
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    views = []  # (model, w, runs, N): every model at its common N, and again at its largest N if larger
+    for model, (w, runs) in panels.items():
+        nc, nmax = common_n(runs), max(r["n"] for r in runs)
+        views.append((model, w, runs, nc))
+        if nmax > nc and sum(str(nmax) in r["fd_at"] for r in runs) >= 2:
+            views.append((model, w, runs, nmax))
+    fig, axes = plt.subplots(1, len(views), figsize=(5.2 * len(views), 4.4), squeeze=False)
     colors = {"dpmpp_2m": "C0", "heun": "C1", "euler_maruyama": "C2", "predictor_corrector": "C3", "rk45": "C4"}
     floor = store.get("floor", {})
-    for ax, (model, (w, runs)) in zip(axes[0], panels.items()):
-        nc = common_n(runs)
+    for ax, (model, w, runs, nc) in zip(axes[0], views):
         for s in SAMPLERS:
             pts = sorted((r["nfe"], r["fd_at"][str(nc)]) for r in runs if r["sampler"] == s and str(nc) in r["fd_at"]
                          and (r["sampler"], r["steps"]) != REFERENCE)
@@ -274,9 +292,14 @@ def plot(store: dict, path: Path) -> None:
             ax.axhline(floor[str(nc)], color="grey", ls=":", lw=1, label=f"train vs test floor (N={nc})")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks([t for t in (5, 10, 20, 35, 50, 100, 250, 500) if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]])
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
         ax.set_xlabel("network evaluations (NFE)")
         ax.set_ylabel(f"Fréchet distance, classifier features (N={nc})")
-        ax.set_title(f"{model}" + (f", w = {w:g}" if w is not None else "") + ": FD vs NFE")
+        ax.set_title(f"{model}" + (f", w = {w:g}" if w is not None else "") + f": FD vs NFE, N = {nc}", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Sample quality vs sampling cost (lower is better)")

@@ -54,7 +54,7 @@ def feature_stats(features: torch.Tensor):
 
 def frechet_distance(mu1, cov1, mu2, cov2) -> float:
     """||mu1 - mu2||^2 + Tr(C1 + C2 - 2 (C1 C2)^(1/2))."""
-    covmean, _ = linalg.sqrtm(cov1 @ cov2, disp=False)
+    covmean = linalg.sqrtm(cov1 @ cov2)
     if not np.isfinite(covmean).all():  # singular product: regularise as in the reference FID code
         off = np.eye(cov1.shape[0]) * 1e-6
         covmean = linalg.sqrtm((cov1 + off) @ (cov2 + off))

@@ -60,6 +60,29 @@ def test_weights_and_monitoring_are_not_served(app_url, tiny_weights):
     assert _status(app_url) == 200
 
 
+def _raw_call(app_url: str, api_name: str, data: list) -> str:
+    """POST /gradio_api/call/<api>, then read the event stream: what a hand-made HTTP client gets."""
+    base = f"{app_url}gradio_api/call/{api_name}"
+    req = urllib.request.Request(base, data=json.dumps({"data": data}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        event_id = json.loads(r.read())["event_id"]
+    with urllib.request.urlopen(f"{base}/{event_id}", timeout=60) as r:
+        return r.read().decode()
+
+
+def test_a_drawing_cannot_name_a_server_file(app_url, tmp_path):
+    secret = tmp_path / "secret.png"
+    Image.fromarray(np.full((28, 28), 255, np.uint8)).save(secret)
+    for sketch in ({"composite": {"path": str(secret), "meta": {"_type": "gradio.FileData"}}, "layers": []},
+                   {"composite": {"path": str(secret)}, "layers": []},
+                   {"composite": None, "layers": [{"path": str(secret), "meta": {"_type": "gradio.FileData"}}]}):
+        out = _raw_call(app_url, "forward_diffusion", ["drawing", 0, sketch, 0.0, 0, "none"])
+        assert "event: error" in out and "your drawing" not in out
+    with pytest.raises(app.gr.Error, match="sketch"):             # and the handler's own check
+        app.sketch_to_digit({"composite": {"path": str(secret)}}, root=tmp_path / "uploads")
+
+
 # ---------------------------------------------------------------- Generate
 
 def test_generate_streams_previews_then_final_grid_and_gif(client):
@@ -245,10 +268,10 @@ def test_import_does_not_build_the_demo():
 
 def test_resolve_revision_uses_the_pin_for_its_repo(tmp_path):
     (tmp_path / "hub.json").write_text(json.dumps({"repo": "me/lab", "revision": "abc123"}))
-    assert app.resolve_revision("me/lab", None, tmp_path)[0] == "abc123"
-    assert app.resolve_revision("me/lab", "def456", tmp_path)[0] == "def456"
-    assert app.resolve_revision("other/lab", None, tmp_path)[0] is None
-    assert app.resolve_revision(None, None, tmp_path) == (None, [])
+    assert app.resolve_revision("me/lab", None, tmp_path) == "abc123"
+    assert app.resolve_revision("me/lab", "def456", tmp_path) == "def456"
+    assert app.resolve_revision("other/lab", None, tmp_path) is None
+    assert app.resolve_revision(None, None, tmp_path) is None
 
 
 def test_launch_settings_hide_unused_routes():
@@ -340,3 +363,13 @@ def test_python_app_py_listens_on_the_env_port(tiny_weights):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_unreachable_hub_falls_back_to_local_weights_and_says_so(tiny_weights, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")           # nothing listens there
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    demo = app.create_demo(weights_dir=tiny_weights, hub_repo="someone/mnist-diffusion-lab",
+                           device=torch.device("cpu"), calibrate=False)
+    assert set(demo.lab.pipelines) == {"pixel-uncond", "pixel-cond", "latent-cond"}
+    assert any("not loaded from the Hub" in m and "local weights" in m for m in demo.lab.messages)

@@ -64,9 +64,11 @@ def write_card(name: str, weights_dir: Path, metrics: dict) -> Path:
     rec = json.loads(rec_path.read_text()) if rec_path.is_file() else {}
     cfg = rec.get("config", {})
     model_cfg = json.loads((weights_dir / name / "config.json").read_text())
-    meta = ["---", "library_name: mnist-diffusion-lab", "license: mit", "datasets:", "- mnist",
-            "tags:", "- diffusion" if name != "classifier" else "- image-classification", "- score-based" if name.endswith("cond") else "- mnist",
-            "- mnist", "pipeline_tag: unconditional-image-generation" if name != "classifier" else "pipeline_tag: image-classification", "---", ""]
+    tags = {"classifier": ["mnist", "image-classification"], "autoencoder": ["mnist", "autoencoder", "latent-diffusion"]}.get(
+        name, ["mnist", "diffusion", "score-based", "classifier-free-guidance" if name.endswith("cond") else "unconditional"])
+    task = {"classifier": "image-classification", "autoencoder": "image-to-image"}.get(name, "unconditional-image-generation")
+    meta = ["---", "library_name: mnist-diffusion-lab", "license: mit", "datasets:", "- mnist", "tags:",
+            *[f"- {t}" for t in tags], f"pipeline_tag: {task}", "---", ""]
     lines = meta + [f"# mnist-diffusion-lab / {name}", "", DESCRIPTIONS[name], ""]
     lines += ["## Architecture", "", f"- parameters: {rec.get('parameters', 'n/a'):,}" if rec.get("parameters") else "- parameters: n/a",
               "- config.json: `" + json.dumps(model_cfg, separators=(",", ":")) + "`", ""]
@@ -88,8 +90,8 @@ def write_card(name: str, weights_dir: Path, metrics: dict) -> Path:
                   f"- optimisation: AdamW lr {cfg.get('lr')}, {cfg.get('warmup')} warm-up steps then cosine decay, batch "
                   f"{cfg.get('batch_size')}, {cfg.get('steps')} steps ({epochs:.1f} epochs), grad clip {cfg.get('grad_clip')}, "
                   f"EMA decay {cfg.get('ema_decay')} (the weights here are the EMA weights)",
-                  f"- wall time: {rec.get('wall_time_s', 0) / 60:.1f} min on {rec.get('device')} (torch {rec.get('torch')}), "
-                  "sharing the machine with other jobs",
+                  f"- wall time: {rec.get('wall_time_s', 0) / 60:.1f} min on a 2-core CPU build machine, no GPU (torch "
+                  f"{rec.get('torch')}), shared with other jobs during the run, so an idle machine is faster",
                   ""]
         if name == "autoencoder" and "LPIPS" not in rec.get("loss", ""):
             lines += ["LPIPS was not used for these weights: its ImageNet AlexNet backbone cannot be downloaded on the "

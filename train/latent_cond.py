@@ -10,9 +10,9 @@ class LatentCondConfig(ScoreConfig):
     weights_dir: str = "weights/latent-cond"
     space: str = "latent"
     conditional: bool = True
-    channels: str = "64,128"
+    channels: str = "32,64"
     attention_levels: str = "0,1"
-    steps: int = 6000
+    steps: int = 5000
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ class PixelUncondConfig(ScoreConfig):
     weights_dir: str = "weights/pixel-uncond"
     space: str = "pixel"
     conditional: bool = False
-    steps: int = 6000
+    steps: int = 5000
 
 
 if __name__ == "__main__":
