@@ -441,7 +441,7 @@ class Lab:
                 f"{sampler} · {'adaptive steps' if sampler == 'rk45' else f'{steps} steps'} · "
                 f"guidance {guidance:g}{'' if pipe.conditional else ' (n/a)'} · seed {seed} · {n} images")
         frames, last_emit, step = FrameBuffer(), -1.0, None
-        yield None, None, what + "\n\nstarting…", None, None
+        yield None, None, what + "\n\nstarting…", None, None, None
         try:
             stream = pipe.stream(labels, num_images=n, sampler=sampler, num_steps=steps, guidance=guidance,
                                  seed=seed, preview_every=self.preview_every(sampler, steps))
@@ -457,7 +457,8 @@ class Lab:
                 now = time.perf_counter()
                 if not step.final and now - last_emit >= PREVIEW_INTERVAL:     # <= 10 updates/s; final below
                     last_emit = now
-                    yield show_grid(step.x), show_grid(step.x0), f"{what}\n\n{progress}", gr.skip(), gr.skip()
+                    yield (show_grid(step.x), show_grid(step.x0), f"{what}\n\n{progress}", gr.skip(), gr.skip(),
+                           gr.skip())
         except (ValueError, RuntimeError) as e:   # the library's own checks (e.g. rk45's NFE cap)
             raise gr.Error(str(e), print_exception=False) from None
         batch = self._batch(pipe, n, guidance)
@@ -470,9 +471,10 @@ class Lab:
                    f"{self._classifier_line(step.x, digit if pipe.conditional else None)}.\n\n"
                    f"Reproduce: `load_pipeline('{model}').generate({label_arg}, sampler='{sampler}', "
                    f"num_steps={steps}, guidance={guidance:g}, seed={seed})`")
-        yield final, final, summary + "\n\nwriting the GIF…", final, gr.skip()
+        yield final, final, summary + "\n\nwriting the GIF…", final, gr.skip(), gr.skip()
         stem = f"{model}_{f'digit{digit}_' if pipe.conditional else ''}{sampler}_{steps}steps_seed{seed}"
-        yield final, final, summary, final, self._write_gif(frames.frames, stem)   # complete: predict() returns it
+        gif = self._write_gif(frames.frames, stem)
+        yield final, final, summary, final, gif, gif       # complete, so that predict() returns everything
 
     def estimate(self, model, sampler, steps, num_images, guidance) -> str:
         """A one-line cost estimate for the Generate settings (never raises: shown inline)."""
@@ -759,7 +761,11 @@ def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | N
                  "is added at the end). The GIF shows every k-th step, at most 40 frames, x_t left and x̂0 right.")
             with gr.Row():
                 g_final = gr.Image(label="Final samples", height=GRID_PX + 10, elem_id="gen-final", **img)
-                g_gif = gr.File(label="Trajectory GIF (download)", interactive=False, elem_id="gen-gif")
+                with gr.Column():
+                    g_anim = gr.Image(label="The whole trajectory (x_t | x̂0), replayed", height=GRID_PX - 110,
+                                      elem_id="gen-anim", interactive=False, elem_classes=["pixelated"],
+                                      buttons=["fullscreen"])
+                    g_gif = gr.File(label="Trajectory GIF (download)", interactive=False, elem_id="gen-gif")
 
         # ------------------------------------------------------------------ 2. Pixel vs latent
         with gr.Tab("Pixel vs latent"):
@@ -871,8 +877,8 @@ def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | N
 
         # ------------------------------------------------------------------ wiring
         gen_inputs = [g_model, g_digit, g_sampler, g_steps, g_guidance, g_seed, g_n]
-        gen = g_run.click(lab.generate, gen_inputs, [g_xt, g_x0, g_status, g_final, g_gif], api_name="generate",
-                          **heavy)
+        gen = g_run.click(lab.generate, gen_inputs, [g_xt, g_x0, g_status, g_final, g_gif, g_anim],
+                          api_name="generate", **heavy)
         g_stop.click(None, cancels=[gen])
         gr.on([g_model.change, g_sampler.change, g_steps.change, g_n.change, g_guidance.change], lab.estimate,
               [g_model, g_sampler, g_steps, g_n, g_guidance], g_cost, api_name="estimate_cost", queue=False,

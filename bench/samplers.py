@@ -333,6 +333,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--weights-dir", default=None)
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--grids", action="store_true", help="also save a 10x10 grid of each run's first 100 images")
     p.add_argument("--quick", action="store_true", help="smoke test: pixel-cond, 20 images, NFE 10, rk45 tol 1e-2")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated wall time, run nothing")
     args = p.parse_args(argv)
@@ -390,6 +391,11 @@ def main(argv=None):
         images, labels, wall, nfe_used = generate(pipes[m], s, steps, args.samples, 1.0 if w is None else w,
                                                   args.seed, chunk, ex)
         res = ev.evaluate(images, labels if pipes[m].conditional else None, prefixes)
+        if args.grids:
+            from diffusion.images import save_grid
+            (out / "grids").mkdir(exist_ok=True)
+            tag = f"tol{ex['rtol']:g}" if s == "rk45" else f"{steps}steps"
+            save_grid(images[:100], out / "grids" / f"{m}_{s}_{tag}_w{w if w is not None else 1:g}.png", nrow=10)
         rec = {"model": m, "sampler": s, "steps": steps, "tol": ex.get("rtol"), "nfe": nfe_used, "guidance": w,
                "n": args.samples, "seed": args.seed, "chunk": chunk, "wall_s": wall,
                "ms_per_image": 1e3 * wall / args.samples, "ms_per_image_nfe": 1e3 * wall / args.samples / nfe_used,

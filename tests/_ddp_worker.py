@@ -40,7 +40,7 @@ def tiny_task(model: ScoreModel) -> DSMTask:
 def tiny_config(out, **kw) -> TrainConfig:
     # 64 images / batch 16 = 4 steps per epoch: 6 steps cross an epoch boundary (a new data order)
     base = dict(out=str(out), steps=6, batch_size=16, lr=1e-2, warmup=2, min_lr_ratio=0.1, ckpt_every=3, keep=2,
-                log_every=1, ema_decay=0.9, seed=0, grad_clip=1.0)
+                log_every=1, ema_decay=0.9, seed=0, grad_clip=1.0, threads=1)  # fixed threads: bitwise-comparable runs
     return TrainConfig(**{**base, **kw})
 
 

@@ -86,16 +86,20 @@ def test_a_drawing_cannot_name_a_server_file(app_url, tmp_path):
 # ---------------------------------------------------------------- Generate
 
 def test_generate_streams_previews_then_final_grid_and_gif(client):
+    start = time.perf_counter()
     job = client.submit(*_gen_args(steps=6, num_images=4, seed=7), **GEN)
     outputs = list(job)
+    took = time.perf_counter() - start
     previews = [o for o in outputs if isinstance(o[0], str) and not isinstance(o[3], str)]
     assert previews, "no streamed preview before the final grid"
+    assert len(previews) <= took / app.PREVIEW_INTERVAL + 1      # throttled: at most ~10 updates a second
     status, gif = outputs[-1][2], outputs[-1][4]
     final = next(o[3] for o in outputs if isinstance(o[3], str))
     assert _size(previews[0][0]) == _size(previews[0][1])
     w, h = _size(final)
     assert 400 <= w <= 520 and w == h                        # 2 x 2 grid of 28 px digits upscaled x8
     assert Path(gif).suffix == ".gif" and "seed7" in Path(gif).name
+    assert Path(outputs[-1][5]).suffix == ".gif"             # also shown, animated, on the page
     with Image.open(gif) as im:
         assert im.n_frames >= 3                              # a frame per step (+ the final one)
     assert "NFE" in status and "wall time" in status and "seed 7" in status and "dpmpp_2m" in status

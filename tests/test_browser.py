@@ -42,6 +42,8 @@ def test_generate_in_the_browser(page):
     assert _natural_width(page, "#gen-final img") >= 400
     assert _natural_width(page, "#gen-xt img") >= 400 and _natural_width(page, "#gen-x0 img") >= 400
     page.wait_for_selector("#gen-gif a, #gen-gif .file-name, #gen-gif td", timeout=30_000)
+    page.wait_for_function("() => { const i = document.querySelector('#gen-anim img');"
+                           " return i && i.complete && i.naturalWidth > 0 && i.src.endsWith('.gif'); }", timeout=30_000)
     body = page.inner_text("body")
     assert "NFE" in body and "wall time" in body and "seed 0" in body
     page.screenshot(path=str(ARTIFACTS / "app_generate.png"), full_page=True)

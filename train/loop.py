@@ -258,8 +258,10 @@ def train_loop(cfg: TrainConfig, model: torch.nn.Module, task, x_train: torch.Te
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=rank != 0, dynamic_ncols=True,
                unit="step", desc=run_dir.name)
     t0, seen = time.time(), 0
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     for step in bar:
-        if cfg.threads == 0 and step % 100 == 0:
+        if cfg.threads == 0 and step % 100 == 0:  # changes float rounding only; fix --threads for bitwise repeats
             _auto_threads()
         epoch, k = divmod(step, steps_per_epoch)
         if epoch != perm_epoch:  # data order is a function of (seed, epoch): resume-exact without saving it
