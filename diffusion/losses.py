@@ -12,15 +12,32 @@ Autoencoder: MSE + lambda * LPIPS (Zhang et al. 2018) on 3-channel repeats of [0
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 
 def dsm_noise(x: torch.Tensor, generator: torch.Generator | None, eps: float = 1e-3,
-              label_dropout: float = 0.0) -> dict:
-    """The randomness of one DSM batch, drawn on CPU: t (B,), z like x, drop (B,) bool."""
+              label_dropout: float = 0.0, t_sampling: str = "uniform", sde=None) -> dict:
+    """The randomness of one DSM batch, drawn on CPU: t (B,), z like x, drop (B,) bool.
+
+    t_sampling="uniform": t ~ U(eps, 1) (Song et al. 2021). Since std(t) ~ sqrt(t) for small t, only ~5% of
+    samples then have std < 0.22, and the low-noise end, which removes the last speckles, is undertrained.
+    t_sampling="log_sigma": log std(t) ~ U(log std(eps), log std(1)), mapped back to t (each octave of noise
+    levels equally often, in the spirit of Karras et al. 2022's noise-level distribution); needs `sde`."""
     b = x.shape[0]
-    return {"t": torch.rand(b, generator=generator, dtype=torch.float64).float() * (1.0 - eps) + eps,
+    u = torch.rand(b, generator=generator, dtype=torch.float64)
+    if t_sampling == "uniform":
+        t = u * (1.0 - eps) + eps
+    elif t_sampling == "log_sigma":
+        if sde is None:
+            raise ValueError("t_sampling='log_sigma' needs the sde")
+        lo, hi = math.log(sde.marginal_std(torch.tensor(eps, dtype=torch.float64))), math.log(sde.std_max)
+        t = sde.t_from_std(torch.exp(lo + u * (hi - lo))).clamp(eps, 1.0)
+    else:
+        raise ValueError(f"t_sampling must be 'uniform' or 'log_sigma', got {t_sampling!r}")
+    return {"t": t.float(),
             "z": torch.randn(x.shape, generator=generator),
             "drop": torch.rand(b, generator=generator) < label_dropout}
 

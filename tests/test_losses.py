@@ -182,3 +182,23 @@ def test_autoencoder_loss_without_perceptual_is_mse():
     loss, x_hat, parts = autoencoder_loss(ae, x, None)
     assert set(parts) == {"mse"}
     assert torch.equal(loss, torch.nn.functional.mse_loss(x_hat, x))
+
+
+def test_log_sigma_t_sampling_is_log_uniform_in_std():
+    """t_sampling='log_sigma' draws log std(t) uniformly between log std(eps) and log std(1)."""
+    sde = VESDE(25.0)
+    x = torch.zeros(200_000, 1, 1, 1)
+    t = dsm_noise(x, torch.Generator().manual_seed(0), sde.eps, 0.0, "log_sigma", sde)["t"].double()
+    assert t.min() >= sde.eps - 1e-9 and t.max() <= 1.0
+    log_std = sde.marginal_std(t).log()
+    lo, hi = math.log(sde.std_min), math.log(sde.std_max)
+    # uniform on [lo, hi]: mean (lo + hi) / 2, std (hi - lo) / sqrt(12), a quarter of the mass below lo + (hi - lo) / 4
+    assert abs(float(log_std.mean()) - (lo + hi) / 2) < 0.02
+    assert abs(float(log_std.std()) - (hi - lo) / math.sqrt(12)) < 0.02
+    assert abs(float((log_std < lo + (hi - lo) / 4).double().mean()) - 0.25) < 0.01
+    # far more low-noise training than uniform t: P(std < 0.22) ~ 0.34 vs ~ 0.05
+    t_uniform = dsm_noise(x, torch.Generator().manual_seed(0), sde.eps)["t"].double()
+    assert float((sde.marginal_std(t_uniform) < 0.22).double().mean()) < 0.07
+    assert float((log_std.exp() < 0.22).double().mean()) > 0.3
+    with pytest.raises(ValueError, match="t_sampling"):
+        dsm_noise(x, None, sde.eps, 0.0, "bogus", sde)

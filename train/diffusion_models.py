@@ -23,6 +23,7 @@ class ScoreConfig(TrainConfig):
     space: str = "pixel"              # pixel | latent
     conditional: bool = True
     label_dropout: float = 0.1        # probability of the null class, for classifier-free guidance
+    t_sampling: str = "log_sigma"     # uniform (Song et al.) | log_sigma (more low-noise training: cleaner digits)
     channels: str = "16,32,64"
     attention_levels: str = "2"
     embed_dim: int = 128
@@ -39,12 +40,13 @@ def _ints(s: str) -> tuple[int, ...]:
 
 
 class DSMTask:
-    def __init__(self, model: ScoreModel, label_dropout: float, conditional: bool):
+    def __init__(self, model: ScoreModel, label_dropout: float, conditional: bool, t_sampling: str = "uniform"):
         self.eps, self.label_dropout, self.conditional = model.sde.eps, label_dropout, conditional
+        self.t_sampling = t_sampling
         self.model = model
 
     def noise(self, x, y, g):
-        return dsm_noise(x, g, self.eps, self.label_dropout if self.conditional else 0.0)
+        return dsm_noise(x, g, self.eps, self.label_dropout if self.conditional else 0.0, self.t_sampling, self.model.sde)
 
     def loss(self, model, x, y, noise):
         # DDP wraps the ScoreModel; dsm_loss needs .sde / .null_label from the bare module
@@ -97,7 +99,7 @@ def main(argv=None, config_cls=ScoreConfig):
             images, _ = pipe.generate(None, num_images=100, num_steps=20, seed=0)
         save_grid(images, run_dir / f"samples-{step:07d}.png", nrow=10)
 
-    ema, history = train_loop(cfg, model, DSMTask(model, cfg.label_dropout, cfg.conditional), x_train, y_train,
+    ema, history = train_loop(cfg, model, DSMTask(model, cfg.label_dropout, cfg.conditional, cfg.t_sampling), x_train, y_train,
                               on_sample=on_sample, device=device, rank=rank, world=world)
     if rank == 0:
         ema = ema.cpu().to(memory_format=torch.contiguous_format)
