@@ -146,13 +146,14 @@ def captioned(panels: list[np.ndarray], caption: str, gap: int = 8) -> np.ndarra
 
 
 def labelled_strip(images: torch.Tensor, labels: list[str], scale: int = 4) -> np.ndarray:
-    """(N, 28, 28) in a row, each with a label underneath."""
+    """(N, 28, 28) in a row, each with a short label centred underneath."""
     row = grid(images, nrow=images.shape[0], scale=scale, gap=2, gap_value=1.0)
-    canvas = Image.new("L", (row.shape[1], row.shape[0] + 18), 255)
+    canvas = Image.new("L", (row.shape[1], row.shape[0] + 30), 255)
     canvas.paste(Image.fromarray(row), (0, 0))
-    draw, cell = ImageDraw.Draw(canvas), 28 * scale + 2
+    draw, cell, font = ImageDraw.Draw(canvas), 28 * scale + 2, _font(22)
     for k, text in enumerate(labels):
-        draw.text((k * cell + 4, row.shape[0] + 3), text, fill=0, font=_font(12))
+        width = draw.textlength(text, font=font)
+        draw.text((k * cell + (28 * scale - width) / 2, row.shape[0] + 3), text, fill=0, font=font)
     return np.asarray(canvas)
 
 
@@ -223,30 +224,36 @@ def similarity_figure(pipelines: dict) -> Figure | None:
     conds = [(n, p) for n, p in pipelines.items() if p.conditional]
     if not conds:
         return None
-    fig = Figure(figsize=(5.2 * len(conds) + 0.8, 4.8), layout="constrained")
+    fig = Figure(figsize=(5.2 * len(conds) + 1.2, 5.2), layout="constrained")
     axes = fig.subplots(1, len(conds), squeeze=False)[0]
+    sims = {}
+    for name, pipe in conds:
+        e = pipe.score_model.label_embeddings()[:10].float().cpu()          # (10, D)
+        e = e / e.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        sims[name] = (e @ e.T).numpy()
+    off = ~np.eye(10, dtype=bool)
+    vmax = max(0.1, math.ceil(max(np.abs(s[off]).max() for s in sims.values()) * 20) / 20)  # one shared scale
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#d9d9d9")
     image = None
     for ax, (name, pipe) in zip(axes, conds):
-        e = pipe.score_model.label_embeddings()[:10].float().cpu()
-        e = e / e.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        sim = (e @ e.T).numpy()
-        shown = np.ma.masked_where(np.eye(10, dtype=bool), sim)   # the diagonal (always 1) is left out
-        cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#d9d9d9")
-        image = ax.imshow(shown, cmap=cmap, vmin=-1, vmax=1)
+        sim = sims[name]
+        shown = np.ma.masked_where(~off, sim)          # the diagonal (always 1) is left out of the colours
+        image = ax.imshow(shown, cmap=cmap, vmin=-vmax, vmax=vmax)
         for i in range(10):
             for j in range(10):
                 if i != j:
                     ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if abs(sim[i, j]) > 0.6 else "black")
+                            color="white" if abs(sim[i, j]) > 0.6 * vmax else "black")
                 else:
                     ax.text(j, i, "—", ha="center", va="center", fontsize=8, color="#555")
         ax.set_xticks(range(10))
         ax.set_yticks(range(10))
         ax.set_xlabel("digit")
         ax.set_ylabel("digit")
-        ax.set_title(f"{name} (embedding dim {e.shape[1]})", fontsize=10)
+        ax.set_title(f"{name} ({pipe.score_model.label_embeddings().shape[1]}-d embeddings)", fontsize=10)
     fig.colorbar(image, ax=list(axes), shrink=0.85, label="cosine similarity")
-    fig.suptitle("Cosine similarity between the learned digit embeddings (diagonal = 1, greyed out)", fontsize=11)
+    fig.suptitle("Cosine similarity between the learned digit embeddings\n(the diagonal, always 1, is greyed out)",
+                 fontsize=11)
     return fig
 
 
@@ -587,7 +594,7 @@ class Lab:
         except (ValueError, RuntimeError) as e:
             raise gr.Error(str(e), print_exception=False) from None
         total = time.perf_counter() - start
-        picture = labelled_strip(torch.stack(strip), [f"alpha={al:.3g}" for al in alphas])
+        picture = labelled_strip(torch.stack(strip), [f"{al:.3g}" for al in alphas])
         yield picture_grid, picture, f"{status} Strip: {STRIP_ALPHAS} more runs; {_fmt_s(total)} in all."
 
     # -- Forward diffusion -----------------------------------------------------------------------
@@ -726,9 +733,8 @@ def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | N
         with gr.Accordion("Models: where they came from" + (" — some are missing" if problems else ""),
                           open=bool(problems) or not available):
             lines = [f"- {m}" for m in messages] or ["- no models were loaded"]
-            lines.append(f"- device: `{torch.device(device)}`; one request runs at a time per "
-                         f"{concurrency} slot(s), at most {max_queue} waiting; each is stopped after "
-                         f"{max_seconds:.0f} s")
+            lines.append(f"- device: `{torch.device(device)}`; {concurrency} generation(s) at a time, up to "
+                         f"{max_queue} more waiting; each is stopped after {max_seconds:.0f} s")
             if classifier is not None:
                 lines.append("- the evaluation classifier (weights/classifier) checks generated digits")
             gr.Markdown("\n".join(lines))
@@ -802,7 +808,8 @@ def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | N
         with gr.Tab("Digit embeddings"):
             note("Each conditional model learns one vector per digit (plus a 'null' one for guidance); it reaches "
                  "the U-Net through cross-attention. The heatmap compares the ten digit vectors by cosine "
-                 "similarity: red pairs point the same way, blue pairs opposite ways. Digits the model finds alike "
+                 "similarity (colours scaled to the largest off-diagonal value): red pairs point the same way, blue "
+                 "pairs opposite ways. Digits the model finds alike "
                  "(4/9 or 3/5/8, say) may sit closer.")
             gr.Plot(similarity_figure(pipelines), label="Embedding similarity", format="png")
             note("Below, the model is given a blend of two digit vectors, (1 − α)·e_A + α·e_B, instead of a digit. "
@@ -825,7 +832,8 @@ def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | N
             e_status = gr.Markdown("")
             with gr.Row():
                 e_grid = gr.Image(label="Samples at this α", height=360, scale=1, **img)
-                e_strip = gr.Image(label="α from 0 to 1 (same starting noise)", height=160, scale=2, elem_id="emb-strip",
+                e_strip = gr.Image(label="α = 0 (digit A) … 1 (digit B), the same starting noise", height=160, scale=2,
+                                   elem_id="emb-strip",
                                    **img)
 
         # ------------------------------------------------------------------ 4. Forward diffusion
@@ -836,7 +844,7 @@ def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | N
             with gr.Row():
                 with gr.Column(scale=1):
                     f_source = gr.Radio(["test digit", "drawing"], value="test digit", label="Source")
-                    f_index = gr.Slider(0, len(lab.test_images) - 1, 30, step=1,
+                    f_index = gr.Slider(0, len(lab.test_images) - 1, 70, step=1,
                                         label="Test image (0–99: ten MNIST test digits of each class, in order)")
                     f_t = gr.Slider(0, 1, 0.3, step=0.01, label="t (diffusion time)")
                     f_seed = gr.Number(0, label="Noise seed", precision=0, minimum=0, maximum=MAX_SEED)
@@ -847,7 +855,7 @@ def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | N
                     f_grid = gr.Image(lab.test_grid(), label="Click a test digit", height=400, elem_id="fwd-grid",
                                       **{**img, "buttons": []})
                 with gr.Column(scale=1):
-                    f_sketch = gr.Sketchpad(elem_id="fwd-sketch", label="…or draw one (white on black), then pick 'drawing'",
+                    f_sketch = gr.Sketchpad(elem_id="fwd-sketch", label="…or draw a digit (white on black)",
                                             value={"background": np.zeros((280, 280, 3), np.uint8), "layers": [],
                                                    "composite": None},
                                             canvas_size=(280, 280), fixed_canvas=True, image_mode="RGB",

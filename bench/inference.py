@@ -102,9 +102,21 @@ def per_nfe_cost(score_model, batch: int, guidance: float, reps: int = 5) -> flo
 
 
 def latent_vs_pixel(n: int, reps: int, weights_dir=None) -> dict:
-    from diffusion.hub import load_pipeline
+    from diffusion.hub import WeightsNotFound, load_model, load_pipeline
+    from diffusion.pipeline import Pipeline
     out = {}
-    pipes = {name: load_pipeline(name, weights_dir=weights_dir) for name in ("pixel-cond", "latent-cond")}
+    pipes = {"pixel-cond": load_pipeline("pixel-cond", weights_dir=weights_dir)}
+    try:
+        pipes["latent-cond"] = load_pipeline("latent-cond", weights_dir=weights_dir)
+        out["latent_weights"] = "trained"
+    except WeightsNotFound:
+        # cost depends on the architecture only: build latent-cond's (train/latent_cond.py) with random weights
+        from train.diffusion_models import build_model
+        from train.latent_cond import LatentCondConfig
+        ae = load_model("autoencoder", weights_dir=weights_dir)
+        sm = build_model(LatentCondConfig(), ae.latent_channels, ae.latent_shape[-1]).eval()
+        pipes["latent-cond"] = Pipeline(sm, ae, name="latent-cond")
+        out["latent_weights"] = "untrained (latent-cond architecture from train/latent_cond.py, random init): cost only"
     for _ in range(2):  # warm-up both, then measure interleaved
         for p in pipes.values():
             p.generate(torch.arange(n) % 10, seed=0)
@@ -258,7 +270,7 @@ def write_reports(results: dict, out: Path) -> None:
         lines = ["# Latent vs pixel diffusion: cost", "",
                  f"One run, {lp['threads']} threads; default path: {lp['images']} images, {lp['sampler']} "
                  f"{lp['steps']} steps, guidance {lp['guidance']:g}. A network evaluation is one guided call "
-                 "(a doubled batch).", "",
+                 f"(a doubled batch). latent-cond weights: {lp.get('latent_weights', 'trained')}.", "",
                  "| | pixel-cond | latent-cond | latent / pixel |", "|---|---:|---:|---:|",
                  f"| parameters | {px['params']:,} | {la['params']:,} | {la['params'] / px['params']:.2f} |",
                  f"| sample shape | {tuple(px['sample_shape'])} | {tuple(la['sample_shape'])} | |",

@@ -102,13 +102,15 @@ def chunk_labels(n: int, conditional: bool):
 def generate(pipe, sampler: str, steps: int | None, n: int, guidance: float, seed: int, chunk: int, extras: dict):
     """n images in chunks of `chunk` (chunk k seeded seed + k); returns images (n, 28, 28), labels, wall s, mean NFE."""
     images, labels, nfes, wall = [], [], [], 0.0
+    generate.cpu_s = 0.0
     for k in range(math.ceil(n / chunk)):
         m = min(chunk, n - k * chunk)
         lab = chunk_labels(m, pipe.conditional)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         imgs, last = pipe.generate(lab, num_images=m, sampler=sampler, num_steps=steps, guidance=guidance,
                                    seed=seed + k, **extras)
         wall += time.perf_counter() - t0
+        generate.cpu_s += time.process_time() - c0
         images.append(imgs)
         labels.append(lab if lab is not None else torch.full((m,), -1))
         nfes.append(last.nfe)
@@ -198,6 +200,9 @@ def sampler_table(store: dict) -> str:
              "what the EM-500 comparison and the plot use. Wall time: generation only, per finished image, "
              f"batched {chunks} images per call (a guided call evaluates a doubled batch), "
              f"{store.get('machine', 'CPU')}.", ""]
+    notes = sorted({r.get("note") for r in store["runs"] if r.get("note")})
+    if notes:
+        lines += ["Timing conditions: " + "; ".join(notes), ""]
     if floor:
         lines += ["Floor (real data against the test set): " + ", ".join(
             f"N={n}: {_fmt(v)}" for n, v in sorted(floor.items(), key=lambda kv: int(kv[0]))) +
@@ -333,6 +338,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--weights-dir", default=None)
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--note", default="", help="stored with each record and shown in samplers.md (e.g. machine load)")
     p.add_argument("--grids", action="store_true", help="also save a 10x10 grid of each run's first 100 images")
     p.add_argument("--quick", action="store_true", help="smoke test: pixel-cond, 20 images, NFE 10, rk45 tol 1e-2")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated wall time, run nothing")
@@ -398,8 +404,9 @@ def main(argv=None):
             save_grid(images[:100], out / "grids" / f"{m}_{s}_{tag}_w{w if w is not None else 1:g}.png", nrow=10)
         rec = {"model": m, "sampler": s, "steps": steps, "tol": ex.get("rtol"), "nfe": nfe_used, "guidance": w,
                "n": args.samples, "seed": args.seed, "chunk": chunk, "wall_s": wall,
-               "ms_per_image": 1e3 * wall / args.samples, "ms_per_image_nfe": 1e3 * wall / args.samples / nfe_used,
-               "threads": torch.get_num_threads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **res}
+               "ms_per_image": 1e3 * wall / args.samples, "cpu_ms_per_image": 1e3 * generate.cpu_s / args.samples,
+               "ms_per_image_nfe": 1e3 * wall / args.samples / nfe_used,
+               "threads": torch.get_num_threads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "note": args.note, **res}
         merge(store, rec)
         store_path.write_text(json.dumps(store, indent=1))
         write_reports(store, out)

@@ -319,6 +319,18 @@ def download_folder(name: str, repo_id: str, revision: str | None = None, cache_
 # ---------------------------------------------------------------- loaders
 
 
+def _shown_path(path: Path) -> str:
+    """A path as shown to users: relative to the repository or the working directory when inside them,
+    so pages and logs do not reveal the server's directory layout."""
+    path = Path(path).resolve()
+    for base in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        try:
+            return str(path.relative_to(base))
+        except ValueError:
+            continue
+    return path.name if path.parent == path else f".../{path.parent.name}/{path.name}"
+
+
 def load_model(name: str, *, weights_dir=None, hub_repo: str | None = None, revision: str | None = None,
                device="cpu", messages: list | None = None, hub_state: dict | None = None):
     """From the Hub when `hub_repo` is given (falling back to local weights on failure), else local.
@@ -330,7 +342,7 @@ def load_model(name: str, *, weights_dir=None, hub_repo: str | None = None, revi
     """
     messages = messages if messages is not None else []
     cls = _check_name(name)
-    local = _weights_dir(weights_dir) / name
+    local = _shown_path(_weights_dir(weights_dir) / name)
     hub_problem = None
     if hub_repo:
         pin = hub_pin(weights_dir)

@@ -166,7 +166,8 @@ def test_compare_streams_both_models_with_costs(client):
     last = outs[-1]
     assert all(isinstance(p, str) and Path(p).is_file() for p in last[:4])
     table = last[4]
-    for key in ("pixel-cond", "latent-cond", "NFE", "time per step", "total time", "autoencoder decoding", "% of its time"):
+    for key in ("pixel-cond", "latent-cond", "NFE", "time per step", "total time", "autoencoder decoding",
+                "% of its time"):
         assert key in table, key
     assert table.count("| 4 |") >= 1 or "| NFE | 4 | 4 |" in table
 

@@ -188,7 +188,7 @@ def test_offline_with_a_cold_cache_falls_back_to_local_weights(hub, published, m
     assert from_local(model, "pixel-cond")
     msg = messages[0]
     assert msg.startswith("pixel-cond: not loaded from the Hub: ")
-    assert msg.endswith(f"Using the local weights in {published['local'] / 'pixel-cond'}")
+    assert msg.endswith("Using the local weights in .../local/pixel-cond")  # no absolute server paths on the page
     if how == "HF_HUB_OFFLINE":
         assert (f"offline mode is on (HF_HUB_OFFLINE=1) and {REPO}@{published['sha'][:12]} "
                 "is not in the local Hub cache") in msg
@@ -263,7 +263,7 @@ def test_cached_file_corrupted_on_disk_is_redownloaded(hub, published):
 def test_no_hub_repo_loads_local_and_says_so(hub, published):
     pipes, messages = load_pipelines(["pixel-cond"], weights_dir=published["local"])
     assert from_local(pipes["pixel-cond"].score_model, "pixel-cond")
-    assert messages == [f"pixel-cond: loaded from {published['local'] / 'pixel-cond'}"]
+    assert messages == ["pixel-cond: loaded from .../local/pixel-cond"]
     assert hub.requests == []
 
 
