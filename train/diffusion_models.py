@@ -23,7 +23,7 @@ class ScoreConfig(TrainConfig):
     space: str = "pixel"              # pixel | latent
     conditional: bool = True
     label_dropout: float = 0.1        # probability of the null class, for classifier-free guidance
-    t_sampling: str = "log_sigma"     # uniform (Song et al.) | log_sigma (more low-noise training: cleaner digits)
+    t_sampling: str = "uniform"       # uniform (Song et al.; the shipped weights) | log_sigma (more low-noise training)
     channels: str = "16,32,64"
     attention_levels: str = "2"
     embed_dim: int = 128
