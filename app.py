@@ -82,7 +82,11 @@ def _number(name: str, value) -> float:
             raise _bad(name, "must be a number", value) from None
     if not isinstance(value, (int, float, np.integer, np.floating)):
         raise _bad(name, "must be a number", value)
-    if not math.isfinite(float(value)):
+    try:
+        finite = math.isfinite(float(value))
+    except OverflowError:                    # an int beyond float range (e.g. 10**400 sent as JSON)
+        raise _bad(name, "must be a number of a sensible size", value) from None
+    if not finite:
         raise _bad(name, "must be a finite number", value)
     return value
 
@@ -450,8 +454,12 @@ class Lab:
         frames, last_emit, step = FrameBuffer(), -1.0, None
         yield None, None, what + "\n\nstarting…", None, None, None
         try:
+            # pixel models: every step comes back here (x and x0 are cheap to copy), so that the time limit and a
+            # cancel (applied at this generator's yields, <= PREVIEW_INTERVAL apart) act within a step, not k steps;
+            # latent models decode each preview, so only every k-th step is decoded
+            every = self.preview_every(sampler, steps) if pipe.is_latent else 1
             stream = pipe.stream(labels, num_images=n, sampler=sampler, num_steps=steps, guidance=guidance,
-                                 seed=seed, preview_every=self.preview_every(sampler, steps))
+                                 seed=seed, preview_every=every)
             for step in stream:
                 self._check_time(step.elapsed)
                 total = step.num_steps if sampler != "rk45" else "?"

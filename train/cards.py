@@ -45,8 +45,11 @@ def _metrics_section(name: str, m: dict) -> list[str]:
         lines += [f"Measured on {m['samples']} samples ({'100 per digit' if m.get('guidance') is not None else 'unconditional'}), "
                   f"sampler `{m['sampler']}`, {m['steps']} steps = {m['nfe']} network evaluations"
                   + (f", guidance w = {m['guidance']}" if m.get("guidance") is not None else "") + f", seed {m['seed']}.", ""]
-        lines += [f"- Frechet distance on classifier features vs the 10k test images: **{_fmt(m['frechet_distance'])}** "
-                  f"(train-vs-test floor {_fmt(floor)}, ratio {m['frechet_distance'] / floor:.2f}x)"]
+        floor_n = m.get("frechet_floor_same_n", floor)
+        lines += [f"- Frechet distance on classifier features vs the 10k test images: **{_fmt(m['frechet_distance'])}**; "
+                  f"the floor, {m['samples']} real training images vs the same test set, is {_fmt(floor_n)} "
+                  f"(ratio **{m['frechet_distance'] / floor_n:.2f}x**; the distance is biased upward at small N, so the "
+                  f"floor is taken at the same N; with 10k training images the floor is {_fmt(floor)})"]
         if "conditional_accuracy" in m:
             lines += [f"- conditional accuracy (classifier agrees with the requested digit): **{_fmt(m['conditional_accuracy'], True)}**",
                       "", "| digit | " + " | ".join(str(d) for d in range(10)) + " |", "|---" * 11 + "|",
