@@ -12,8 +12,11 @@ import torch
 
 from .samplers import get_sampler
 
+# From bench/samplers.py (bench/results/samplers.md, guidance.md): on pixel-cond, DPM-Solver++(2M) at 10 steps
+# (10 NFE) matches 20 steps (FD 5.16 vs 5.17 on 1000 samples, accuracy 0.999) and is within 10% of EM-500 and of
+# the best ODE result; w = 2 gives the lowest FD of w in {0, 1, 2, 3, 5} with ~100% conditional accuracy.
 DEFAULT_SAMPLER = "dpmpp_2m"
-DEFAULT_STEPS = 20
+DEFAULT_STEPS = 10
 DEFAULT_GUIDANCE = 2.0
 
 

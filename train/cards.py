@@ -53,11 +53,11 @@ def _metrics_section(name: str, m: dict) -> list[str]:
         if "conditional_accuracy" in m:
             lines += [f"- conditional accuracy (classifier agrees with the requested digit): **{_fmt(m['conditional_accuracy'], True)}**",
                       "", "| digit | " + " | ".join(str(d) for d in range(10)) + " |", "|---" * 11 + "|",
-                      "| accuracy | " + " | ".join(f"{100 * a:.1f}" for a in m["per_digit_accuracy"]) + " |"]
+                      "| accuracy | " + " | ".join(f"{100 * a:.1f}" for a in m["per_digit_accuracy"]) + " |", ""]
         if "class_histogram" in m:
             lines += ["- class histogram (fraction of samples the classifier assigns to each digit):", "",
                       "| digit | " + " | ".join(str(d) for d in range(10)) + " |", "|---" * 11 + "|",
-                      "| share | " + " | ".join(f"{100 * a:.1f}%" for a in m["class_histogram"]) + " |"]
+                      "| share | " + " | ".join(f"{100 * a:.1f}%" for a in m["class_histogram"]) + " |", ""]
         lines += [f"- sampling time: {1000 * m['sampling_seconds_per_image']:.1f} ms per image (batches of 500, CPU)"]
     return lines + [""]
 
