@@ -252,7 +252,9 @@ def test_twelve_concurrent_clients_on_the_bounded_queue(hard):
 
 
 @pytest.mark.slow
-def test_cancel_stops_network_evaluations_within_a_preview_interval(hard):
+def test_cancel_stops_network_evaluations_within_a_preview_interval(hard, monkeypatch):
+    # admit the long job even when a loaded machine makes the up-front cost estimate pessimistic
+    monkeypatch.setattr(hard.demo.lab, "max_seconds", 10_000.0)
     calls = hard.calls
     start_n = len(calls)
     job = hard.client.submit(*_gen_args(steps=1000, num_images=2, sampler="euler_maruyama"), api_name="/generate")
