@@ -80,12 +80,12 @@ class Pipeline:
     @torch.inference_mode()
     def stream(self, labels=None, *, num_images=None, sampler=DEFAULT_SAMPLER, num_steps=DEFAULT_STEPS,
                guidance=DEFAULT_GUIDANCE, seed=0, preview_every=1, **extras):
-        """Yield a PipelineStep every `preview_every` sampler steps, and always the final one."""
+        """Yield a PipelineStep every `preview_every` sampler steps (0: only the final one), and always the final one."""
         fn = get_sampler(sampler)
         start = time.perf_counter()
         labels, n = self._labels(labels, num_images)
-        if preview_every < 1:
-            raise ValueError("preview_every must be >= 1")
+        if isinstance(preview_every, bool) or int(preview_every) != preview_every or preview_every < 0:
+            raise ValueError(f"preview_every must be an integer >= 0, got {preview_every!r}")
         generator = torch.Generator().manual_seed(int(seed))
         sde = self.score_model.sde
         x = sde.prior_sample((n, *self.score_model.sample_shape), generator, device=self.device,
@@ -93,7 +93,7 @@ class Pipeline:
         decode_time = 0.0
         guidance = guidance if self.conditional else 1.0
         for step in fn(self.score_model, x, labels, num_steps=num_steps, generator=generator, guidance=guidance, **extras):
-            if not (step.final or step.i % preview_every == 0):
+            if not (step.final or (preview_every and step.i % preview_every == 0)):
                 continue
             t_dec = time.perf_counter()
             x_img = self._to_image(step.x)
@@ -106,6 +106,6 @@ class Pipeline:
     def generate(self, labels=None, **kwargs) -> tuple[torch.Tensor, PipelineStep]:
         """Final images (B, 28, 28) in [0, 1] and the final step record (nfe, elapsed)."""
         last = None
-        for last in self.stream(labels, preview_every=10**9, **kwargs):
+        for last in self.stream(labels, preview_every=0, **kwargs):  # decode the final sample only
             pass
         return last.x, last

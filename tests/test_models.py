@@ -326,3 +326,23 @@ def test_non_strict_loading_refused(tmp_path):
     with pytest.raises(ValueError, match="strict"):
         ScoreModel.from_pretrained(tmp_path / "m", strict=False)
     assert os.path.isfile(tmp_path / "m" / "model.safetensors")
+
+
+def test_generate_decodes_only_the_final_sample():
+    """generate() streams no previews: a latent pipeline runs its decoder exactly once."""
+    from diffusion.autoencoder import AutoEncoder
+    from diffusion.pipeline import Pipeline
+    from diffusion.score import ScoreModel
+
+    torch.manual_seed(0)
+    ae = AutoEncoder(hidden=8)
+    score = ScoreModel(in_channels=4, image_size=10, channels=(8, 16), attention_levels=(1,), num_classes=10,
+                       embed_dim=32, context_dim=16)
+    decodes = []
+    ae.decoder.register_forward_hook(lambda *a: decodes.append(1))
+    images, last = Pipeline(score, ae).generate([1, 2], num_steps=4, seed=0)
+    assert images.shape == (2, 28, 28) and last.final and len(decodes) == 1
+    steps = list(Pipeline(score, ae).stream([1], num_steps=4, preview_every=0, seed=0))
+    assert len(steps) == 1 and steps[0].final
+    with pytest.raises(ValueError, match="preview_every"):
+        list(Pipeline(score, ae).stream([1], num_steps=4, preview_every=-1))
