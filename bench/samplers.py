@@ -201,8 +201,10 @@ def sampler_table(store: dict) -> str:
              f"batched {chunks} images per call (a guided call evaluates a doubled batch), "
              f"{store.get('machine', 'CPU')}.", ""]
     notes = sorted({r.get("note") for r in store["runs"] if r.get("note")})
+    mark = {n: "*" * (i + 1) for i, n in enumerate(notes)}
     if notes:
-        lines += ["Timing conditions: " + "; ".join(notes), ""]
+        lines += ["Timing conditions (marked after the ms / image figure): "
+                  + "; ".join(f"{mark[n]} {n}" for n in notes), ""]
     if floor:
         lines += ["Floor (real data against the test set): " + ", ".join(
             f"N={n}: {_fmt(v)}" for n, v in sorted(floor.items(), key=lambda kv: int(kv[0]))) +
@@ -213,20 +215,44 @@ def sampler_table(store: dict) -> str:
         nc = common_n(runs)
         ref = reference_run(runs, nc)
         ref_fd = ref["fd_at"].get(str(nc)) if ref else None
+        nr = ref["n"] if ref else None                      # the reference's own N: the decisive comparison
         title = f"## {model}" + (f", guidance w = {w:g}" if w is not None else "")
-        lines += [title, "", f"Nc = {nc}; floor at Nc: {_fmt(floor.get(str(nc)))}; EM-500 FD@Nc: {_fmt(ref_fd)}", "",
-                  "| sampler | steps | NFE | N | FD (N) | FD@Nc | FD@Nc / EM-500 | accuracy | worst digit | ms / image | wall s |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [title, "", f"Nc = {nc}; floor at Nc: {_fmt(floor.get(str(nc)))}; EM-500 FD@Nc: {_fmt(ref_fd)}"
+                  + (f"; EM-500 FD@{nr}: {_fmt(ref['fd'])} (floor at {nr}: {_fmt(floor.get(str(nr)))})"
+                     if ref and nr > nc else ""), ""]
+        best = cheapest_within(runs, ref)
+        if best:
+            r, ratio = best
+            lines += [f"**Cheapest within 10% of EM-500's FD at N = {nr}:** {r['sampler']}, "
+                      f"{r['steps']} steps ({r['nfe']:.0f} NFE), FD {_fmt(r['fd_at'][str(nr)])} = {_fmt(ratio)}× "
+                      f"EM-500, {_fmt(ref['ms_per_image'] / r['ms_per_image'], 0)}× faster.", ""]
+        ratio_at = f"FD@{nr} / EM-500" if ref and nr > nc else "—"
+        lines += ["| sampler | steps | NFE | N | FD (N) | FD@Nc | FD@Nc / EM-500 | " + ratio_at
+                  + " | accuracy | worst digit | ms / image | wall s |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in sorted(runs, key=lambda r: (list(SAMPLERS).index(r["sampler"]), r["nfe"], r["n"])):
             fdc = r["fd_at"].get(str(nc))
             ratio = fdc / ref_fd if (fdc is not None and ref_fd) else None
+            fdr = r["fd_at"].get(str(nr)) if ref and nr > nc else None
+            ratio_r = fdr / ref["fd"] if fdr is not None else None
             steps = f"tol {r['tol']:g}" if r.get("tol") else str(r["steps"])
             worst = min(r["per_class"]) if r.get("per_class") else None
             lines.append(f"| {r['sampler']} | {steps} | {r['nfe']:.0f} | {r['n']} | {_fmt(r['fd'])} | {_fmt(fdc)} | "
-                         f"{_fmt(ratio)} | {_fmt(r.get('accuracy'), 3)} | {_fmt(worst, 2)} | "
-                         f"{_fmt(r['ms_per_image'], 1)} | {_fmt(r['wall_s'], 0)} |")
+                         f"{_fmt(ratio)} | {_fmt(ratio_r)} | {_fmt(r.get('accuracy'), 3)} | {_fmt(worst, 2)} | "
+                         f"{_fmt(r['ms_per_image'], 1)}{mark.get(r.get('note'), '')} | {_fmt(r['wall_s'], 0)} |")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def cheapest_within(runs, ref, tolerance: float = 0.10):
+    """The fixed-step run with the fewest NFE whose FD, on the reference's N images, is within `tolerance` of
+    EM-500's (the rule the defaults follow); (run, FD ratio) or None."""
+    if not ref:
+        return None
+    key = str(ref["n"])
+    ok = [(r, r["fd_at"][key] / ref["fd"]) for r in runs
+          if r is not ref and r.get("steps") and key in r["fd_at"] and r["fd_at"][key] <= (1 + tolerance) * ref["fd"]]
+    return min(ok, key=lambda rr: (rr[0]["nfe"], rr[0]["ms_per_image"])) if ok else None
 
 
 def guidance_table(store: dict) -> str | None:
@@ -342,7 +368,14 @@ def main(argv=None):
     p.add_argument("--grids", action="store_true", help="also save a 10x10 grid of each run's first 100 images")
     p.add_argument("--quick", action="store_true", help="smoke test: pixel-cond, 20 images, NFE 10, rk45 tol 1e-2")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated wall time, run nothing")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite samplers.md, guidance.md and the plot from the stored results, run nothing")
     args = p.parse_args(argv)
+    if args.report_only:
+        out = Path(args.out)
+        write_reports(load_store(out / "samplers.json"), out)
+        print(f"wrote {out / 'samplers.md'}, {out / 'quality_vs_nfe.png'}")
+        return
     if args.quick:
         args.models, args.nfe, args.samples, args.rk45_tol, args.chunk = ["pixel-cond"], [10], 20, [1e-2], 20
         args.out = str(Path(args.out) / "quick")

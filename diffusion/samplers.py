@@ -64,14 +64,25 @@ def _check_steps(num_steps: int, minimum: int = 1) -> int:
     return int(num_steps)
 
 
+def _time_grid(num_steps: int, eps: float) -> list[tuple[float, float]]:
+    """(t, t_next) for `num_steps` equal Euler steps from t = 1 down to t = eps.
+
+    The score is evaluated at t and the step lands on t_next, so the last step lands on eps and never
+    evaluates there. Near t -> 0 the drift step multiplies x - x0 by about 1 - dt / t (VE SDE:
+    g(t)^2 / std(t)^2 ~ 1 / t); the seed tutorial evaluated at t = eps with the grid's dt, a factor
+    1 - dt / eps = -9 at 100 steps, which blew the last step up (FD > 2000 on MNIST) at every step count
+    below ~500. Here the last evaluation is at eps + dt, so dt / t < 1 at every step."""
+    ts = torch.linspace(1.0, eps, num_steps + 1, dtype=torch.float64).tolist()
+    return list(zip(ts[:-1], ts[1:]))
+
+
 @torch.no_grad()
 def euler_maruyama(score_model, x, labels=None, *, num_steps, generator=None, guidance=1.0, eps=None):
     """Euler-Maruyama on the reverse-time SDE dx = -g(t)^2 s(x, t) dt + g(t) dw_bar (Song et al. 2021, eq. 6)."""
     num_steps, sde = _check_steps(num_steps), score_model.sde
     eps = sde.eps if eps is None else eps
-    ts = torch.linspace(1.0, eps, num_steps, dtype=torch.float64)
-    dt = float(ts[0] - ts[1]) if num_steps > 1 else 1.0 - eps
-    for i, t in enumerate(ts.tolist()):
+    for i, (t, t_next) in enumerate(_time_grid(num_steps, eps)):
+        dt = t - t_next
         tb = _batch_t(t, x)
         g2 = float(sde.diffusion_coeff(torch.tensor(t))) ** 2
         score = score_model(x, tb, labels, guidance=guidance)
@@ -79,7 +90,7 @@ def euler_maruyama(score_model, x, labels=None, *, num_steps, generator=None, gu
         mean_x = x + g2 * score * dt                                   # drift step
         last = i == num_steps - 1
         x = mean_x if last else mean_x + math.sqrt(g2 * dt) * _randn_like(x, generator)  # diffusion step
-        yield Step(i, max(t - dt, 0.0), x, x0, i + 1, last)
+        yield Step(i, t_next, x, x0, i + 1, last)
 
 
 @torch.no_grad()
@@ -88,10 +99,9 @@ def predictor_corrector(score_model, x, labels=None, *, num_steps, generator=Non
     (Song et al. 2021, algorithm 4 for VE SDEs). Two score calls per step."""
     num_steps, sde = _check_steps(num_steps), score_model.sde
     eps = sde.eps if eps is None else eps
-    ts = torch.linspace(1.0, eps, num_steps, dtype=torch.float64)
-    dt = float(ts[0] - ts[1]) if num_steps > 1 else 1.0 - eps
     nfe = 0
-    for i, t in enumerate(ts.tolist()):
+    for i, (t, t_next) in enumerate(_time_grid(num_steps, eps)):
+        dt = t - t_next
         tb = _batch_t(t, x)
         # corrector: one Langevin step, size set so ||step * grad|| / ||noise|| matches snr, per sample
         grad = score_model(x, tb, labels, guidance=guidance)
@@ -108,7 +118,7 @@ def predictor_corrector(score_model, x, labels=None, *, num_steps, generator=Non
         mean_x = x + g2 * score * dt
         last = i == num_steps - 1
         x = mean_x if last else mean_x + math.sqrt(g2 * dt) * _randn_like(x, generator)
-        yield Step(i, max(t - dt, 0.0), x, x0, nfe, last)
+        yield Step(i, t_next, x, x0, nfe, last)
 
 
 @torch.no_grad()
