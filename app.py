@@ -511,6 +511,12 @@ class Lab:
         return f"Cost: {cost} on a batch of {batch}{when}{slow}. {SAMPLER_DESCRIPTIONS[sampler]}."
 
     @staticmethod
+    def recommended_settings(model) -> tuple[str, int]:
+        """The model's default sampler and step count (diffusion.pipeline.MODEL_DEFAULTS), set when the model changes."""
+        d = dp.defaults_for(str(model))
+        return d.sampler, d.steps
+
+    @staticmethod
     def random_seed() -> int:
         return int(np.random.default_rng().integers(0, MAX_SEED))
 
@@ -720,7 +726,8 @@ def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | N
     sampler_choices = [(f"{name} — {SAMPLER_DESCRIPTIONS[name].split(':')[0]}", name) for name in SAMPLERS]
     model_choices = [(f"{n} ({MODEL_BLURB[n]})", n) for n in available]
     default_model = next((n for n in ("pixel-cond", "latent-cond", "pixel-uncond") if n in available), None)
-    D_SAMPLER, D_STEPS, D_GUIDANCE = dp.DEFAULT_SAMPLER, dp.DEFAULT_STEPS, dp.DEFAULT_GUIDANCE
+    start = dp.defaults_for(default_model)              # each model's own, set again when the model changes
+    D_SAMPLER, D_STEPS, D_GUIDANCE = start.sampler, start.steps, start.guidance
     img = dict(format="png", interactive=False, elem_classes=["pixelated"], buttons=["download", "fullscreen"])
     heavy = dict(preprocess=False, concurrency_id="sampling", concurrency_limit=concurrency)
 
@@ -741,7 +748,11 @@ def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | N
         with gr.Accordion("Models: where they came from" + (" — some are missing" if problems else ""),
                           open=bool(problems) or not available):
             lines = [f"- {m}" for m in messages] or ["- no models were loaded"]
-            lines.append(f"- device: `{torch.device(device)}`; {concurrency} generation(s) at a time, up to "
+            precision = " / ".join(sorted({p.compute_precision for p in pipelines.values()})) or "fp32"
+            if "bf16" in precision:
+                precision += " (autocast; `python app.py --precision fp32` turns it off)"
+            lines.append(f"- device: `{torch.device(device)}`, score network in {precision}; {concurrency} "
+                         f"generation(s) at a time, up to "
                          f"{max_queue} more waiting; each is stopped after {max_seconds:.0f} s")
             if classifier is not None:
                 lines.append("- the evaluation classifier (weights/classifier) checks generated digits")
@@ -896,6 +907,8 @@ def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | N
         gen = g_run.click(lab.generate, gen_inputs, [g_xt, g_x0, g_status, g_final, g_gif, g_anim],
                           api_name="generate", **heavy)
         g_stop.click(None, cancels=[gen])
+        g_model.change(lab.recommended_settings, g_model, [g_sampler, g_steps], api_name="recommended_settings",
+                       queue=False, show_progress="hidden")
         gr.on([g_model.change, g_sampler.change, g_steps.change, g_n.change, g_guidance.change], lab.estimate,
               [g_model, g_sampler, g_steps, g_n, g_guidance], g_cost, api_name="estimate_cost", queue=False,
               preprocess=False, show_progress="hidden")
@@ -942,12 +955,17 @@ def resolve_revision(hub_repo: str | None, revision: str | None, weights_dir=Non
     return pin.get("revision") if pin.get("repo") == hub_repo else None
 
 
-def create_demo(weights_dir=None, hub_repo=None, revision=None, device=None, **kwargs) -> gr.Blocks:
-    """Load whatever models can be loaded (never raising for missing weights) and build the app."""
+def create_demo(weights_dir=None, hub_repo=None, revision=None, device=None, precision: str = "auto",
+                **kwargs) -> gr.Blocks:
+    """Load whatever models can be loaded (never raising for missing weights) and build the app.
+    precision: "auto" (bf16 autocast on a CPU with bf16 hardware, else fp32), "fp32" or "bf16"."""
     device = device or pick_device()
+    dp.resolve_precision(precision, device)                     # a bad value fails here, before any loading
     notes: list[str] = []
     pipelines, messages = hub.load_pipelines(weights_dir=weights_dir, hub_repo=hub_repo, revision=revision,
                                              device=device)     # no revision: the one pinned in hub.json
+    for pipe in pipelines.values():
+        pipe.precision = precision
     classifier = None
     try:
         classifier = hub.load_model("classifier", weights_dir=weights_dir, hub_repo=hub_repo, revision=revision,
@@ -980,9 +998,12 @@ def main(argv=None) -> None:
     parser.add_argument("--port", type=int, default=None, help="default $GRADIO_SERVER_PORT or 7860")
     parser.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS, help="time limit per request")
     parser.add_argument("--max-queue", type=int, default=16, help="requests allowed to wait in the queue")
+    parser.add_argument("--precision", choices=dp.PRECISIONS, default="auto",
+                        help="score network precision: auto = bf16 autocast on a CPU with bf16 hardware "
+                             "(AVX512-BF16/AMX, measured 1.2-1.5x at equal quality), else fp32")
     args = parser.parse_args(argv)
     app = create_demo(args.weights_dir, args.hub_repo, args.revision, max_seconds=args.max_seconds,
-                      max_queue=args.max_queue)
+                      max_queue=args.max_queue, precision=args.precision)
     app.launch(**launch_kwargs(args.host, args.port))
 
 

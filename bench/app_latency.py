@@ -80,6 +80,7 @@ def main() -> None:
     p.add_argument("--num-images", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help="passed to app.py")
     args = p.parse_args()
 
     from gradio_client import Client
@@ -91,7 +92,7 @@ def main() -> None:
             sys.exit(f"no trained weights for {args.model}: train them first (python -m train.{args.model.replace('-', '_')})")
         port = free_port()
         url = f"http://127.0.0.1:{port}/"
-        cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port)]
+        cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--precision", args.precision]
         if args.weights_dir:
             cmd += ["--weights-dir", args.weights_dir]
         log = tempfile.NamedTemporaryFile("w+", prefix="app_latency_", suffix=".log", delete=False)

@@ -3,7 +3,8 @@
 Part 1, the default path: pixel-cond, 16 images, the default sampler / steps / guidance. Each variant
 runs the same seeded sampling; the figure is the median wall time over `--reps` interleaved repetitions
 after a warm-up, and the final images are compared with the baseline's (max |diff| in [0, 1] units):
-  baseline       torch.inference_mode, fp32, contiguous (NCHW), torch's default threads = Pipeline.generate
+  baseline       torch.inference_mode, fp32, contiguous (NCHW), torch's default threads = Pipeline.generate with
+                 precision "fp32" (its "auto" default is bf16 on a CPU with bf16 hardware: the row below)
   no_grad        torch.no_grad instead of inference_mode
   channels_last  model and input in channels_last memory format
   threads=N      torch.set_num_threads(N)
@@ -34,6 +35,24 @@ from diffusion.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
 from diffusion.samplers import nfe_for, sample
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cpu_name() -> str:
+    """The CPU model, and whether it has bf16 arithmetic (AVX512-BF16 / AMX), which decides what bf16 can gain."""
+    import platform
+    name, flags = platform.processor() or "CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    bf16 = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    return f"{name} ({'bf16 in hardware: ' + ', '.join(bf16) if bf16 else 'no bf16 arithmetic in hardware'})"
 
 
 def run_default(score_model, n: int, *, seed: int = 0, grad_mode=torch.inference_mode, channels_last=False,
@@ -220,7 +239,7 @@ def main(argv=None):
         results["default_path"] = {
             "model": args.model, "images": n, "sampler": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS,
             "nfe": nfe_for(DEFAULT_SAMPLER, DEFAULT_STEPS), "guidance": DEFAULT_GUIDANCE, "reps": args.reps,
-            "default_threads": default_threads, "torch": torch.__version__, "rows": rows,
+            "default_threads": default_threads, "torch": torch.__version__, "cpu": cpu_name(), "rows": rows,
             "compile": compile_info, "bf16_quality": bf16_quality}
         for r in rows:
             print(f"{r['variant']:34s} {r['median_s']*1e3:8.1f} ms  x{r['speedup']:.2f}  max|diff| {r['max_abs_diff']:.2e}")
@@ -229,7 +248,8 @@ def main(argv=None):
     if args.latent:
         lp = latent_vs_pixel(n, args.reps, args.weights_dir)
         results["latent_vs_pixel"] = {"images": n, "sampler": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS,
-                                      "guidance": DEFAULT_GUIDANCE, "threads": default_threads, **lp}
+                                      "guidance": DEFAULT_GUIDANCE, "threads": default_threads, "cpu": cpu_name(),
+                                      **lp}
         print(json.dumps(results["latent_vs_pixel"], indent=1))
     results["wall_s_last_run"] = time.perf_counter() - t_start
     path.write_text(json.dumps(results, indent=1))
@@ -243,9 +263,12 @@ def write_reports(results: dict, out: Path) -> None:
         lines = ["# Inference optimisations on the default path", "",
                  f"{d['model']}, {d['images']} images, {d['sampler']} {d['steps']} steps (NFE {d['nfe']}), guidance "
                  f"{d['guidance']:g} (a doubled batch of {2 * d['images']}), torch {d['torch']}, "
+                 f"{d.get('cpu', 'CPU')}, "
                  f"{d['default_threads']} threads by default. Median of {d['reps']} interleaved runs after a warm-up; "
                  "max |diff|: largest pixel difference of the final images from the baseline's (images in [0, 1]). "
-                 "Adopt only at >= 1.2x and equal quality.", "",
+                 "Adopt only at >= 1.2x and equal quality. At >= 1.2x on this machine: "
+                 + (", ".join(f"{r['variant']} ({r['speedup']:.2f}x)" for r in d["rows"] if r["speedup"] >= 1.2) or "none")
+                 + ".", "",
                  "| variant | median ms | min ms | speed-up | max abs diff |", "|---|---:|---:|---:|---:|"]
         for r in d["rows"]:
             lines.append(f"| {r['variant']} | {r['median_s'] * 1e3:.1f} | {r['min_s'] * 1e3:.1f} | "
@@ -268,7 +291,7 @@ def write_reports(results: dict, out: Path) -> None:
         dec_share = la["decode_s_in_generate"] / la["generate_s"]
         final_share = la["one_decode_s"] / la["generate_s"]
         lines = ["# Latent vs pixel diffusion: cost", "",
-                 f"One run, {lp['threads']} threads; default path: {lp['images']} images, {lp['sampler']} "
+                 f"One run, {lp['threads']} threads, {lp.get('cpu', 'CPU')}; default path: {lp['images']} images, {lp['sampler']} "
                  f"{lp['steps']} steps, guidance {lp['guidance']:g}. A network evaluation is one guided call "
                  f"(a doubled batch). latent-cond weights: {lp.get('latent_weights', 'trained')}.", "",
                  "| | pixel-cond | latent-cond | latent / pixel |", "|---|---:|---:|---:|",

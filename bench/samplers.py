@@ -188,6 +188,20 @@ def groups(store: dict):
     return dict(sorted(out.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1] if kv[0][1] is not None else 1)))
 
 
+def timing_marks(store: dict) -> dict:
+    """note -> '*', '**', ...: the machine and load each timing was taken under."""
+    notes = sorted({r.get("note") for r in store["runs"] if r.get("note")})
+    return {n: "*" * (i + 1) for i, n in enumerate(notes)}
+
+
+def timing_legend(store: dict) -> list[str]:
+    mark = timing_marks(store)
+    if not mark:
+        return []
+    return ["Timing conditions (marked after the ms / image figure): " + "; ".join(f"{m} {n}" for n, m in mark.items()),
+            ""]
+
+
 def sampler_table(store: dict) -> str:
     floor = store.get("floor", {})
     chunks = "/".join(str(c) for c in sorted({r.get("chunk", CHUNK) for r in store["runs"]})) or CHUNK
@@ -200,11 +214,8 @@ def sampler_table(store: dict) -> str:
              "what the EM-500 comparison and the plot use. Wall time: generation only, per finished image, "
              f"batched {chunks} images per call (a guided call evaluates a doubled batch), "
              f"{store.get('machine', 'CPU')}.", ""]
-    notes = sorted({r.get("note") for r in store["runs"] if r.get("note")})
-    mark = {n: "*" * (i + 1) for i, n in enumerate(notes)}
-    if notes:
-        lines += ["Timing conditions (marked after the ms / image figure): "
-                  + "; ".join(f"{mark[n]} {n}" for n in notes), ""]
+    lines += timing_legend(store)
+    mark = timing_marks(store)
     if floor:
         lines += ["Floor (real data against the test set): " + ", ".join(
             f"N={n}: {_fmt(v)}" for n, v in sorted(floor.items(), key=lambda kv: int(kv[0]))) +
@@ -222,10 +233,14 @@ def sampler_table(store: dict) -> str:
                      if ref and nr > nc else ""), ""]
         best = cheapest_within(runs, ref)
         if best:
-            r, ratio = best
-            lines += [f"**Cheapest within 10% of EM-500's FD at N = {nr}:** {r['sampler']}, "
-                      f"{r['steps']} steps ({r['nfe']:.0f} NFE), FD {_fmt(r['fd_at'][str(nr)])} = {_fmt(ratio)}× "
-                      f"EM-500, {_fmt(ref['ms_per_image'] / r['ms_per_image'], 0)}× faster.", ""]
+            r, ratio, below = best
+            lines += [f"**Cheapest grid point (NFE {', '.join(map(str, DEFAULT_NFE))}) within 10% of EM-500's FD at "
+                      f"N = {nr}:** {r['sampler']}, {r['steps']} steps ({r['nfe']:.0f} NFE; grid point {grid_nfe(r)}), FD "
+                      f"{_fmt(r['fd_at'][str(nr)])} = {_fmt(ratio)}× EM-500, "
+                      f"{_fmt(ref['ms_per_image'] / r['ms_per_image'], 0)}× faster."
+                      + ("" if not below else " Below the grid, also within 10%: " + ", ".join(
+                          f"{b['sampler']} {b['steps']} steps ({b['nfe']:.0f} NFE, FD {_fmt(b['fd_at'][str(nr)])})"
+                          for b, _ in below) + "."), ""]
         ratio_at = f"FD@{nr} / EM-500" if ref and nr > nc else "—"
         lines += ["| sampler | steps | NFE | N | FD (N) | FD@Nc | FD@Nc / EM-500 | " + ratio_at
                   + " | accuracy | worst digit | ms / image | wall s |",
@@ -244,15 +259,33 @@ def sampler_table(store: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cheapest_within(runs, ref, tolerance: float = 0.10):
-    """The fixed-step run with the fewest NFE whose FD, on the reference's N images, is within `tolerance` of
-    EM-500's (the rule the defaults follow); (run, FD ratio) or None."""
+def grid_nfe(r: dict, grid=DEFAULT_NFE) -> int | None:
+    """The NFE budget of the grid a fixed-step run realises (heun 10 steps = 19 NFE is the 20 point), else None."""
+    if not r.get("steps"):
+        return None
+    return next((g for g in grid if steps_for_nfe(r["sampler"], g) == r["steps"]), None)
+
+
+def on_grid(r: dict, grid=DEFAULT_NFE) -> bool:
+    return grid_nfe(r, grid) is not None
+
+
+def cheapest_within(runs, ref, tolerance: float = 0.10, grid=DEFAULT_NFE):
+    """The rule the defaults follow: among the grid runs whose FD, on the reference's N images, is within
+    `tolerance` of EM-500's, the one at the smallest grid budget, the lowest FD breaking ties. Returns (run, FD ratio, [(run, ratio) of cheaper off-grid runs that also pass])
+    or None."""
     if not ref:
         return None
     key = str(ref["n"])
     ok = [(r, r["fd_at"][key] / ref["fd"]) for r in runs
           if r is not ref and r.get("steps") and key in r["fd_at"] and r["fd_at"][key] <= (1 + tolerance) * ref["fd"]]
-    return min(ok, key=lambda rr: (rr[0]["nfe"], rr[0]["ms_per_image"])) if ok else None
+    # cost = the grid budget (heun's 9 NFE and dpmpp_2m's 10 are both the 10 point); ties go to the lower FD
+    on = sorted((rr for rr in ok if on_grid(rr[0], grid)), key=lambda rr: (grid_nfe(rr[0], grid), rr[1]))
+    if not on:
+        return None
+    below = sorted((rr for rr in ok if not on_grid(rr[0], grid) and rr[0]["nfe"] < grid_nfe(on[0][0], grid)),
+                   key=lambda rr: rr[0]["nfe"])
+    return on[0][0], on[0][1], below
 
 
 def guidance_table(store: dict) -> str | None:
@@ -267,8 +300,9 @@ def guidance_table(store: dict) -> str | None:
              "s = s_uncond + w (s_cond - s_uncond); w = 0 is the unconditional model, w = 1 the plain conditional "
              "one (a single, not doubled, batch: half the cost per step). FD against the 10k test images and accuracy "
              "(the classifier reads the digit asked for) on the first Nc images of each run (same seeds for every w); "
-             "the last columns give the run's own N where it is larger.", ""]
+             "the last columns give the run's own N where it is larger.", "", *timing_legend(store)]
     floor = store.get("floor", {})
+    mark = timing_marks(store)
     for (model, sampler, steps, tol), runs in sweeps.items():
         best = {}
         for r in runs:
@@ -281,7 +315,8 @@ def guidance_table(store: dict) -> str | None:
                   "|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for w, r in sorted(best.items()):
             lines.append(f"| {w:g} | {_fmt(r.get('acc_at', {}).get(str(nc)), 3)} | {_fmt(min(r['per_class']), 2)} | "
-                         f"{_fmt(r['fd_at'].get(str(nc)))} | {_fmt(r['ms_per_image'], 1)} | {r['n']} | "
+                         f"{_fmt(r['fd_at'].get(str(nc)))} | {_fmt(r['ms_per_image'], 1)}{mark.get(r.get('note'), '')} | "
+                         f"{r['n']} | "
                          f"{_fmt(r.get('accuracy'), 3)} | {_fmt(r['fd'])} |")
         lines.append("")
     return "\n".join(lines) + "\n"
@@ -300,16 +335,26 @@ def plot(store: dict, path: Path) -> None:
             panels[model] = (w, runs)
     if not panels:
         return
-    views = []  # (model, w, runs, N): every model at its common N, and again at its largest N if larger
+    # one column per model; top row at the model's largest N (1000: the comparison that sets the defaults), bottom
+    # row at the N every run of that model has (200: the SDE samplers' and RK45's curves), where they differ
+    columns = []
     for model, (w, runs) in panels.items():
         nc, nmax = common_n(runs), max(r["n"] for r in runs)
-        views.append((model, w, runs, nc))
-        if nmax > nc and sum(str(nmax) in r["fd_at"] for r in runs) >= 2:
-            views.append((model, w, runs, nmax))
-    fig, axes = plt.subplots(1, len(views), figsize=(5.2 * len(views), 4.4), squeeze=False)
-    colors = {"dpmpp_2m": "C0", "heun": "C1", "euler_maruyama": "C2", "predictor_corrector": "C3", "rk45": "C4"}
+        top = nmax if nmax > nc and sum(str(nmax) in r["fd_at"] for r in runs) >= 2 else nc
+        columns.append([(model, w, runs, top)] + ([(model, w, runs, nc)] if top != nc else []))
+    nrows = max(len(c) for c in columns)
+    fig, axes = plt.subplots(nrows, len(columns), figsize=(5.6 * len(columns), 4.6 * nrows), squeeze=False)
+    views, used = [], []
+    for j, col in enumerate(columns):
+        for i, view in enumerate(col):
+            views.append(view)
+            used.append(axes[i][j])
+        for i in range(len(col), nrows):
+            axes[i][j].set_visible(False)
+    colors = {"dpmpp_2m": "C0", "heun": "C1", "euler_maruyama": "C2", "predictor_corrector": "C3", "rk45": "C4",
+              "dpmpp_2m_sde": "C5"}
     floor = store.get("floor", {})
-    for ax, (model, w, runs, nc) in zip(axes[0], views):
+    for ax, (model, w, runs, nc) in zip(used, views):
         for s in SAMPLERS:
             pts = sorted((r["nfe"], r["fd_at"][str(nc)]) for r in runs if r["sampler"] == s and str(nc) in r["fd_at"]
                          and (r["sampler"], r["steps"]) != REFERENCE)
@@ -327,7 +372,8 @@ def plot(store: dict, path: Path) -> None:
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        low, high = ax.get_ylim()
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g") if high / low < 8 else NullFormatter())
         ax.set_xlabel("network evaluations (NFE)")
         ax.set_ylabel(f"Fréchet distance, classifier features (N={nc})")
         ax.set_title(f"{model}" + (f", w = {w:g}" if w is not None else "") + f": FD vs NFE, N = {nc}", fontsize=10)
@@ -362,6 +408,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chunk", type=int, default=CHUNK, help="images per generate() call")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32",
+                   help="score network precision (default fp32, as every stored result; auto: the app's choice)")
     p.add_argument("--weights-dir", default=None)
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--note", default="", help="stored with each record and shown in samplers.md (e.g. machine load)")
@@ -390,9 +438,13 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     store_path = out / "samplers.json"
     store = load_store(store_path)
-    store["machine"] = f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}" if not torch.cuda.is_available() else "GPU"
+    from bench.inference import cpu_name
+    store["machine"] = (f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}" if not torch.cuda.is_available()
+                        else "GPU")
 
     pipes = {m: load_pipeline(m, weights_dir=args.weights_dir) for m in args.models}
+    for pipe in pipes.values():
+        pipe.precision = args.precision
     points = list(plan(args.models, args.samplers, args.nfe, args.rk45_tol, args.guidance))
     # dedupe guidance for unconditional models
     seen, todo = set(), []
@@ -439,7 +491,9 @@ def main(argv=None):
                "n": args.samples, "seed": args.seed, "chunk": chunk, "wall_s": wall,
                "ms_per_image": 1e3 * wall / args.samples, "cpu_ms_per_image": 1e3 * generate.cpu_s / args.samples,
                "ms_per_image_nfe": 1e3 * wall / args.samples / nfe_used,
-               "threads": torch.get_num_threads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "note": args.note, **res}
+               "threads": torch.get_num_threads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "note": args.note,
+               "cpu": cpu_name() if not torch.cuda.is_available() else torch.cuda.get_device_name(),
+               "precision": pipes[m].compute_precision, **res}
         merge(store, rec)
         store_path.write_text(json.dumps(store, indent=1))
         write_reports(store, out)

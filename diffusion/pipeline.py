@@ -5,19 +5,85 @@ latents (scaled to unit variance by `latent_scale`) and decodes each preview and
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from .samplers import get_sampler
+from .samplers import get_sampler, nfe_for
 
-# From bench/samplers.py (bench/results/samplers.md, guidance.md): on pixel-cond, DPM-Solver++(2M) at 10 steps
-# (10 NFE) matches 20 steps (FD 5.16 vs 5.17 on 1000 samples, accuracy 0.999) and is within 10% of EM-500 and of
-# the best ODE result; w = 2 gives the lowest FD of w in {0, 1, 2, 3, 5} with ~100% conditional accuracy.
-DEFAULT_SAMPLER = "dpmpp_2m"
-DEFAULT_STEPS = 10
-DEFAULT_GUIDANCE = 2.0
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    sampler: str
+    steps: int
+    guidance: float      # classifier-free guidance weight w (ignored by unconditional models)
+
+
+# Chosen by bench/samplers.py (bench/results/samplers.md, guidance.md) with one rule: per model, the cheapest point
+# of the NFE grid {10, 20, 35, 50, 100, 250, 500} whose Frechet distance on 1000 samples is within 10% of (or below)
+# Euler-Maruyama-500's, ties broken by the lower FD; guidance: the lowest FD of w in {0, 1, 2, 3, 5} at ~100%
+# conditional accuracy. pixel-uncond is the exception that needs noise: its probability-flow ODE samples stay 1.5-1.7x
+# EM-500's FD at every NFE (the ODE carries the score model's errors to the end), while the SDE form of the same
+# solver, at the same 10 NFE, lands below EM-500.
+MODEL_DEFAULTS = {
+    "pixel-cond": SamplingDefaults("dpmpp_2m", 10, 2.0),
+    "latent-cond": SamplingDefaults("dpmpp_2m", 10, 2.0),
+    "pixel-uncond": SamplingDefaults("dpmpp_2m_sde", 10, 2.0),
+}
+# the project-wide defaults: those of the flagship model, also used for a pipeline of any other name
+DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE = (MODEL_DEFAULTS["pixel-cond"].sampler,
+                                                    MODEL_DEFAULTS["pixel-cond"].steps,
+                                                    MODEL_DEFAULTS["pixel-cond"].guidance)
+
+
+def defaults_for(model_name: str) -> SamplingDefaults:
+    """The recommended sampler, step count and guidance for a model (the project-wide ones for unknown names)."""
+    return MODEL_DEFAULTS.get(model_name, MODEL_DEFAULTS["pixel-cond"])
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True where the CPU does bf16 arithmetic in hardware (AVX512-BF16 or AMX-BF16 flags; Linux only)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    flags = next((line.partition(":")[2].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Precision "auto" -> "bf16" on a CPU with bf16 hardware, else "fp32". bench/inference.py measured bf16
+    autocast on the default path at 1.24-1.52x on such a CPU (Xeon with AMX) with equal FD and accuracy on 1000
+    samples; with oneDNN limited to AVX2 (no bf16 hardware) it emulates bf16 and the same path ran 0.07x
+    (bench/results/inference_avx2.md). GPUs were not measured and stay fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if torch.device(device).type == "cpu" and cpu_has_bf16() else "fp32"
+    return precision
+
+
+class _Autocast:
+    """The score model with its forward pass under bf16 autocast, the score returned in the sample's dtype.
+    (A wrapper, not a context around the sampling loop: autocast state is per thread, and a streaming generator
+    may be resumed on another thread.)"""
+
+    def __init__(self, score_model):
+        self.inner = score_model
+
+    def __getattr__(self, name):          # .sde and anything else a sampler reads
+        return getattr(self.inner, name)
+
+    def __call__(self, x, t, labels=None, **kwargs):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return self.inner(x, t, labels, **kwargs).to(x.dtype)
 
 
 @dataclass
@@ -35,10 +101,12 @@ class PipelineStep:
 
 
 class Pipeline:
-    def __init__(self, score_model, autoencoder=None, name: str = ""):
+    def __init__(self, score_model, autoencoder=None, name: str = "", precision: str = "auto"):
         self.score_model = score_model.eval()
         self.autoencoder = autoencoder.eval() if autoencoder is not None else None
         self.name = name
+        resolve_precision(precision, "cpu")              # fail early on a bad value
+        self.precision = precision                       # "auto" | "fp32" | "bf16"; resolved per call (device)
         if autoencoder is not None and tuple(score_model.sample_shape) != tuple(autoencoder.latent_shape):
             raise ValueError(f"score model works on {score_model.sample_shape}, autoencoder latents are "
                              f"{autoencoder.latent_shape}")
@@ -54,6 +122,11 @@ class Pipeline:
     @property
     def device(self) -> torch.device:
         return next(self.score_model.parameters()).device
+
+    @property
+    def compute_precision(self) -> str:
+        """What the score network runs in: "fp32" or "bf16" (autocast; the sampler's own arithmetic stays fp32)."""
+        return resolve_precision(self.precision, self.device)
 
     def _labels(self, labels, num_images):
         """labels: None, a sequence of ints, an int tensor (B,), or a float tensor (B, D) of embeddings."""
@@ -78,10 +151,16 @@ class Pipeline:
         return x.clamp(0, 1)[:, 0].float().cpu()
 
     @torch.inference_mode()
-    def stream(self, labels=None, *, num_images=None, sampler=DEFAULT_SAMPLER, num_steps=DEFAULT_STEPS,
-               guidance=DEFAULT_GUIDANCE, seed=0, preview_every=1, **extras):
-        """Yield a PipelineStep every `preview_every` sampler steps (0: only the final one), and always the final one."""
+    def stream(self, labels=None, *, num_images=None, sampler=None, num_steps=None, guidance=None, seed=0,
+               preview_every=1, **extras):
+        """Yield a PipelineStep every `preview_every` sampler steps (0: only the final one), and always the final one.
+        `sampler`, `num_steps`, `guidance` left as None take this model's defaults (`defaults_for(self.name)`)."""
+        defaults = defaults_for(self.name)
+        sampler = defaults.sampler if sampler is None else sampler
         fn = get_sampler(sampler)
+        if num_steps is None and nfe_for(sampler, 1) is not None:   # adaptive samplers (rk45) take no step count
+            num_steps = defaults.steps
+        guidance = defaults.guidance if guidance is None else guidance
         start = time.perf_counter()
         labels, n = self._labels(labels, num_images)
         if isinstance(preview_every, bool) or int(preview_every) != preview_every or preview_every < 0:
@@ -92,7 +171,8 @@ class Pipeline:
                              dtype=next(self.score_model.parameters()).dtype)
         decode_time = 0.0
         guidance = guidance if self.conditional else 1.0
-        for step in fn(self.score_model, x, labels, num_steps=num_steps, generator=generator, guidance=guidance, **extras):
+        model = _Autocast(self.score_model) if self.compute_precision == "bf16" else self.score_model
+        for step in fn(model, x, labels, num_steps=num_steps, generator=generator, guidance=guidance, **extras):
             if not (step.final or (preview_every and step.i % preview_every == 0)):
                 continue
             t_dec = time.perf_counter()

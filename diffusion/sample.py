@@ -18,7 +18,7 @@ import torch
 
 from .hub import PIPELINE_NAMES, WeightsNotFound, load_pipeline
 from .images import save_grid
-from .pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
+from .pipeline import MODEL_DEFAULTS, PRECISIONS, defaults_for
 from .samplers import SAMPLER_DESCRIPTIONS, SAMPLERS
 
 
@@ -52,18 +52,21 @@ def positive_int(v: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     samplers = "\n".join(f"  {name:<20} {SAMPLER_DESCRIPTIONS[name]}" for name in SAMPLERS)
+    defaults = "\n".join(f"  {name:<13} --sampler {d.sampler} --steps {d.steps}"
+                         + (f" --guidance {d.guidance:g}" if name != "pixel-uncond" else "")
+                         for name, d in MODEL_DEFAULTS.items())
     p = argparse.ArgumentParser(
         prog="python -m diffusion.sample", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Sample MNIST digits from a trained score model.",
-        epilog=f"samplers:\n{samplers}\n\ndefaults: --sampler {DEFAULT_SAMPLER} --steps {DEFAULT_STEPS} "
-               f"--guidance {DEFAULT_GUIDANCE}")
+        epilog=f"samplers:\n{samplers}\n\ndefaults per model (from bench/samplers.py):\n{defaults}")
     p.add_argument("--model", choices=PIPELINE_NAMES, default="pixel-cond")
     p.add_argument("--digits", type=parse_digits, default=None, help="conditional models: e.g. 0-9, 3, 1,4,7")
     p.add_argument("--per-digit", type=positive_int, default=10, help="images per digit (conditional)")
     p.add_argument("--n", type=positive_int, default=None, help="number of images (unconditional)")
-    p.add_argument("--sampler", choices=list(SAMPLERS), default=DEFAULT_SAMPLER)
-    p.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS)
-    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="classifier-free guidance weight w")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=None, help="default: the model's (below)")
+    p.add_argument("--steps", type=positive_int, default=None, help="default: the model's (below)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance weight w; default: the model's (below)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=positive_int, default=500)
     p.add_argument("--out", default="samples.npz")
@@ -72,12 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hub-repo", default=None)
     p.add_argument("--revision", default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="score network precision: auto = bf16 autocast on a CPU with bf16 hardware, else fp32")
     return p
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    defaults = defaults_for(args.model)
+    args.sampler = defaults.sampler if args.sampler is None else args.sampler
+    args.steps = defaults.steps if args.steps is None else args.steps
+    args.guidance = defaults.guidance if args.guidance is None else args.guidance
     if not np.isfinite(args.guidance) or args.guidance < 0:
         parser.error(f"--guidance must be a finite number >= 0, got {args.guidance}")
     try:
@@ -86,6 +95,7 @@ def main(argv=None) -> int:
     except WeightsNotFound as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    pipe.precision = args.precision
     if pipe.conditional:
         if args.n is not None:
             parser.error(f"--n is for unconditional models; {args.model} takes --digits and --per-digit")
@@ -111,7 +121,8 @@ def main(argv=None) -> int:
         nrow = args.per_digit if labels is not None and args.per_digit <= 20 else None
         save_grid(torch.from_numpy(images), args.grid, nrow=nrow)
     print(f"wrote {total} images to {args.out} ({args.model}, {args.sampler}, {args.steps} steps, NFE {nfe}/batch, "
-          f"guidance {args.guidance if pipe.conditional else 'n/a'}, seed {args.seed}, {time.perf_counter() - t0:.1f}s)")
+          f"guidance {args.guidance if pipe.conditional else 'n/a'}, seed {args.seed}, {pipe.compute_precision}, "
+          f"{time.perf_counter() - t0:.1f}s)")
     return 0
 
 

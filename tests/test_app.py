@@ -161,6 +161,12 @@ def test_estimate_cost_and_random_seed(client):
     assert 0 <= int(seed) <= app.MAX_SEED
 
 
+def test_choosing_a_model_sets_its_recommended_sampler(client):
+    # pixel-uncond's ODE samples are poor (bench/results/samplers.md): its default is the SDE solver
+    assert list(client.predict("pixel-uncond", api_name="/recommended_settings")) == ["dpmpp_2m_sde", 10]
+    assert list(client.predict("pixel-cond", api_name="/recommended_settings")) == ["dpmpp_2m", 10]
+
+
 # ---------------------------------------------------------------- Pixel vs latent
 
 def test_compare_streams_both_models_with_costs(client):

@@ -22,7 +22,7 @@ import torch
 from diffusion.hub import DEFAULT_WEIGHTS_DIR, load_model, load_pipeline
 from diffusion.images import save_grid
 from diffusion.metrics import classify, class_histogram, conditional_accuracy, feature_stats, frechet_distance
-from diffusion.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
+from diffusion.pipeline import defaults_for
 from train.cards import write_card
 from train.data import load_mnist
 
@@ -42,7 +42,9 @@ def generate(pipe, n: int, sampler: str, steps: int, guidance: float, seed: int,
     return torch.cat(images)[:, None], torch.cat(labels), nfe, time.perf_counter() - t0
 
 
-def evaluate(names, samples: int, sampler: str, steps: int, guidance: float, weights_dir: Path, seed: int = 1234):
+def evaluate(names, samples: int, sampler: str | None, steps: int | None, guidance: float | None, weights_dir: Path,
+             seed: int = 1234):
+    """sampler / steps / guidance: None takes each model's default (diffusion.pipeline.defaults_for)."""
     metrics_path = weights_dir / "metrics.json"
     all_metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     x_test, y_test = load_mnist("test")
@@ -74,10 +76,12 @@ def evaluate(names, samples: int, sampler: str, steps: int, guidance: float, wei
             save_grid(torch.cat([x_test[:10, 0], recon[:10, 0]]), Path("docs") / f"samples-{name}.png", nrow=10, scale=3)
         else:
             pipe = load_pipeline(name, weights_dir=weights_dir)
-            g = guidance if pipe.conditional else 1.0
-            images, labels, nfe, wall = generate(pipe, samples, sampler, steps, g, seed)
+            d = defaults_for(name)
+            s_name, s_steps = sampler or d.sampler, steps or d.steps
+            g = (d.guidance if guidance is None else guidance) if pipe.conditional else 1.0
+            images, labels, nfe, wall = generate(pipe, samples, s_name, s_steps, g, seed)
             pred, feat = classify(classifier, images)
-            m.update({"samples": samples, "sampler": sampler, "steps": steps, "nfe": nfe,
+            m.update({"samples": samples, "sampler": s_name, "steps": s_steps, "nfe": nfe,
                       "guidance": g if pipe.conditional else None, "seed": seed,
                       "frechet_distance": frechet_distance(*feature_stats(feat), mu_test, cov_test),
                       "sampling_seconds_per_image": wall / samples})
@@ -103,9 +107,9 @@ def main(argv=None):
     p.add_argument("--models", default="", help="comma-separated model names")
     p.add_argument("--all", action="store_true", help="every model present in the weights dir")
     p.add_argument("--samples", type=int, default=1000)
-    p.add_argument("--sampler", default=DEFAULT_SAMPLER)
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    p.add_argument("--sampler", default=None, help="default: each model's own (diffusion.pipeline.MODEL_DEFAULTS)")
+    p.add_argument("--steps", type=int, default=None, help="default: each model's own")
+    p.add_argument("--guidance", type=float, default=None, help="default: each model's own")
     p.add_argument("--weights-dir", default=str(DEFAULT_WEIGHTS_DIR))
     a = p.parse_args(argv)
     wd = Path(a.weights_dir)

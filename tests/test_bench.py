@@ -1,0 +1,108 @@
+"""bench/samplers.py: the rule that sets the defaults, the reports, and one end-to-end run on tiny models."""
+import json
+
+import pytest
+
+from bench import samplers as bs
+
+
+def _run(sampler, steps, nfe, fd1000, fd200=None, n=1000, ms=10.0, note="", tol=None):
+    fd_at = {"200": fd200 if fd200 is not None else 2 * fd1000}
+    if n >= 1000:
+        fd_at["1000"] = fd1000
+    return {"model": "pixel-cond", "sampler": sampler, "steps": steps, "tol": tol, "nfe": float(nfe), "guidance": 2.0,
+            "n": n, "seed": 0, "chunk": 200, "fd": fd1000 if n >= 1000 else fd_at["200"], "fd_at": fd_at,
+            "accuracy": 0.99, "per_class": [0.99] * 10, "acc_at": {"200": 0.99}, "class_hist": [0.1] * 10,
+            "wall_s": ms * n / 1e3, "ms_per_image": ms, "note": note}
+
+
+def _store():
+    return {"floor": {"200": 10.0, "1000": 2.4}, "machine": "test", "runs": [
+        _run("euler_maruyama", 500, 500, 10.0, ms=2000.0),
+        _run("dpmpp_2m", 5, 5, 10.5),           # below the grid, passes (5% worse)
+        _run("dpmpp_2m", 10, 10, 6.0),
+        _run("heun", 5, 9, 7.0),                # the same 10-NFE grid point, worse FD
+        _run("heun", 10, 19, 5.0),
+        _run("euler_maruyama", 10, 10, 30.0, n=200),   # N=200 only: cannot be judged at N=1000
+        _run("predictor_corrector", 5, 10, 11.5),     # 15% worse: fails the 10% rule
+        _run("rk45", None, 81, 5.5, tol=1e-3),         # adaptive: never a default
+    ]}
+
+
+def test_grid_nfe_maps_steps_to_the_issue_grid():
+    assert bs.grid_nfe({"sampler": "dpmpp_2m", "steps": 10}) == 10
+    assert bs.grid_nfe({"sampler": "heun", "steps": 10}) == 20          # 19 NFE realises the 20 budget
+    assert bs.grid_nfe({"sampler": "predictor_corrector", "steps": 25}) == 50
+    assert bs.grid_nfe({"sampler": "dpmpp_2m", "steps": 7}) is None
+    assert bs.grid_nfe({"sampler": "rk45", "steps": None}) is None
+
+
+def test_cheapest_within_picks_the_smallest_budget_then_the_lowest_fd():
+    runs = _store()["runs"]
+    ref = bs.reference_run(runs, 200)
+    assert ref["sampler"] == "euler_maruyama" and ref["steps"] == 500
+    best, ratio, below = bs.cheapest_within(runs, ref)
+    # dpmpp_2m 10 and heun 5 share the 10 budget; dpmpp_2m has the lower FD (6.0 vs 7.0)
+    assert (best["sampler"], best["steps"]) == ("dpmpp_2m", 10)
+    assert ratio == pytest.approx(0.6)
+    assert [(b["sampler"], b["steps"]) for b, _ in below] == [("dpmpp_2m", 5)]
+    # a 10% tolerance excludes predictor-corrector at 1.15x; a looser one would make it a candidate
+    passing = {(r["sampler"], r["steps"]) for r in runs if r["fd_at"].get("1000", 1e9) <= 1.1 * ref["fd"]}
+    assert ("predictor_corrector", 5) not in passing
+
+
+def test_cheapest_within_needs_a_reference_and_a_passing_grid_run():
+    runs = [r for r in _store()["runs"] if r["sampler"] != "euler_maruyama"]
+    assert bs.cheapest_within(runs, None) is None
+    ref = _run("euler_maruyama", 500, 500, 1.0)
+    assert bs.cheapest_within(runs + [ref], ref) is None          # nothing within 10% of FD 1.0
+
+
+def test_report_only_rewrites_tables_and_plot(tmp_path):
+    store = _store()
+    store["runs"][2]["note"] = "contended"
+    (tmp_path / "samplers.json").write_text(json.dumps(store))
+    bs.main(["--report-only", "--out", str(tmp_path)])
+    md = (tmp_path / "samplers.md").read_text()
+    assert "**Cheapest grid point" in md and "dpmpp_2m, 10 steps (10 NFE; grid point 10), FD 6.00 = 0.60×" in md
+    assert "Below the grid, also within 10%: dpmpp_2m 5 steps (5 NFE, FD 10.50)" in md
+    assert "* contended" in md and "| 10.0* |" in md                    # the timing condition marks its row
+    row = next(line for line in md.splitlines() if line.startswith("| heun | 10 |"))
+    assert "| 0.50 |" in row                                            # FD@1000 / EM-500 = 5 / 10
+    png = (tmp_path / "quality_vs_nfe.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+@pytest.mark.slow
+def test_end_to_end_on_tiny_models(tiny_weights, tmp_path):
+    # N=20 in chunks of 10, then N=10: the smaller run is exactly the first chunk of the larger one
+    common = ["--weights-dir", str(tiny_weights), "--out", str(tmp_path), "--models", "pixel-cond",
+              "--samplers", "dpmpp_2m", "euler_maruyama", "--chunk", "10", "--note", "test"]
+    bs.main(common + ["--nfe", "3", "--samples", "20"])
+    bs.main(common + ["--nfe", "3", "--samples", "10"])
+    store = json.loads((tmp_path / "samplers.json").read_text())
+    runs = {(r["sampler"], r["n"]): r for r in store["runs"]}
+    assert set(runs) == {("dpmpp_2m", 20), ("euler_maruyama", 20), ("dpmpp_2m", 10), ("euler_maruyama", 10)}
+    for (sampler, n), r in runs.items():
+        assert r["nfe"] == 3 and r["steps"] == 3 and r["guidance"] == 2.0 and r["note"] == "test"
+        assert len(r["per_class"]) == 10 and 0 <= r["accuracy"] <= 1
+        assert r["ms_per_image"] > 0 and r["fd"] > 0
+    for sampler in ("dpmpp_2m", "euler_maruyama"):
+        assert runs[(sampler, 20)]["fd_at"]["10"] == pytest.approx(runs[(sampler, 10)]["fd"], rel=1e-6)
+    assert {"10", "20", "10000"} <= set(store["floor"])
+    assert (tmp_path / "samplers.md").is_file() and (tmp_path / "quality_vs_nfe.png").is_file()
+
+
+def test_shipped_defaults_follow_the_rule_on_the_shipped_results():
+    """diffusion.pipeline.MODEL_DEFAULTS is what `cheapest_within` picks from bench/results/samplers.json, per model,
+    at the default guidance: rerunning the benchmark and changing a default without the other fails here."""
+    from diffusion.pipeline import MODEL_DEFAULTS
+
+    store = bs.load_store(bs.RESULTS / "samplers.json")
+    for model, d in MODEL_DEFAULTS.items():
+        runs = [r for r in store["runs"] if r["model"] == model and r["guidance"] in (d.guidance, None)]
+        ref = bs.reference_run(runs, 1000)
+        assert ref is not None, f"no 1000-sample EM-500 reference for {model}"
+        best, ratio, _ = bs.cheapest_within(runs, ref)
+        assert (best["sampler"], best["steps"]) == (d.sampler, d.steps), (model, best["sampler"], best["steps"])
+        assert ratio <= 1.10
