@@ -163,7 +163,11 @@ def load_store(path: Path) -> dict:
 
 
 def merge(store: dict, rec: dict) -> None:
-    store["runs"] = [r for r in store["runs"] if record_key(r) != record_key(rec)] + [rec]
+    """Add `rec`, replacing its own earlier run and any smaller run of the same point: with the same seed and chunk
+    size a run's first n images are exactly the smaller run's images, so the larger run holds all it measured."""
+    same_point = lambda r: record_key(r)[:5] + record_key(r)[6:] == record_key(rec)[:5] + record_key(rec)[6:]
+    superseded = lambda r: same_point(r) and r["n"] <= rec["n"] and r.get("chunk") == rec.get("chunk")
+    store["runs"] = [r for r in store["runs"] if not superseded(r)] + [rec]
 
 
 def _fmt(v, nd=2):
@@ -237,7 +241,9 @@ def sampler_table(store: dict) -> str:
             lines += [f"**Cheapest grid point (NFE {', '.join(map(str, DEFAULT_NFE))}) within 10% of EM-500's FD at "
                       f"N = {nr}:** {r['sampler']}, {r['steps']} steps ({r['nfe']:.0f} NFE; grid point {grid_nfe(r)}), FD "
                       f"{_fmt(r['fd_at'][str(nr)])} = {_fmt(ratio)}× EM-500, "
-                      f"{_fmt(ref['ms_per_image'] / r['ms_per_image'], 0)}× faster."
+                      + (f"{_fmt(ref['ms_per_image'] / r['ms_per_image'], 0)}× faster." if ref.get("note") == r.get("note")
+                         else f"{ref['nfe'] / r['nfe']:.0f}× fewer network evaluations (timed under different "
+                              "conditions, see the marks).")
                       + ("" if not below else " Below the grid, also within 10%: " + ", ".join(
                           f"{b['sampler']} {b['steps']} steps ({b['nfe']:.0f} NFE, FD {_fmt(b['fd_at'][str(nr)])})"
                           for b, _ in below) + "."), ""]

@@ -106,3 +106,14 @@ def test_shipped_defaults_follow_the_rule_on_the_shipped_results():
         best, ratio, _ = bs.cheapest_within(runs, ref)
         assert (best["sampler"], best["steps"]) == (d.sampler, d.steps), (model, best["sampler"], best["steps"])
         assert ratio <= 1.10
+
+
+def test_a_larger_run_of_the_same_point_supersedes_the_smaller():
+    store = {"floor": {}, "runs": []}
+    small, other = _run("euler_maruyama", 20, 20, 30.0, n=200), _run("euler_maruyama", 50, 50, 20.0, n=200)
+    for r in (small, other):
+        bs.merge(store, r)
+    bs.merge(store, _run("euler_maruyama", 20, 20, 25.0, n=1000))     # same seed and chunk: holds the 200 images
+    assert sorted((r["steps"], r["n"]) for r in store["runs"]) == [(20, 1000), (50, 200)]
+    bs.merge(store, _run("euler_maruyama", 20, 20, 31.0, n=200))      # a smaller rerun does not drop the larger
+    assert sorted((r["steps"], r["n"]) for r in store["runs"]) == [(20, 200), (20, 1000), (50, 200)]
