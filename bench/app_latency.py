@@ -80,7 +80,7 @@ def main() -> None:
     p.add_argument("--num-images", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help="passed to app.py")
+    p.add_argument("--precision", default="auto", choices=dp.PRECISIONS, help="passed to app.py")
     args = p.parse_args()
 
     from gradio_client import Client

@@ -38,21 +38,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def cpu_name() -> str:
-    """The CPU model, and whether it has bf16 arithmetic (AVX512-BF16 / AMX), which decides what bf16 can gain."""
+    """The CPU model, and whether it has bf16 arithmetic (what decides the pipeline's "auto" precision)."""
     import platform
-    name, flags = platform.processor() or "CPU", set()
+
+    from diffusion.pipeline import cpu_has_bf16
+    name = platform.processor() or "CPU"
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                name = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
+        name = next((line.partition(":")[2].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name")), name)
     except OSError:
         pass
-    bf16 = sorted(flags & {"avx512_bf16", "amx_bf16"})
-    return f"{name} ({'bf16 in hardware: ' + ', '.join(bf16) if bf16 else 'no bf16 arithmetic in hardware'})"
+    return f"{name} ({'bf16 in hardware' if cpu_has_bf16() else 'no bf16 arithmetic in hardware'})"
 
 
 def run_default(score_model, n: int, *, seed: int = 0, grad_mode=torch.inference_mode, channels_last=False,

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from diffusion.metrics import class_histogram, classify, conditional_accuracy, feature_stats, frechet_distance
-from diffusion.pipeline import DEFAULT_GUIDANCE
+from diffusion.pipeline import DEFAULT_GUIDANCE, PRECISIONS
 from diffusion.samplers import SAMPLERS, nfe_for, steps_for_nfe
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -414,7 +414,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chunk", type=int, default=CHUNK, help="images per generate() call")
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="score network precision (default fp32, as every stored result; auto: the app's choice)")
     p.add_argument("--weights-dir", default=None)
     p.add_argument("--out", default=str(RESULTS))
