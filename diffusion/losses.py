@@ -18,14 +18,20 @@ import torch
 import torch.nn.functional as F
 
 
+T_SAMPLINGS = ("uniform", "log_sigma", "edm")
+
+
 def dsm_noise(x: torch.Tensor, generator: torch.Generator | None, eps: float = 1e-3,
-              label_dropout: float = 0.0, t_sampling: str = "uniform", sde=None) -> dict:
+              label_dropout: float = 0.0, t_sampling: str = "uniform", sde=None,
+              p_mean: float = -1.2, p_std: float = 1.2) -> dict:
     """The randomness of one DSM batch, drawn on CPU: t (B,), z like x, drop (B,) bool.
 
     t_sampling="uniform": t ~ U(eps, 1) (Song et al. 2021). Since std(t) ~ sqrt(t) for small t, only ~5% of
     samples then have std < 0.22, and the low-noise end, which removes the last speckles, is undertrained.
     t_sampling="log_sigma": log std(t) ~ U(log std(eps), log std(1)), mapped back to t (each octave of noise
-    levels equally often, in the spirit of Karras et al. 2022's noise-level distribution); needs `sde`."""
+    levels equally often, in the spirit of Karras et al. 2022's noise-level distribution); needs `sde`.
+    t_sampling="edm": ln std(t) ~ N(p_mean, p_std^2) (Karras et al. 2022, table 1), clamped to [std(eps), std(1)]
+    and mapped back to t; with the defaults the median noise level is 0.30 ~ sigma_data; needs `sde`."""
     b = x.shape[0]
     u = torch.rand(b, generator=generator, dtype=torch.float64)
     if t_sampling == "uniform":
@@ -35,8 +41,14 @@ def dsm_noise(x: torch.Tensor, generator: torch.Generator | None, eps: float = 1
             raise ValueError("t_sampling='log_sigma' needs the sde")
         lo, hi = math.log(sde.marginal_std(torch.tensor(eps, dtype=torch.float64))), math.log(sde.std_max)
         t = sde.t_from_std(torch.exp(lo + u * (hi - lo))).clamp(eps, 1.0)
+    elif t_sampling == "edm":
+        if sde is None:
+            raise ValueError("t_sampling='edm' needs the sde")
+        n = torch.randn(b, generator=generator, dtype=torch.float64)
+        std = torch.exp(p_mean + p_std * n).clamp(sde.std_min, sde.std_max)
+        t = sde.t_from_std(std).clamp(eps, 1.0)
     else:
-        raise ValueError(f"t_sampling must be 'uniform' or 'log_sigma', got {t_sampling!r}")
+        raise ValueError(f"t_sampling must be one of {', '.join(T_SAMPLINGS)}, got {t_sampling!r}")
     return {"t": t.float(),
             "z": torch.randn(x.shape, generator=generator),
             "drop": torch.rand(b, generator=generator) < label_dropout}
@@ -44,7 +56,11 @@ def dsm_noise(x: torch.Tensor, generator: torch.Generator | None, eps: float = 1
 
 def dsm_loss(score_model, x: torch.Tensor, labels: torch.Tensor | None = None, noise: dict | None = None,
              generator: torch.Generator | None = None, label_dropout: float = 0.0) -> torch.Tensor:
-    """E || std(t) s(x + std(t) z, t) + z ||^2; `noise` from `dsm_noise` (drawn here when None)."""
+    """E lambda(std) std^2 || std(t) s(x + std(t) z, t) + z ||^2; `noise` from `dsm_noise` (drawn here when None).
+
+    lambda = score_model.loss_weight(std) where the model has one (1 / c_out^2, see diffusion.score), so that
+    lambda ||D - x||^2 = lambda std^2 ||std s + z||^2 is the network's own unit-scaled error; for the "song"
+    parameterisation (and a model without loss_weight) lambda std^2 = 1, the plain DSM loss above."""
     if noise is None:
         noise = dsm_noise(x, generator, score_model.sde.eps, label_dropout)
     t, z = noise["t"].to(x.device), noise["z"].to(x.device, x.dtype)
@@ -52,7 +68,12 @@ def dsm_loss(score_model, x: torch.Tensor, labels: torch.Tensor | None = None, n
     if labels is not None:
         labels = torch.where(noise["drop"].to(x.device), torch.full_like(labels, score_model.null_label), labels)
     score = score_model(x + std * z, t, labels)
-    return (std * score + z).square().flatten(1).sum(dim=1).mean()
+    per_image = (std * score + z).square().flatten(1).sum(dim=1)
+    weight_fn = getattr(score_model, "loss_weight", None)
+    if weight_fn is not None:
+        sigma = std.flatten().double()
+        per_image = per_image * (sigma ** 2 * weight_fn(sigma)).to(per_image.dtype)
+    return per_image.mean()
 
 
 def autoencoder_loss(autoencoder, x: torch.Tensor, perceptual=None, perceptual_weight: float = 1.0):

@@ -71,3 +71,40 @@ def conditional_accuracy(predictions: torch.Tensor, labels: torch.Tensor, num_cl
 
 def class_histogram(predictions: torch.Tensor, num_classes: int = 10) -> list[float]:
     return (torch.bincount(predictions, minlength=num_classes).float() / len(predictions)).tolist()
+
+
+class _ResBlock(nn.Module):
+    """Pre-activation residual block (He et al. 2016): BN-ReLU-conv-BN-ReLU-dropout-conv + shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int, dropout: float):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(cin), nn.ReLU(), nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(cout), nn.ReLU(), nn.Dropout(dropout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False))
+        self.shortcut = nn.Identity() if stride == 1 and cin == cout else nn.Conv2d(cin, cout, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + self.shortcut(x)
+
+
+class ResNetClassifier(nn.Module, SafeHubMixin, library_name="mnist-diffusion-lab", tags=["mnist", "classifier", "resnet"]):
+    """The second, independent evaluator: a small pre-activation ResNet with global average pooling
+    (28 -> 14 -> 7, widths w, 2w, 4w), unlike `Classifier` (plain conv stack, max-pool, flatten). Trained on a
+    different half of the training data with affine augmentation (train/classifier_resnet.py).
+    (B, 1, 28, 28) in [0, 1] -> logits (B, 10); `features` gives the (B, 4w) pooled features."""
+
+    def __init__(self, width: int = 24, dropout: float = 0.1, num_classes: int = 10):
+        super().__init__()
+        w = width
+        self.body = nn.Sequential(
+            nn.Conv2d(1, w, 3, padding=1, bias=False),
+            _ResBlock(w, w, 1, dropout), _ResBlock(w, 2 * w, 2, dropout),       # 28 -> 14
+            _ResBlock(2 * w, 2 * w, 1, dropout), _ResBlock(2 * w, 4 * w, 2, dropout),  # 14 -> 7
+            nn.BatchNorm2d(4 * w), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())  # (B, 4w)
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(4 * w, num_classes))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))

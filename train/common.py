@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -33,13 +34,17 @@ def setup(cfg: TrainConfig):
     return rank, world, device, (x, y)
 
 
-def finish(cfg: TrainConfig, ema_model, summary: dict | None = None):
-    """Save EMA weights to cfg.weights_dir (atomically), record the run, optionally push."""
+def finish(cfg: TrainConfig, ema_model, summary: dict | None = None, extra_files=()):
+    """Save EMA weights to cfg.weights_dir (atomically) with `extra_files` beside them (e.g. the time-lapse),
+    record the run, optionally push."""
     summary = dict(summary or {})
     summary["wall_time_s"] = round(time.time() - getattr(cfg, "_t_start", time.time()), 1)
     summary["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
     if cfg.weights_dir:
         dest = save_weights(ema_model, cfg.weights_dir)
+        for f in map(Path, extra_files):
+            if f.is_file():
+                shutil.copy2(f, dest / f.name)
         (Path(cfg.out) / "train_summary.json").write_text(json.dumps(summary, indent=1))
         record = {"command": "python -m " + shlex.join([_module_name(), *sys.argv[1:]]),
                   "config": {k: v for k, v in dataclasses.asdict(cfg).items() if not k.startswith("_")},

@@ -5,10 +5,13 @@ train/latent_cond.py. Every flag below can be overridden on the command line.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from diffusion import timelapse
 from diffusion.autoencoder import AutoEncoder
 from diffusion.images import save_grid
 from diffusion.losses import dsm_loss, dsm_noise
@@ -23,7 +26,11 @@ class ScoreConfig(TrainConfig):
     space: str = "pixel"              # pixel | latent
     conditional: bool = True
     label_dropout: float = 0.1        # probability of the null class, for classifier-free guidance
-    t_sampling: str = "uniform"       # uniform (Song et al.; the shipped weights) | log_sigma (more low-noise training)
+    t_sampling: str = "edm"           # edm (log-normal std, Karras et al. 2022) | uniform (Song et al.; v1 weights) | log_sigma
+    precond: str = "edm"              # edm (Karras et al. 2022 c_skip/c_out/c_in/c_noise) | song (F / std, v1 weights)
+    sigma_data: float = 0.31          # std of the training data (MNIST pixels 0.31; unit-variance latents: 1.0)
+    p_mean: float = -1.2              # t_sampling=edm: ln std(t) ~ N(p_mean, p_std^2)
+    p_std: float = 1.2
     channels: str = "16,32,64"
     attention_levels: str = "2"
     embed_dim: int = 128
@@ -31,7 +38,8 @@ class ScoreConfig(TrainConfig):
     skip: str = "concat"
     sigma: float = 25.0
     autoencoder: str = "weights/autoencoder"   # latent space only
-    sample_every: int = 1000
+    sample_every: int = 500           # a sample grid and a time-lapse frame every N steps
+    timelapse_per_digit: int = 4      # time-lapse samples per digit (conditional) / total / 10 (unconditional)
     channels_last: bool = True
 
 
@@ -40,13 +48,15 @@ def _ints(s: str) -> tuple[int, ...]:
 
 
 class DSMTask:
-    def __init__(self, model: ScoreModel, label_dropout: float, conditional: bool, t_sampling: str = "uniform"):
+    def __init__(self, model: ScoreModel, label_dropout: float, conditional: bool, t_sampling: str = "uniform",
+                 p_mean: float = -1.2, p_std: float = 1.2):
         self.eps, self.label_dropout, self.conditional = model.sde.eps, label_dropout, conditional
-        self.t_sampling = t_sampling
+        self.t_sampling, self.p_mean, self.p_std = t_sampling, p_mean, p_std
         self.model = model
 
     def noise(self, x, y, g):
-        return dsm_noise(x, g, self.eps, self.label_dropout if self.conditional else 0.0, self.t_sampling, self.model.sde)
+        return dsm_noise(x, g, self.eps, self.label_dropout if self.conditional else 0.0, self.t_sampling, self.model.sde,
+                         self.p_mean, self.p_std)
 
     def loss(self, model, x, y, noise):
         # DDP wraps the ScoreModel; dsm_loss needs .sde / .null_label from the bare module
@@ -72,7 +82,7 @@ def build_model(cfg: ScoreConfig, in_channels: int, image_size: int) -> ScoreMod
     return ScoreModel(sigma=cfg.sigma, in_channels=in_channels, image_size=image_size,
                       channels=_ints(cfg.channels), attention_levels=_ints(cfg.attention_levels),
                       num_classes=10 if cfg.conditional else None, embed_dim=cfg.embed_dim,
-                      context_dim=cfg.context_dim, skip=cfg.skip)
+                      context_dim=cfg.context_dim, skip=cfg.skip, precond=cfg.precond, sigma_data=cfg.sigma_data)
 
 
 def main(argv=None, config_cls=ScoreConfig):
@@ -91,19 +101,28 @@ def main(argv=None, config_cls=ScoreConfig):
         model = model.to(memory_format=torch.channels_last)
     print(f"{sum(p.numel() for p in model.parameters()):,} parameters")
 
-    def on_sample(ema_model, step, run_dir):
-        pipe = Pipeline(ema_model.cpu(), autoencoder, name=run_dir.name)
+    def on_sample(ema_model, step, run_dir, history):
+        """A 10x10 grid (20 steps) and a time-lapse frame (the same prior noise and labels every time)."""
+        ema_model = copy.deepcopy(ema_model).cpu().to(memory_format=torch.contiguous_format)
+        pipe = Pipeline(ema_model, autoencoder, name=run_dir.name)
         if cfg.conditional:
             images, _ = pipe.generate(torch.arange(10).repeat(10), num_steps=20, guidance=2.0, seed=0)
         else:
             images, _ = pipe.generate(None, num_images=100, num_steps=20, seed=0)
         save_grid(images, run_dir / f"samples-{step:07d}.png", nrow=10)
+        labels = torch.arange(10).repeat_interleave(cfg.timelapse_per_digit) if cfg.conditional else None
+        frame, _ = pipe.generate(labels, num_images=10 * cfg.timelapse_per_digit, num_steps=10, seed=0)
+        recent = [h["loss"] for h in history[-10:]]
+        wall = history[-1]["wall_s"] if history else 0.0
+        timelapse.record(run_dir / timelapse.FILENAME, frame, labels, step, wall, sum(recent) / max(1, len(recent)))
 
-    ema, history = train_loop(cfg, model, DSMTask(model, cfg.label_dropout, cfg.conditional, cfg.t_sampling), x_train, y_train,
-                              on_sample=on_sample, device=device, rank=rank, world=world)
+    task = DSMTask(model, cfg.label_dropout, cfg.conditional, cfg.t_sampling, cfg.p_mean, cfg.p_std)
+    ema, history = train_loop(cfg, model, task, x_train, y_train, on_sample=on_sample, device=device, rank=rank, world=world)
     if rank == 0:
         ema = ema.cpu().to(memory_format=torch.contiguous_format)
-        finish(cfg, ema, {"final_loss": history[-1]["loss"] if history else None})
+        finish(cfg, ema, {"final_loss": history[-1]["loss"] if history else None,
+                          "total_wall_s": history[-1]["wall_s"] if history else None},
+               extra_files=[Path(cfg.out) / timelapse.FILENAME])
 
 
 if __name__ == "__main__":

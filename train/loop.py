@@ -218,7 +218,8 @@ def train_loop(cfg: TrainConfig, model: torch.nn.Module, task, x_train: torch.Te
                on_sample=None, device=None, rank: int = 0, world: int = 1, optimizer_cls=torch.optim.AdamW):
     """Train `model` for cfg.steps; returns the EMA copy (a model with EMA weights) and the history.
 
-    on_sample(ema_model, step, run_dir) is called on rank 0 every cfg.sample_every steps and at the end.
+    on_sample(ema_model, step, run_dir, history) is called on rank 0 every cfg.sample_every steps and at the end;
+    history entries carry step, loss and wall_s (training seconds summed across resumes).
     """
     device = device or torch.device("cpu")
     run_dir = Path(cfg.out)
@@ -238,12 +239,13 @@ def train_loop(cfg: TrainConfig, model: torch.nn.Module, task, x_train: torch.Te
     opt = optimizer_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     noise_gen = torch.Generator().manual_seed(cfg.seed)
     gens = {"noise": noise_gen}
-    start, history = 0, []
+    start, history, wall_before = 0, [], 0.0
     if cfg.resume:
         ckpt = latest_checkpoint(run_dir)
         if ckpt is not None:
             meta = load_checkpoint(ckpt, model, ema, opt, gens)
             start, history = meta["step"], meta.get("history", [])
+            wall_before = float(meta.get("wall_s", 0.0))
             if rank == 0:
                 tqdm.write(f"resumed from {ckpt} at step {start}")
     ddp = model
@@ -296,16 +298,18 @@ def train_loop(cfg: TrainConfig, model: torch.nn.Module, task, x_train: torch.Te
                 dist.all_reduce(loss_val)
                 loss_val /= world
             logs = {"loss": float(loss_val), **logs}
-            history.append({"step": step, **{k: round(v, 5) for k, v in logs.items()}})
+            history.append({"step": step, "wall_s": round(wall_before + time.time() - t0, 1),
+                            **{k: round(v, 5) for k, v in logs.items()}})
             bar.set_postfix(loss=f"{logs['loss']:.4g}", img_s=f"{seen / (time.time() - t0):.0f}", lr=f"{lr_at(cfg, step):.2g}")
         done = step + 1
         if rank == 0 and (done % cfg.ckpt_every == 0 or done == cfg.steps):
-            save_checkpoint(run_dir, done, model, ema, opt, gens, {"history": history}, cfg.keep)
+            save_checkpoint(run_dir, done, model, ema, opt, gens,
+                            {"history": history, "wall_s": round(wall_before + time.time() - t0, 1)}, cfg.keep)
         if rank == 0 and on_sample is not None and cfg.sample_every and done % cfg.sample_every == 0 and done != cfg.steps:
-            on_sample(_ema_copy(model, ema), done, run_dir)
+            on_sample(_ema_copy(model, ema), done, run_dir, history)
     ema_model = _ema_copy(model, ema)
     if rank == 0 and on_sample is not None:
-        on_sample(ema_model, cfg.steps, run_dir)
+        on_sample(ema_model, cfg.steps, run_dir, history)
     if rank == 0:
         (run_dir / "history.json").write_text(json.dumps(history))
     return ema_model, history
