@@ -1,13 +1,14 @@
-"""Evaluate the trained models with the project's classifier and write their model cards.
+"""Evaluate the trained models with both evaluation networks and write their model cards.
 
     python -m train.evaluate --all                 # every model present in weights/
-    python -m train.evaluate --models pixel-cond --samples 1000
+    python -m train.evaluate --models pixel-cond --samples 2000
 
-Per model: classifier -> test accuracy; autoencoder -> reconstruction MSE and reconstruction
-accuracy; conditional diffusion models -> conditional accuracy per digit and the Frechet distance on
-classifier features against the 10k test images; pixel-uncond -> class histogram and Frechet
-distance. The train-vs-test floor (10k train images vs the test set) is printed beside every Frechet
-distance. Results go to weights/metrics.json, weights/<name>/README.md and docs/samples-<name>.png.
+Per model: classifiers -> test accuracy; autoencoder -> reconstruction MSE and reconstruction
+accuracy; diffusion models -> in BOTH feature spaces (weights/classifier, weights/classifier-resnet) the
+Frechet distance with its same-N real floor, KID (mean +- std over subsets), precision/recall, conditional
+accuracy per digit (or the class histogram), plus the confident and speck rates (diffusion/metrics.py),
+each beside the real test digits' own rate. Top-level keys keep the first classifier's figures.
+Results go to weights/metrics.json, weights/<name>/README.md and docs/samples-<name>.png.
 """
 from __future__ import annotations
 
@@ -16,17 +17,46 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from diffusion.hub import DEFAULT_WEIGHTS_DIR, load_model, load_pipeline
 from diffusion.images import save_grid
-from diffusion.metrics import classify, class_histogram, conditional_accuracy, feature_stats, frechet_distance
+from diffusion.metrics import (Evaluator, ResNetClassifier, classify, conditional_accuracy,
+                               feature_stats, frechet_distance)
 from diffusion.pipeline import defaults_for
 from train.cards import write_card
 from train.data import load_mnist
 
-ORDER = ("classifier", "autoencoder", "pixel-cond", "latent-cond", "pixel-uncond")
+ORDER = ("classifier", "classifier-resnet", "autoencoder", "pixel-cond", "latent-cond", "pixel-uncond")
+EVALUATORS = ("classifier", "classifier-resnet")
+
+
+def load_evaluator(weights_dir: Path = DEFAULT_WEIGHTS_DIR, resnet_dir: Path | None = None, floor_n: int = 10000) -> Evaluator:
+    """Both evaluation networks (the ResNet from `resnet_dir` or weights_dir/classifier-resnet), the 10k test digits
+    as the reference and `floor_n` training digits (a fixed random draw) for the same-N floors."""
+    classifiers = {"classifier": load_model("classifier", weights_dir=weights_dir)}
+    resnet = Path(resnet_dir) if resnet_dir else Path(weights_dir) / "classifier-resnet"
+    if (resnet / "model.safetensors").is_file():
+        classifiers["classifier-resnet"] = ResNetClassifier.from_pretrained(str(resnet))
+    else:
+        print(f"warning: no second evaluator at {resnet}: figures in one feature space only")
+    x_test, y_test = load_mnist("test")
+    x_train, _ = load_mnist("train")
+    order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(0))
+    return Evaluator(classifiers, x_test, y_test, x_train[order[:floor_n]])
+
+
+def score_model_metrics(evaluator: Evaluator, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Evaluator output plus the first classifier's figures at top level (the keys cards and older readers use)."""
+    full = evaluator.evaluate(images, labels if bool((labels >= 0).all()) else None)
+    first = full["evaluators"]["classifier"]
+    out = {"frechet_distance": first["frechet_distance"], "frechet_floor_same_n": first["frechet_floor_same_n"], **full}
+    if "conditional_accuracy" in first:
+        out["conditional_accuracy"], out["per_digit_accuracy"] = first["conditional_accuracy"], first["per_digit_accuracy"]
+    else:
+        out["class_histogram"] = first["class_histogram"]
+    out["real_test_rates"] = evaluator.real_rates()
+    return out
 
 
 def generate(pipe, n: int, sampler: str, steps: int, guidance: float, seed: int, batch: int = 500):
@@ -47,22 +77,22 @@ def evaluate(names, samples: int, sampler: str | None, steps: int | None, guidan
     """sampler / steps / guidance: None takes each model's default (diffusion.pipeline.defaults_for)."""
     metrics_path = weights_dir / "metrics.json"
     all_metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    x_test, y_test = load_mnist("test")
-    classifier = load_model("classifier", weights_dir=weights_dir)
+    evaluator = load_evaluator(weights_dir)
+    x_test, y_test = evaluator.real, evaluator.real_labels
+    classifier = evaluator.classifiers["classifier"]
     test_pred, test_feat = classify(classifier, x_test)
     mu_test, cov_test = feature_stats(test_feat)
-    x_train, _ = load_mnist("train")
-    order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(0))
-    _, train_feat = classify(classifier, x_train[order[:10000]])
-    # the Frechet distance is biased upward at small N: compare samples with a floor at the same N
-    floor = frechet_distance(*feature_stats(train_feat), mu_test, cov_test)
-    floor_n = frechet_distance(*feature_stats(train_feat[:samples]), mu_test, cov_test)
-    print(f"Frechet distance floor, train vs test: {floor:.3f} (10k train images), {floor_n:.3f} ({samples} train images)")
+    floor = evaluator.floor("classifier", len(evaluator.floor_images))
+    print(f"Frechet distance floor, train vs test: {floor:.3f} ({len(evaluator.floor_images)} train images), "
+          f"{evaluator.floor('classifier', samples):.3f} ({samples} train images)")
     for name in names:
         m: dict = {"evaluated": time.strftime("%Y-%m-%d")}
-        if name == "classifier":
-            m["test_accuracy"] = float((test_pred == y_test).float().mean())
-            m["per_digit_accuracy"] = conditional_accuracy(test_pred, y_test)[1]
+        if name in EVALUATORS:
+            if name not in evaluator.classifiers:
+                raise SystemExit(f"{name}: no weights in {weights_dir / name}")
+            pred, _ = classify(evaluator.classifiers[name], x_test)
+            m["test_accuracy"] = float((pred == y_test).float().mean())
+            m["per_digit_accuracy"] = conditional_accuracy(pred, y_test)[1]
         elif name == "autoencoder":
             ae = load_model("autoencoder", weights_dir=weights_dir)
             with torch.inference_mode():
@@ -80,26 +110,28 @@ def evaluate(names, samples: int, sampler: str | None, steps: int | None, guidan
             s_name, s_steps = sampler or d.sampler, steps or d.steps
             g = (d.guidance if guidance is None else guidance) if pipe.conditional else 1.0
             images, labels, nfe, wall = generate(pipe, samples, s_name, s_steps, g, seed)
-            pred, feat = classify(classifier, images)
-            m.update({"samples": samples, "sampler": s_name, "steps": s_steps, "nfe": nfe,
+            m.update({"sampler": s_name, "steps": s_steps, "nfe": nfe,
                       "guidance": g if pipe.conditional else None, "seed": seed,
-                      "frechet_distance": frechet_distance(*feature_stats(feat), mu_test, cov_test),
                       "sampling_seconds_per_image": wall / samples})
-            if pipe.conditional:
-                acc, per = conditional_accuracy(pred, labels)
-                m["conditional_accuracy"], m["per_digit_accuracy"] = acc, per
-            else:
-                m["class_histogram"] = class_histogram(pred)
+            m.update(score_model_metrics(evaluator, images, labels))
             order = torch.argsort(labels, stable=True) if pipe.conditional else torch.arange(len(labels))
             save_grid(images[order][:: max(1, samples // 100)][:100, 0], Path("docs") / f"samples-{name}.png", nrow=10, scale=2)
         m["frechet_floor_train_vs_test"] = floor
-        if "frechet_distance" in m:
-            m["frechet_floor_same_n"] = floor_n
         all_metrics[name] = m
-        print(name, json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()}))
+        print(name, json.dumps(_rounded(m)))
         metrics_path.write_text(json.dumps(all_metrics, indent=1) + "\n")
         write_card(name, weights_dir, m)
     return all_metrics
+
+
+def _rounded(v):
+    if isinstance(v, float):
+        return round(v, 4)
+    if isinstance(v, dict):
+        return {k: _rounded(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_rounded(x) for x in v]
+    return v
 
 
 def main(argv=None):
