@@ -202,3 +202,37 @@ def test_log_sigma_t_sampling_is_log_uniform_in_std():
     assert float((log_std.exp() < 0.22).double().mean()) > 0.3
     with pytest.raises(ValueError, match="t_sampling"):
         dsm_noise(x, None, sde.eps, 0.0, "bogus", sde)
+
+
+class EDMGaussianScore(GaussianScore):
+    """The exact Gaussian score with the EDM loss weight lambda = 1 / c_out^2 (sigma_data = s)."""
+
+    def loss_weight(self, sigma):
+        c_out2 = sigma**2 * S**2 / (sigma**2 + S**2)
+        return 1 / c_out2
+
+
+def test_edm_weighting_scales_the_floor_by_lambda_sigma2():
+    """lambda sigma^2 ||sigma s + z||^2 with lambda sigma^2 = (sigma^2 + s^2) / s^2: the floor d s^2 / (s^2 + sigma^2)
+    becomes exactly d at every noise level (unit-variance network target, EDM's design)."""
+    x = data(8000)
+    noise = fixed_t_noise(x)
+    loss = float(dsm_loss(EDMGaussianScore(), x, noise=noise))
+    assert loss == pytest.approx(D, rel=0.02)
+
+
+def test_edm_noise_levels_are_log_normal_and_clamped():
+    sde = VESDE(25.0)
+    x = torch.zeros(20000, 1, 2, 2)
+    t = dsm_noise(x, torch.Generator().manual_seed(0), sde.eps, t_sampling="edm", sde=sde, p_mean=-1.2, p_std=1.2)["t"]
+    log_std = sde.marginal_std(t.double()).log()
+    inside = (log_std > math.log(sde.std_min) + 1e-6) & (log_std < math.log(sde.std_max) - 1e-6)
+    assert float(log_std[inside].median()) == pytest.approx(-1.2, abs=0.05)
+    assert float(t.min()) >= sde.eps - 1e-7 and float(t.max()) <= 1.0
+    # clamped mass: P(ln std < ln std(eps)) for N(-1.2, 1.2^2)
+    expected_low = 0.5 * (1 + math.erf((math.log(sde.std_min) + 1.2) / (1.2 * math.sqrt(2))))
+    assert float((~inside & (log_std < 0)).float().mean()) == pytest.approx(expected_low, abs=0.005)
+    with pytest.raises(ValueError, match="needs the sde"):
+        dsm_noise(x, None, t_sampling="edm")
+    with pytest.raises(ValueError, match="uniform, log_sigma, edm"):
+        dsm_noise(x, None, t_sampling="karras")

@@ -346,3 +346,62 @@ def test_generate_decodes_only_the_final_sample():
     assert len(steps) == 1 and steps[0].final
     with pytest.raises(ValueError, match="preview_every"):
         list(Pipeline(score, ae).stream([1], num_steps=4, preview_every=-1))
+
+
+# ---------------------------------------------------------------- EDM preconditioning inside the VE SDE
+
+
+def test_edm_coefficients_match_karras_table_1():
+    model = tiny_score(precond="edm", sigma_data=0.5)
+    sigma = torch.tensor([0.02, 0.5, 9.0], dtype=torch.float64)
+    c_skip, c_out, c_in, c_noise = model.coefficients(sigma)
+    sd2 = 0.25
+    assert torch.allclose(c_skip, sd2 / (sigma**2 + sd2))
+    assert torch.allclose(c_out, sigma * 0.5 / (sigma**2 + sd2).sqrt())
+    assert torch.allclose(c_in, 1 / (sigma**2 + sd2).sqrt())
+    assert torch.allclose(c_noise, sigma.log() / 4)
+    # unit variance: Var[c_in x_t] = 1 for data of std sigma_data; the ideal F has unit variance too
+    assert torch.allclose(c_in**2 * (sd2 + sigma**2), torch.ones(3, dtype=torch.float64))
+    assert torch.allclose(model.loss_weight(sigma), 1 / c_out**2)
+
+
+@pytest.mark.parametrize("precond", ["song", "edm"])
+def test_score_and_denoiser_agree_by_tweedie(precond):
+    model = tiny_score(num_classes=10, precond=precond)
+    x, t, labels = 3 * randn(3, 1, 28, 28), torch.tensor([1e-3, 0.3, 1.0]), torch.tensor([1, 2, 3])
+    sigma = model.sde.marginal_std(t.double())
+    for w in (1.0, 2.5):
+        score = model(x, t, labels, guidance=w)
+        denoised = model.denoise(x, sigma, labels, guidance=w)
+        # D = x + sigma^2 s, the Tweedie estimate, with and without guidance (D is affine in s)
+        assert torch.allclose(denoised, x + sigma.float()[:, None, None, None] ** 2 * score, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(model.denoise(x[:1], 0.7, labels[:1]), model.denoise(x[:1], torch.tensor([0.7]), labels[:1]), atol=1e-5)
+
+
+def test_edm_denoiser_is_the_preconditioned_network():
+    model = tiny_score(num_classes=10, precond="edm")
+    x, sigma, labels = randn(2, 1, 28, 28), torch.tensor([0.1, 5.0], dtype=torch.float64), torch.tensor([4, 7])
+    c_skip, c_out, c_in, c_noise = (c.float()[:, None, None, None] for c in model.coefficients(sigma))
+    expected = c_skip * x + c_out * model.net(c_in * x, c_noise.flatten(), labels)
+    assert torch.allclose(model.denoise(x, sigma, labels), expected, atol=1e-5)
+
+
+def test_preconditioning_travels_in_the_config(tmp_path):
+    model = tiny_score(num_classes=10, precond="edm", sigma_data=0.4)
+    model.save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["precond"] == "edm" and config["sigma_data"] == 0.4
+    back = ScoreModel.from_pretrained(tmp_path / "m")
+    x = randn(2, 1, 28, 28)
+    assert torch.equal(back.denoise(x, 1.0, torch.tensor([1, 2])), model.denoise(x, 1.0, torch.tensor([1, 2])))
+    # v1 weights have no precond key: they load as "song"
+    del config["precond"], config["sigma_data"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    assert ScoreModel.from_pretrained(tmp_path / "m").precond == "song"
+
+
+def test_bad_preconditioning_is_refused():
+    with pytest.raises(ValueError, match="precond must be one of song, edm"):
+        ScoreModel(precond="ve")
+    with pytest.raises(ValueError, match="sigma_data must be > 0"):
+        ScoreModel(precond="edm", sigma_data=0.0)
