@@ -12,7 +12,8 @@ class LatentCondConfig(ScoreConfig):
     conditional: bool = True
     channels: str = "32,64"
     attention_levels: str = "0,1"
-    steps: int = 5000
+    steps: int = 8000
+    sigma_data: float = 1.0           # the latents are scaled to unit variance (AutoEncoder.latent_scale)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ class PixelCondConfig(ScoreConfig):
     weights_dir: str = "weights/pixel-cond"
     space: str = "pixel"
     conditional: bool = True
-    steps: int = 8000
+    steps: int = 12000
 
 
 if __name__ == "__main__":

@@ -1,0 +1,123 @@
+"""Sampling defaults chosen by a written rule that uses both evaluators.
+
+For one model, sample each candidate setting (sampler, steps, guidance w) with the same seeds, score it in both
+feature spaces (diffusion.metrics.Evaluator) and apply `diffusion.metrics.choose_setting`: the lowest worse-of-two
+Frechet ratio (FD / same-N real floor) among settings whose lower conditional accuracy is >= 99%.
+The guidance grid is coarse over 0-4 first, then 0.25 around the coarse optimum (`--refine`).
+Rows accumulate in bench/results/defaults.json (one per model/setting/N, replaced on rerun); the report is
+bench/results/defaults.md. tests/test_bench.py checks that diffusion.pipeline.MODEL_DEFAULTS is the rule's pick.
+
+    python -m bench.defaults --model pixel-cond --weights-dir weights --guidance 0 1 2 3 4 --samples 1000
+    python -m bench.defaults --model pixel-cond --refine --samples 1000       # the 0.25 grid around the optimum
+    python -m bench.defaults --report-only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from diffusion.metrics import choose_setting, min_accuracy, worst_ratio
+
+RESULTS = Path(__file__).resolve().parent / "results"
+STORE = RESULTS / "defaults.json"
+
+
+def load_rows(path: Path = STORE) -> list[dict]:
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def setting_key(r: dict) -> tuple:
+    s = r["setting"]
+    return (r["model"], s["sampler"], s["steps"], s["guidance"], r["samples"])
+
+
+def pick(rows: list[dict], model: str, samples: int | None = None) -> dict:
+    """The rule's choice for `model` among its rows at the largest N present (or `samples`)."""
+    mine = [r for r in rows if r["model"] == model]
+    n = samples or max(r["samples"] for r in mine)
+    ordered = sorted((r for r in mine if r["samples"] == n),
+                     key=lambda r: (r["setting"]["steps"], r["setting"]["sampler"], r["setting"]["guidance"]))
+    return choose_setting(ordered)
+
+
+def run(model: str, weights_dir: Path, settings: list[tuple[str, int, float]], samples: int, seed: int = 1234) -> list[dict]:
+    from diffusion.hub import load_pipeline
+    from train.evaluate import generate, load_evaluator
+    rows = load_rows()
+    evaluator = load_evaluator()
+    pipe = load_pipeline(model, weights_dir=weights_dir)
+    for sampler, steps, w in settings:
+        t0 = time.perf_counter()
+        images, labels, nfe, wall = generate(pipe, samples, sampler, steps, w, seed)
+        m = evaluator.evaluate(images, labels if pipe.conditional else None)
+        row = {"model": model, "samples": samples, "seed": seed, "nfe": nfe, "seconds": round(time.perf_counter() - t0, 1),
+               "setting": {"sampler": sampler, "steps": steps, "guidance": w}, "metrics": m,
+               "weights": str(weights_dir)}
+        rows = [r for r in rows if setting_key(r) != setting_key(row)] + [row]
+        STORE.write_text(json.dumps(rows, indent=1) + "\n")
+        print(model, sampler, steps, w, f"worst FD ratio {worst_ratio(m):.2f}",
+              f"min accuracy {min_accuracy(m):.4f}" if pipe.conditional else "", flush=True)
+    return rows
+
+
+def report(rows: list[dict]) -> str:
+    lines = ["# Sampling defaults by rule (both evaluators)", "",
+             "Rule (`diffusion.metrics.choose_setting`): the lowest worse-of-two FD ratio (FD / same-N real floor, in the "
+             "feature spaces of weights/classifier = c and weights/classifier-resnet = r) among settings whose lower "
+             "conditional accuracy is >= 99%. Same seeds for every setting. Produced by `python -m bench.defaults`.", ""]
+    for model in sorted({r["model"] for r in rows}):
+        mine = [r for r in rows if r["model"] == model]
+        best = pick(rows, model)
+        b = best["setting"]
+        lines += [f"## {model}", "", f"**Pick: {b['sampler']}, {b['steps']} steps, w = {b['guidance']:g}** "
+                  f"(N = {best['samples']}, worst FD ratio {worst_ratio(best['metrics']):.2f})", "",
+                  "| sampler | steps | w | N | FD ratio c | FD ratio r | KID c / r (x1e3) | precision c / r | recall c / r | "
+                  "accuracy c / r | confident | speck |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(mine, key=lambda r: (r["samples"], r["setting"]["sampler"], r["setting"]["steps"], r["setting"]["guidance"])):
+            s, m = r["setting"], r["metrics"]
+            ev = m["evaluators"]
+            c, q = ev["classifier"], ev.get("classifier-resnet", {})
+            f = lambda d, k, sc=1.0, fmt=".2f": format(d[k] * sc, fmt) if k in d else "n/a"  # noqa: E731
+            lines.append(f"| {s['sampler']} | {s['steps']} | {s['guidance']:g} | {r['samples']} | {f(c, 'frechet_ratio')} | "
+                         f"{f(q, 'frechet_ratio')} | {f(c, 'kid_mean', 1e3)} / {f(q, 'kid_mean', 1e3)} | "
+                         f"{f(c, 'precision')} / {f(q, 'precision')} | {f(c, 'recall')} / {f(q, 'recall')} | "
+                         f"{f(c, 'conditional_accuracy', 100, '.1f')} / {f(q, 'conditional_accuracy', 100, '.1f')} | "
+                         f"{100 * m.get('confident_rate', float('nan')):.1f}% | {100 * m['speck_rate']:.1f}% |")
+        lines.append("")
+    text = "\n".join(lines)
+    (RESULTS / "defaults.md").write_text(text)
+    return text
+
+
+def refine_grid(rows: list[dict], model: str, sampler: str, steps: int, samples: int) -> list[float]:
+    """0.25-spaced guidance weights within 0.5 of the coarse optimum, not yet measured."""
+    best = pick([r for r in rows if r["setting"]["sampler"] == sampler and r["setting"]["steps"] == steps], model, samples)
+    w0 = best["setting"]["guidance"]
+    have = {r["setting"]["guidance"] for r in rows if r["model"] == model and r["samples"] == samples
+            and r["setting"]["sampler"] == sampler and r["setting"]["steps"] == steps}
+    return [w for w in (w0 - 0.5, w0 - 0.25, w0 + 0.25, w0 + 0.5) if 0 <= w <= 4 and w not in have]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="pixel-cond")
+    p.add_argument("--weights-dir", default="weights")
+    p.add_argument("--sampler", default="dpmpp_2m")
+    p.add_argument("--steps", type=int, nargs="+", default=[10])
+    p.add_argument("--guidance", type=float, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--refine", action="store_true", help="add the 0.25 grid around the current optimum")
+    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--report-only", action="store_true")
+    a = p.parse_args(argv)
+    if not a.report_only:
+        rows = load_rows()
+        for steps in a.steps:
+            ws = refine_grid(rows, a.model, a.sampler, steps, a.samples) if a.refine else a.guidance
+            rows = run(a.model, Path(a.weights_dir), [(a.sampler, steps, w) for w in ws], a.samples)
+    print(report(load_rows()))
+
+
+if __name__ == "__main__":
+    main()
