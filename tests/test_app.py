@@ -136,7 +136,7 @@ def test_cancel_stops_the_sampler(client, app_demo, monkeypatch):
     # a long job must be admitted even when a loaded machine makes the up-front cost estimate pessimistic
     monkeypatch.setattr(app_demo.lab, "max_seconds", 10_000.0)
     calls = []
-    hook = app_demo.lab.pipelines["pixel-cond"].score_model.register_forward_hook(lambda *a: calls.append(1))
+    hook = app_demo.lab.pipelines["pixel-cond"].score_model.net.register_forward_hook(lambda *a: calls.append(1))
     try:
         job = client.submit(*_gen_args(steps=1000, num_images=2, sampler="euler_maruyama"), **GEN)
         deadline = time.time() + 60

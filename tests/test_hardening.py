@@ -55,7 +55,7 @@ def hard(tiny_weights, tmp_path_factory):
     def log(module, inputs, output):
         calls.append((time.perf_counter(), bool(torch.isfinite(output).all())))
 
-    hooks = [p.score_model.register_forward_hook(log) for p in demo.lab.pipelines.values()]
+    hooks = [p.score_model.net.register_forward_hook(log) for p in demo.lab.pipelines.values()]
     port = _free_port()
     demo.launch(prevent_thread_lock=True, quiet=True, **app.launch_kwargs("127.0.0.1", port))
     url = f"http://127.0.0.1:{port}/"
