@@ -303,7 +303,7 @@ def _reference_dpmpp_2m(score_model, x, labels, num_steps, guidance):
     the score by Tweedie, D = x + sigma^2 s(x, t(sigma)): an independent reference for the library's solver."""
     sde = score_model.sde
     sigmas = karras_sigmas(sde.std_min, sde.std_max, num_steps).tolist()
-    old = None
+    old, h_last = None, None
     for i in range(num_steps):
         s, s_next = sigmas[i], sigmas[i + 1]
         t = torch.full((x.shape[0],), math.log1p(2 * math.log(sde.sigma) * s**2) / (2 * math.log(sde.sigma)))
@@ -322,11 +322,9 @@ def _reference_dpmpp_2m(score_model, x, labels, num_steps, guidance):
 @pytest.mark.parametrize("precond", ["song", "edm"])
 def test_dpmpp_2m_matches_the_reference_on_a_network(precond):
     """dpmpp_2m (and dpmpp_2m_sde at eta = 0) on a small random ScoreModel, guided, against the textbook solver."""
-    from diffusion.score import ScoreModel
+    from factories import tiny_score
 
-    torch.manual_seed(0)
-    model = ScoreModel(channels=(8, 16), attention_levels=(1,), num_classes=10, embed_dim=32, context_dim=16,
-                       precond=precond).eval()
+    model = tiny_score(num_classes=10, precond=precond)
     x1, _ = prior(model, seed=1, shape=(3, 1, 28, 28))
     labels = torch.tensor([1, 4, 7])
     with torch.no_grad():
