@@ -47,7 +47,7 @@ class GaussianScore:
 
     def tweedie(self, x, t):
         """E[x(0) | x(t) = x] = (s^2 x + std^2 mu) / (s^2 + std^2)."""
-        v = float(self.sde.marginal_std(torch.tensor(float(t), dtype=torch.float64))) ** 2
+        v = self.sde.marginal_std(float(t)) ** 2
         return (self.s**2 * x + v * self.mu) / (self.s**2 + v)
 
 
