@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 
 from diffusion.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
-from diffusion.samplers import nfe_for, sample
+from diffusion.cost import seconds_per_nfe
+from diffusion.samplers import sample, sampler_spec
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -101,21 +102,6 @@ def sample_quality(score_model, n: int, autocast: bool, classifier, chunk: int =
     return ev.evaluate(imgs[:, None], labels, [n]), imgs
 
 
-def per_nfe_cost(score_model, batch: int, guidance: float, reps: int = 5) -> float:
-    """Median seconds of one score-model call on `batch` images (guided: a doubled batch)."""
-    x = torch.randn(batch, *score_model.sample_shape)
-    lab = torch.arange(batch) % 10 if score_model.conditional else None
-    t = torch.full((batch,), 0.3)
-    ts = []
-    with torch.inference_mode():
-        score_model(x, t, lab, guidance=guidance)
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            score_model(x, t, lab, guidance=guidance)
-            ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
-
 def latent_vs_pixel(n: int, reps: int, weights_dir=None) -> dict:
     from diffusion.hub import WeightsNotFound, load_model, load_pipeline
     from diffusion.pipeline import Pipeline
@@ -145,8 +131,8 @@ def latent_vs_pixel(n: int, reps: int, weights_dir=None) -> dict:
         el = statistics.median(r[0] for r in runs[name])
         dec = statistics.median(r[1] for r in runs[name])
         rec = {"params": sum(q.numel() for q in sm.parameters()), "sample_shape": list(sm.sample_shape),
-               "call_s_batch16_guided": per_nfe_cost(sm, n, DEFAULT_GUIDANCE, reps),
-               "per_image_nfe_s_batch200_guided": per_nfe_cost(sm, 200, DEFAULT_GUIDANCE, 3) / 200,
+               "call_s_batch16_guided": n * seconds_per_nfe(sm, n, guidance=DEFAULT_GUIDANCE, reps=reps),
+               "per_image_nfe_s_batch200_guided": seconds_per_nfe(sm, 200, guidance=DEFAULT_GUIDANCE, reps=3),
                "generate_s": el, "decode_s_in_generate": dec, "nfe": runs[name][0][2],
                "per_image_s": el / n}
         if p.is_latent:
@@ -234,7 +220,7 @@ def main(argv=None):
                             "mean_abs_diff": float((i32 - i16).abs().mean())}
         results["default_path"] = {
             "model": args.model, "images": n, "sampler": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS,
-            "nfe": nfe_for(DEFAULT_SAMPLER, DEFAULT_STEPS), "guidance": DEFAULT_GUIDANCE, "reps": args.reps,
+            "nfe": sampler_spec(DEFAULT_SAMPLER).nfe_for(DEFAULT_STEPS), "guidance": DEFAULT_GUIDANCE, "reps": args.reps,
             "default_threads": default_threads, "torch": torch.__version__, "cpu": cpu_name(), "rows": rows,
             "compile": compile_info, "bf16_quality": bf16_quality}
         for r in rows:

@@ -31,7 +31,8 @@ import torch
 
 from diffusion.metrics import class_histogram, classify, conditional_accuracy, feature_stats, frechet_distance
 from diffusion.pipeline import DEFAULT_GUIDANCE, PRECISIONS
-from diffusion.samplers import SAMPLERS, nfe_for, steps_for_nfe
+from diffusion.cost import seconds_per_nfe
+from diffusion.samplers import SAMPLERS, sampler_spec
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CHUNK = 200
@@ -123,32 +124,18 @@ def plan(models, samplers, nfes, tols, guidances):
     for model in models:
         for w in guidances:
             for s in samplers:
-                if s == "rk45":
+                spec = sampler_spec(s)
+                if spec.adaptive:
                     for tol in tols:
                         yield model, s, None, None, w, {"rtol": tol, "atol": tol}
                     continue
                 seen = set()
                 for nfe in nfes:
-                    steps = steps_for_nfe(s, nfe)
+                    steps = spec.steps_for(nfe)
                     if steps in seen:
                         continue
                     seen.add(steps)
-                    yield model, s, steps, nfe_for(s, steps), w, {}
-
-
-def calibrate(pipe, chunk: int, guidance: float) -> float:
-    """Seconds per image per NFE for this pipeline at this batch (guided calls run a doubled batch)."""
-    sm = pipe.score_model
-    x = torch.randn(chunk, *sm.sample_shape)
-    lab = chunk_labels(chunk, True) if sm.conditional else None
-    t = torch.full((chunk,), 0.5)
-    w = guidance if sm.conditional else 1.0
-    with torch.inference_mode():
-        sm(x, t, lab, guidance=w)
-        t0 = time.perf_counter()
-        for _ in range(3):
-            sm(x, t, lab, guidance=w)
-    return (time.perf_counter() - t0) / 3 / chunk
+                    yield model, s, steps, spec.nfe_for(steps), w, {}
 
 
 # ---------------------------------------------------------------- results store and reports
@@ -269,7 +256,8 @@ def grid_nfe(r: dict, grid=DEFAULT_NFE) -> int | None:
     """The NFE budget of the grid a fixed-step run realises (heun 10 steps = 19 NFE is the 20 point), else None."""
     if not r.get("steps"):
         return None
-    return next((g for g in grid if steps_for_nfe(r["sampler"], g) == r["steps"]), None)
+    spec = sampler_spec(r["sampler"])
+    return next((g for g in grid if spec.steps_for(g) == r["steps"]), None)
 
 
 def on_grid(r: dict, grid=DEFAULT_NFE) -> bool:
@@ -365,7 +353,7 @@ def plot(store: dict, path: Path) -> None:
             pts = sorted((r["nfe"], r["fd_at"][str(nc)]) for r in runs if r["sampler"] == s and str(nc) in r["fd_at"]
                          and (r["sampler"], r["steps"]) != REFERENCE)
             if pts:
-                ax.plot(*zip(*pts), "o-" if s != "rk45" else "s--", color=colors[s], label=s)
+                ax.plot(*zip(*pts), "s--" if sampler_spec(s).adaptive else "o-", color=colors[s], label=s)
         ref = reference_run(runs, nc)
         if ref:
             ax.axhline(ref["fd_at"][str(nc)], color="k", ls="--", lw=1, label="EM-500 reference")
@@ -461,14 +449,15 @@ def main(argv=None):
             seen.add(key)
             todo.append((m, s, steps, nfe, w, ex))
 
-    cost = {(m, w): calibrate(pipes[m], chunk, 1.0 if w is None else w) for m, _, _, _, w, _ in todo}
+    cost = {(m, w): seconds_per_nfe(pipes[m].score_model, chunk, guidance=1.0 if w is None else w, reps=3)
+            for m, _, _, _, w, _ in todo}
     total = 0.0
     print(f"plan: {len(todo)} points, {args.samples} images each (chunks of {chunk}), {torch.get_num_threads()} threads")
     for m, s, steps, nfe, w, ex in todo:
-        est = cost[(m, w)] * args.samples * (nfe or 100)
+        est = cost[(m, w)] * args.samples * (nfe or sampler_spec(s).typical_nfe)
         total += est
         print(f"  {m:12s} {s:20s} steps {steps!s:>5} NFE {nfe or '~?':>4} w {w!s:>4}  ~{est:7.0f} s"
-              + ("  (rk45: NFE assumed 100)" if nfe is None else ""))
+              + (f"  ({s}: NFE assumed {sampler_spec(s).typical_nfe})" if nfe is None else ""))
     print(f"estimated total: {total / 60:.1f} min ({', '.join(f'{k[0]} w={k[1]}: {1e3 * v:.2f} ms/img-NFE' for k, v in cost.items())})")
     if args.dry_run:
         return
@@ -491,7 +480,7 @@ def main(argv=None):
         if args.grids:
             from diffusion.images import save_grid
             (out / "grids").mkdir(exist_ok=True)
-            tag = f"tol{ex['rtol']:g}" if s == "rk45" else f"{steps}steps"
+            tag = f"tol{ex['rtol']:g}" if sampler_spec(s).adaptive else f"{steps}steps"
             save_grid(images[:100], out / "grids" / f"{m}_{s}_{tag}_w{w if w is not None else 1:g}.png", nrow=10)
         rec = {"model": m, "sampler": s, "steps": steps, "tol": ex.get("rtol"), "nfe": nfe_used, "guidance": w,
                "n": args.samples, "seed": args.seed, "chunk": chunk, "wall_s": wall,

@@ -86,11 +86,10 @@ def ode_log_likelihood(score_model, x: torch.Tensor, labels=None, *, rtol: float
         nonlocal nfe
         nfe += 1
         xt = torch.from_numpy(y[:n]).reshape(shape).to(device=device, dtype=dtype)
-        g2 = float(sde.diffusion_coeff(torch.tensor(t, dtype=torch.float64))) ** 2
         with torch.enable_grad():
             xt.requires_grad_(True)
             tb = torch.full((b,), t, device=device, dtype=dtype)
-            f = -0.5 * g2 * score_model(xt, tb, labels)                   # drift of the ODE (B, C, H, W)
+            f = sde.reverse_drift(score_model(xt, tb, labels), float(t), probability_flow=True)  # ODE drift (B, C, H, W)
             (vjp,) = torch.autograd.grad((f * v).sum(), xt)               # v^T df/dx
         div = (vjp * v).flatten(1).sum(1)                                 # (B,) Hutchinson estimate of div f
         return np.concatenate([f.detach().reshape(-1).double().cpu().numpy(), div.double().cpu().numpy()])

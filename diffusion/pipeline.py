@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .samplers import get_sampler, nfe_for
+from .samplers import sampler_spec
 
 
 @dataclass(frozen=True)
@@ -71,19 +71,20 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 class _Autocast:
-    """The score model with its forward pass under bf16 autocast, the score returned in the sample's dtype.
+    """The score model's two calls (score and denoiser) under bf16 autocast, results in the sample's dtype.
     (A wrapper, not a context around the sampling loop: autocast state is per thread, and a streaming generator
     may be resumed on another thread.)"""
 
     def __init__(self, score_model):
-        self.inner = score_model
-
-    def __getattr__(self, name):          # .sde and anything else a sampler reads
-        return getattr(self.inner, name)
+        self.inner, self.sde = score_model, score_model.sde
 
     def __call__(self, x, t, labels=None, **kwargs):
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
             return self.inner(x, t, labels, **kwargs).to(x.dtype)
+
+    def denoise(self, x, sigma, labels=None, guidance=1.0):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return self.inner.denoise(x, sigma, labels, guidance).to(x.dtype)
 
 
 @dataclass
@@ -157,8 +158,8 @@ class Pipeline:
         `sampler`, `num_steps`, `guidance` left as None take this model's defaults (`defaults_for(self.name)`)."""
         defaults = defaults_for(self.name)
         sampler = defaults.sampler if sampler is None else sampler
-        fn = get_sampler(sampler)
-        if num_steps is None and nfe_for(sampler, 1) is not None:   # adaptive samplers (rk45) take no step count
+        spec = sampler_spec(sampler)
+        if num_steps is None and not spec.adaptive:                 # adaptive samplers (rk45) take no step count
             num_steps = defaults.steps
         guidance = defaults.guidance if guidance is None else guidance
         start = time.perf_counter()
@@ -172,14 +173,14 @@ class Pipeline:
         decode_time = 0.0
         guidance = guidance if self.conditional else 1.0
         model = _Autocast(self.score_model) if self.compute_precision == "bf16" else self.score_model
-        for step in fn(model, x, labels, num_steps=num_steps, generator=generator, guidance=guidance, **extras):
+        for step in spec.fn(model, x, labels, num_steps=num_steps, generator=generator, guidance=guidance, **extras):
             if not (step.final or (preview_every and step.i % preview_every == 0)):
                 continue
             t_dec = time.perf_counter()
             x_img = self._to_image(step.x)
             x0_img = x_img if step.final else self._to_image(step.x0)
             decode_time += (time.perf_counter() - t_dec) if self.is_latent else 0.0
-            sigma = float(sde.marginal_std(torch.tensor(step.t, dtype=torch.float64)))
+            sigma = sde.marginal_std(float(step.t))
             yield PipelineStep(step.i, int(num_steps or 0), step.t, sigma, step.nfe, x_img, x0_img,
                                time.perf_counter() - start, decode_time, step.final)
 

@@ -19,7 +19,7 @@ import torch
 from .hub import PIPELINE_NAMES, WeightsNotFound, load_pipeline
 from .images import save_grid
 from .pipeline import MODEL_DEFAULTS, PRECISIONS, defaults_for
-from .samplers import SAMPLER_DESCRIPTIONS, SAMPLERS
+from .samplers import SAMPLERS
 
 
 def parse_digits(spec: str) -> list[int]:
@@ -51,7 +51,7 @@ def positive_int(v: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    samplers = "\n".join(f"  {name:<20} {SAMPLER_DESCRIPTIONS[name]}" for name in SAMPLERS)
+    samplers = "\n".join(f"  {name:<20} {spec.description}" for name, spec in SAMPLERS.items())
     defaults = "\n".join(f"  {name:<13} --sampler {d.sampler} --steps {d.steps}"
                          + (f" --guidance {d.guidance:g}" if name != "pixel-uncond" else "")
                          for name, d in MODEL_DEFAULTS.items())

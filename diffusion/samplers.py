@@ -2,19 +2,69 @@
 
     fn(score_model, x, labels=None, *, num_steps, generator=None, guidance=1.0, **extras) -> yields Step
 
-`x` is the prior sample x(1) ~ N(0, std(1)^2 I); `score_model(x, t, labels, guidance=w)` returns the
-score; `score_model.sde` is the VESDE. Each Step carries the current sample `x`, the Tweedie
-denoised estimate `x0 = x + std(t)^2 s(x, t)` from the latest evaluation, and `nfe`, the number of
-score-model calls so far (a guided call is one call on a doubled batch). The last Step holds the
-final sample, with no noise added at the end. The caller decides how often to render.
+`x` is the prior sample x(1) ~ N(0, std(1)^2 I); `score_model.denoise(x, sigma, labels, guidance)` is the
+denoiser D(x; sigma), the Tweedie estimate of x(0) at noise std sigma (the score is (D - x) / sigma^2), and
+`score_model.sde` the VESDE. Each Step carries the current sample `x`, the denoised estimate `x0` from the
+latest evaluation, and `nfe`, the number of network calls so far (a guided call is one call on a doubled
+batch). The last Step holds the final sample, with no noise added at the end. The caller decides how often
+to render.
+
+Each sampler is registered where it is written (`register_sampler`): its description and its cost in network
+evaluations as a function of the step count (or, for an adaptive solver, a cap) live in `SAMPLERS[name]`, a
+`SamplerSpec`. Solvers on a sigma grid take the grid as a value (`sigmas=`, default `karras_sigmas`), as in
+k-diffusion.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """What the app, the CLI and the benchmarks need to know about a sampler, kept beside its code."""
+    name: str
+    fn: Callable                                  # the generator function (the signature above)
+    description: str                              # one line: method, NFE per step, when to use it
+    nfe: Callable[[int], int] | None = None       # network evaluations for `num_steps`; None: adaptive
+    max_nfe: int | None = None                    # adaptive samplers: the cap (their default `max_nfe`)
+    typical_nfe: int | None = None                # adaptive samplers: what a cost estimate assumes
+
+    @property
+    def adaptive(self) -> bool:
+        """True when the solver's tolerance, not `num_steps`, sets the work."""
+        return self.nfe is None
+
+    def nfe_for(self, num_steps: int) -> int | None:
+        """Network evaluations for `num_steps` (None for an adaptive sampler)."""
+        return None if self.adaptive else self.nfe(num_steps)
+
+    def steps_for(self, nfe: int) -> int:
+        """The largest step count whose NFE does not pass `nfe` (at least 1): the inverse of nfe_for."""
+        if self.adaptive:
+            raise ValueError(f"{self.name} is adaptive: its tolerance, not a step count, sets the NFE")
+        steps = 1
+        while self.nfe(steps + 1) <= nfe:
+            steps += 1
+        return steps
+
+
+SAMPLERS: dict[str, SamplerSpec] = {}
+
+
+def register_sampler(name: str, *, description: str, nfe: Callable[[int], int] | None = None,
+                     max_nfe: int | None = None, typical_nfe: int | None = None):
+    """Decorator: record `fn` under `name` with its description and cost (compare score_sde's `register_predictor`)."""
+    def register(fn):
+        if name in SAMPLERS:
+            raise ValueError(f"sampler {name!r} is already registered")
+        SAMPLERS[name] = SamplerSpec(name, fn, description, nfe, max_nfe, typical_nfe)
+        return fn
+    return register
 
 
 @dataclass
@@ -25,10 +75,6 @@ class Step:
     x0: torch.Tensor    # denoised estimate (B, C, H, W)
     nfe: int            # score-model calls so far
     final: bool = False
-
-
-def _batch_t(t: float, x: torch.Tensor) -> torch.Tensor:
-    return torch.full((x.shape[0],), float(t), device=x.device, dtype=x.dtype)
 
 
 def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -44,14 +90,9 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) 
     return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
 
 
-def _denoiser(score_model, labels, guidance):
-    """sigma -> D(x; sigma) = x + sigma^2 s(x, t(sigma)), the Tweedie estimate of x(0)."""
-    sde = score_model.sde
-
-    def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
-        t = float(sde.t_from_std(torch.tensor(sigma, dtype=torch.float64)))
-        return x + sigma**2 * score_model(x, _batch_t(t, x), labels, guidance=guidance)
-    return denoise
+def _score(x: torch.Tensor, x0: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Tweedie's formula read backwards: s(x, t) = (D(x; sigma) - x) / sigma^2 with sigma = std(t)."""
+    return (x0 - x) / sigma**2
 
 
 def _check_steps(num_steps: int, minimum: int = 1) -> int:
@@ -76,124 +117,54 @@ def _time_grid(num_steps: int, eps: float) -> list[tuple[float, float]]:
     return list(zip(ts[:-1], ts[1:]))
 
 
+def _noise_levels(sde, num_steps: int, sigmas) -> list[float]:
+    """The noise levels a sigma-grid solver visits, sigma_0 > ... > sigma_{N-1} > sigma_N = 0: `sigmas` as given
+    (k-diffusion style: the schedule is the caller's value), else the Karras grid from std(1) down to std(eps)."""
+    if sigmas is None:
+        return karras_sigmas(sde.std_min, sde.std_max, num_steps).tolist()
+    levels = [float(s) for s in (sigmas.tolist() if isinstance(sigmas, torch.Tensor) else sigmas)]
+    if (len(levels) != num_steps + 1 or levels[-1] != 0.0 or not all(math.isfinite(s) for s in levels)
+            or any(a <= b for a, b in zip(levels, levels[1:]))):
+        raise ValueError(f"sigmas must fall strictly from a finite sigma_0 to 0 in num_steps + 1 = {num_steps + 1} "
+                         f"values, got {levels[:4]}{'...' if len(levels) > 4 else ''} ({len(levels)} values)")
+    return levels
+
+
+@register_sampler("dpmpp_2m", nfe=lambda n: n,
+                  description="DPM-Solver++(2M): multistep 2nd-order ODE solver, 1 NFE/step, the conditional models' "
+                              "default")
+def dpmpp_2m(score_model, x, labels=None, *, num_steps, generator=None, guidance=1.0, sigmas=None):
+    """DPM-Solver++(2M), multistep 2nd order in lambda = -log sigma (Lu et al. 2022, algorithm 2; k-diffusion
+    `sample_dpmpp_2m`): the probability-flow ODE, i.e. dpmpp_2m_sde at eta = 0. One score call per step."""
+    return dpmpp_2m_sde(score_model, x, labels, num_steps=num_steps, generator=generator, guidance=guidance,
+                        sigmas=sigmas, eta=0.0)
+
+
+@register_sampler("dpmpp_2m_sde", nfe=lambda n: n,
+                  description="DPM-Solver++(2M) SDE: dpmpp_2m with fresh noise each step, 1 NFE/step; corrects score "
+                              "errors, pixel-uncond's default")
 @torch.no_grad()
-def euler_maruyama(score_model, x, labels=None, *, num_steps, generator=None, guidance=1.0, eps=None):
-    """Euler-Maruyama on the reverse-time SDE dx = -g(t)^2 s(x, t) dt + g(t) dw_bar (Song et al. 2021, eq. 6)."""
-    num_steps, sde = _check_steps(num_steps), score_model.sde
-    eps = sde.eps if eps is None else eps
-    for i, (t, t_next) in enumerate(_time_grid(num_steps, eps)):
-        dt = t - t_next
-        tb = _batch_t(t, x)
-        g2 = float(sde.diffusion_coeff(torch.tensor(t))) ** 2
-        score = score_model(x, tb, labels, guidance=guidance)
-        x0 = x + float(sde.marginal_std(torch.tensor(t))) ** 2 * score
-        mean_x = x + g2 * score * dt                                   # drift step
-        last = i == num_steps - 1
-        x = mean_x if last else mean_x + math.sqrt(g2 * dt) * _randn_like(x, generator)  # diffusion step
-        yield Step(i, t_next, x, x0, i + 1, last)
+def dpmpp_2m_sde(score_model, x, labels=None, *, num_steps, generator=None, guidance=1.0, sigmas=None, eta=1.0):
+    """DPM-Solver++(2M) SDE (Lu et al. 2022, sec. 4; k-diffusion `sample_dpmpp_2m_sde`, midpoint variant), on the
+    sigma grid (default Karras). One score call per step. With h = log(sigma / sigma') (VE, alpha = 1):
 
+        x' = (sigma'/sigma) e^{-eta h} x + (1 - e^{-(1 + eta) h}) D + sigma' sqrt(1 - e^{-2 eta h}) z,   z ~ N(0, I)
 
-@torch.no_grad()
-def predictor_corrector(score_model, x, labels=None, *, num_steps, generator=None, guidance=1.0, snr=0.16, eps=None):
-    """Predictor-corrector: Langevin corrector at signal-to-noise `snr`, then an Euler-Maruyama predictor
-    (Song et al. 2021, algorithm 4 for VE SDEs). Two score calls per step."""
-    num_steps, sde = _check_steps(num_steps), score_model.sde
-    eps = sde.eps if eps is None else eps
-    nfe = 0
-    for i, (t, t_next) in enumerate(_time_grid(num_steps, eps)):
-        dt = t - t_next
-        tb = _batch_t(t, x)
-        # corrector: one Langevin step, size set so ||step * grad|| / ||noise|| matches snr, per sample
-        grad = score_model(x, tb, labels, guidance=guidance)
-        noise = _randn_like(x, generator)
-        grad_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
-        noise_norm = noise.flatten(1).norm(dim=1)
-        step = (2 * (snr * noise_norm / grad_norm) ** 2)[:, None, None, None]
-        x = x + step * grad + torch.sqrt(2 * step) * noise
-        # predictor: Euler-Maruyama step of the reverse SDE
-        g2 = float(sde.diffusion_coeff(torch.tensor(t))) ** 2
-        score = score_model(x, tb, labels, guidance=guidance)
-        nfe += 2
-        x0 = x + float(sde.marginal_std(torch.tensor(t))) ** 2 * score
-        mean_x = x + g2 * score * dt
-        last = i == num_steps - 1
-        x = mean_x if last else mean_x + math.sqrt(g2 * dt) * _randn_like(x, generator)
-        yield Step(i, t_next, x, x0, nfe, last)
-
-
-@torch.no_grad()
-def heun(score_model, x, labels=None, *, num_steps, generator=None, guidance=1.0, rho=7.0):
-    """Probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma, Heun's 2nd-order method on the Karras
-    sigma grid, Euler on the last step to sigma = 0 (Karras et al. 2022, algorithm 1). NFE = 2 N - 1."""
-    num_steps, sde = _check_steps(num_steps), score_model.sde
-    sigmas = karras_sigmas(sde.std_min, sde.std_max, num_steps, rho).tolist()
-    denoise = _denoiser(score_model, labels, guidance)
-    x = x * (sigmas[0] / sde.std_max)  # no-op for the default grid, which starts at std(1)
-    nfe = 0
-    for i in range(num_steps):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        x0 = denoise(x, sigma)
-        d = (x - x0) / sigma                                     # dx/dsigma at sigma
-        x_next = x + (sigma_next - sigma) * d                    # Euler step
-        nfe += 1
-        if sigma_next > 0:                                       # 2nd-order correction (trapezoid)
-            d_next = (x_next - denoise(x_next, sigma_next)) / sigma_next
-            x_next = x + (sigma_next - sigma) * 0.5 * (d + d_next)
-            nfe += 1
-        x = x_next
-        yield Step(i, float(sde.t_from_std(torch.tensor(sigma_next))), x, x0, nfe, i == num_steps - 1)
-
-
-@torch.no_grad()
-def dpmpp_2m(score_model, x, labels=None, *, num_steps, generator=None, guidance=1.0, rho=7.0):
-    """DPM-Solver++(2M), multistep 2nd order in lambda = -log sigma on the Karras grid (Lu et al. 2022,
-    algorithm 2, VE form as in k-diffusion `sample_dpmpp_2m`). One score call per step."""
-    num_steps, sde = _check_steps(num_steps), score_model.sde
-    sigmas = karras_sigmas(sde.std_min, sde.std_max, num_steps, rho).tolist()
-    denoise = _denoiser(score_model, labels, guidance)
-    old_x0, h_last = None, None
-    for i in range(num_steps):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        x0 = denoise(x, sigma)
-        if sigma_next == 0:                                       # last step: jump to the denoised estimate
-            x = x0
-        else:
-            h = math.log(sigma / sigma_next)                      # lambda_next - lambda
-            if old_x0 is None:
-                d = x0                                            # first step: 1st order (DDIM)
-            else:
-                r = h_last / h                                    # 2nd order: extrapolate the data prediction
-                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * old_x0
-            x = (sigma_next / sigma) * x - math.expm1(-h) * d      # exact solution of the linear part
-            h_last = h
-        old_x0 = x0
-        yield Step(i, float(sde.t_from_std(torch.tensor(sigma_next))), x, x0, i + 1, i == num_steps - 1)
-
-
-@torch.no_grad()
-def dpmpp_2m_sde(score_model, x, labels=None, *, num_steps, generator=None, guidance=1.0, rho=7.0, eta=1.0):
-    """DPM-Solver++(2M) SDE: the stochastic form of dpmpp_2m (Lu et al. 2022, sec. 4; k-diffusion
-    `sample_dpmpp_2m_sde`, midpoint variant). One score call per step. With h = log(sigma / sigma'),
-    eta = 1 (VE, alpha = 1):
-
-        x' = (sigma'/sigma)^2 x + (1 - e^{-2h}) D + sigma' sqrt(1 - e^{-2h}) z,    z ~ N(0, I)
-
-    the exact Gaussian posterior step given D, plus the multistep 2nd-order correction on D. Fresh noise at
-    every step corrects part of the score model's error, which the deterministic ODE carries to the end;
-    eta = 0 is dpmpp_2m exactly."""
+    at eta = 1 the exact Gaussian posterior step given D, plus the multistep 2nd-order correction on D. Fresh noise
+    at every step corrects part of the score model's error, which the deterministic ODE carries to the end;
+    eta = 0 is DPM-Solver++(2M), the probability-flow ODE solver (`dpmpp_2m`)."""
     num_steps, sde = _check_steps(num_steps), score_model.sde
     if not 0.0 <= float(eta) <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta!r}")
-    sigmas = karras_sigmas(sde.std_min, sde.std_max, num_steps, rho).tolist()
-    denoise = _denoiser(score_model, labels, guidance)
+    sigmas = _noise_levels(sde, num_steps, sigmas)
     old_x0, h_last = None, None
     for i in range(num_steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        x0 = denoise(x, sigma)
+        x0 = score_model.denoise(x, sigma, labels, guidance)
         if sigma_next == 0:                                       # last step: the denoised estimate, no noise
             x = x0
         else:
-            h = math.log(sigma / sigma_next)
+            h = math.log(sigma / sigma_next)                      # lambda' - lambda, lambda = -log sigma
             eta_h = eta * h
             keep = -math.expm1(-h - eta_h)                        # 1 - e^{-(1 + eta) h}: weight on D
             x = (sigma_next / sigma) * math.exp(-eta_h) * x + keep * x0
@@ -204,9 +175,82 @@ def dpmpp_2m_sde(score_model, x, labels=None, *, num_steps, generator=None, guid
                 x = x + sigma_next * math.sqrt(-math.expm1(-2 * eta_h)) * _randn_like(x, generator)
             h_last = h
         old_x0 = x0
-        yield Step(i, float(sde.t_from_std(torch.tensor(sigma_next))), x, x0, i + 1, i == num_steps - 1)
+        yield Step(i, sde.t_from_std(sigma_next), x, x0, i + 1, i == num_steps - 1)
 
 
+@register_sampler("heun", nfe=lambda n: 2 * n - 1,
+                  description="Heun 2nd-order probability-flow ODE on the Karras sigma grid, 2 NFE/step (last step 1)")
+@torch.no_grad()
+def heun(score_model, x, labels=None, *, num_steps, generator=None, guidance=1.0, sigmas=None):
+    """Probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma, Heun's 2nd-order method on the sigma grid
+    (default Karras), Euler on the last step to sigma = 0 (Karras et al. 2022, algorithm 1). NFE = 2 N - 1."""
+    num_steps, sde = _check_steps(num_steps), score_model.sde
+    sigmas = _noise_levels(sde, num_steps, sigmas)
+    x = x * (sigmas[0] / sde.std_max)  # no-op for the default grid, which starts at std(1)
+    nfe = 0
+    for i in range(num_steps):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        x0 = score_model.denoise(x, sigma, labels, guidance)
+        d = (x - x0) / sigma                                     # dx/dsigma at sigma
+        x_next = x + (sigma_next - sigma) * d                    # Euler step
+        nfe += 1
+        if sigma_next > 0:                                       # 2nd-order correction (trapezoid)
+            d_next = (x_next - score_model.denoise(x_next, sigma_next, labels, guidance)) / sigma_next
+            x_next = x + (sigma_next - sigma) * 0.5 * (d + d_next)
+            nfe += 1
+        x = x_next
+        yield Step(i, sde.t_from_std(sigma_next), x, x0, nfe, i == num_steps - 1)
+
+
+@register_sampler("euler_maruyama", nfe=lambda n: n,
+                  description="Euler-Maruyama on the reverse SDE (the seed tutorial's sampler), 1 NFE/step")
+@torch.no_grad()
+def euler_maruyama(score_model, x, labels=None, *, num_steps, generator=None, guidance=1.0, eps=None):
+    """Euler-Maruyama on the reverse-time SDE dx = -g(t)^2 s(x, t) dt + g(t) dw_bar (Song et al. 2021, eq. 6)."""
+    num_steps, sde = _check_steps(num_steps), score_model.sde
+    eps = sde.eps if eps is None else eps
+    for i, (t, t_next) in enumerate(_time_grid(num_steps, eps)):
+        dt = t - t_next
+        sigma = sde.marginal_std(t)
+        x0 = score_model.denoise(x, sigma, labels, guidance)
+        mean_x = x - sde.reverse_drift(_score(x, x0, sigma), t) * dt          # drift step, backwards in time
+        last = i == num_steps - 1
+        g2 = sde.diffusion_coeff(t) ** 2
+        x = mean_x if last else mean_x + math.sqrt(g2 * dt) * _randn_like(x, generator)  # diffusion step
+        yield Step(i, t_next, x, x0, i + 1, last)
+
+
+@register_sampler("predictor_corrector", nfe=lambda n: 2 * n,
+                  description="Euler-Maruyama predictor + Langevin corrector (snr 0.16), 2 NFE/step")
+@torch.no_grad()
+def predictor_corrector(score_model, x, labels=None, *, num_steps, generator=None, guidance=1.0, snr=0.16, eps=None):
+    """Predictor-corrector: Langevin corrector at signal-to-noise `snr`, then an Euler-Maruyama predictor
+    (Song et al. 2021, algorithm 4 for VE SDEs). Two score calls per step."""
+    num_steps, sde = _check_steps(num_steps), score_model.sde
+    eps = sde.eps if eps is None else eps
+    nfe = 0
+    for i, (t, t_next) in enumerate(_time_grid(num_steps, eps)):
+        dt = t - t_next
+        sigma = sde.marginal_std(t)
+        # corrector: one Langevin step, size set so ||step * grad|| / ||noise|| matches snr, per sample
+        grad = _score(x, score_model.denoise(x, sigma, labels, guidance), sigma)
+        noise = _randn_like(x, generator)
+        grad_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
+        noise_norm = noise.flatten(1).norm(dim=1)
+        step = (2 * (snr * noise_norm / grad_norm) ** 2)[:, None, None, None]
+        x = x + step * grad + torch.sqrt(2 * step) * noise
+        # predictor: Euler-Maruyama step of the reverse SDE
+        x0 = score_model.denoise(x, sigma, labels, guidance)
+        nfe += 2
+        mean_x = x - sde.reverse_drift(_score(x, x0, sigma), t) * dt
+        last = i == num_steps - 1
+        g2 = sde.diffusion_coeff(t) ** 2
+        x = mean_x if last else mean_x + math.sqrt(g2 * dt) * _randn_like(x, generator)
+        yield Step(i, t_next, x, x0, nfe, last)
+
+
+@register_sampler("rk45", max_nfe=2000, typical_nfe=200,
+                  description="adaptive RK45 probability-flow ODE (scipy), steps set by tolerance; NFE reported")
 @torch.no_grad()
 def rk45(score_model, x, labels=None, *, num_steps=None, generator=None, guidance=1.0, rtol=1e-5, atol=1e-5,
          eps=None, max_nfe=2000):
@@ -222,10 +266,11 @@ def rk45(score_model, x, labels=None, *, num_steps=None, generator=None, guidanc
 
     def ode(t: float, y: np.ndarray) -> np.ndarray:
         xt = torch.from_numpy(y).reshape(shape).to(device=device, dtype=dtype)
-        score = score_model(xt, _batch_t(t, xt), labels, guidance=guidance)
+        sigma = sde.marginal_std(float(t))
+        state["x0"] = score_model.denoise(xt, sigma, labels, guidance)
         state["nfe"] += 1
-        g2 = float(sde.diffusion_coeff(torch.tensor(t))) ** 2
-        return (-0.5 * g2 * score).reshape(-1).double().cpu().numpy()
+        drift = sde.reverse_drift(_score(xt, state["x0"], sigma), float(t), probability_flow=True)
+        return drift.reshape(-1).double().cpu().numpy()
 
     solver = RK45(ode, 1.0, x.reshape(-1).double().cpu().numpy(), eps, rtol=rtol, atol=atol)
     i = 0
@@ -236,60 +281,25 @@ def rk45(score_model, x, labels=None, *, num_steps=None, generator=None, guidanc
         if state["nfe"] > max_nfe:
             raise RuntimeError(f"RK45 exceeded max_nfe={max_nfe}; loosen rtol/atol")
         x = torch.from_numpy(solver.y).reshape(shape).to(device=device, dtype=dtype)
-        std = float(sde.marginal_std(torch.tensor(solver.t)))
-        x0 = x + std**2 * score_model(x, _batch_t(solver.t, x), labels, guidance=guidance) if solver.status == "finished" else None
-        if x0 is not None:
+        if solver.status == "finished":                          # one Tweedie step from t = eps to 0
+            x0 = score_model.denoise(x, sde.marginal_std(float(solver.t)), labels, guidance)
             state["nfe"] += 1
-            yield Step(i, 0.0, x0, x0, state["nfe"], True)       # final: denoised at t = eps
-        else:
-            yield Step(i, float(solver.t), x, _tweedie_from_last(solver, sde, x), state["nfe"], False)
+            yield Step(i, 0.0, x0, x0, state["nfe"], True)
+        else:  # Dormand-Prince evaluates last at the accepted (t, x) (first same as last): its D is x's estimate
+            yield Step(i, float(solver.t), x, state["x0"], state["nfe"], False)
         i += 1
 
 
-def _tweedie_from_last(solver, sde, x):
-    """x0 estimate from the ODE's last derivative: dx/dt = -g^2 s / 2  =>  s = -2 f / g^2."""
-    f = torch.from_numpy(solver.f if hasattr(solver, "f") else np.zeros(x.numel())).reshape(x.shape).to(x)
-    t = torch.tensor(float(solver.t))
-    g2 = float(sde.diffusion_coeff(t)) ** 2
-    return x + float(sde.marginal_std(t)) ** 2 * (-2.0 * f / g2)
-
-
-SAMPLERS = {
-    "dpmpp_2m": dpmpp_2m,
-    "dpmpp_2m_sde": dpmpp_2m_sde,
-    "heun": heun,
-    "euler_maruyama": euler_maruyama,
-    "predictor_corrector": predictor_corrector,
-    "rk45": rk45,
-}
-
-SAMPLER_DESCRIPTIONS = {
-    "dpmpp_2m": "DPM-Solver++(2M): multistep 2nd-order ODE solver, 1 NFE/step, the conditional models' default",
-    "dpmpp_2m_sde": "DPM-Solver++(2M) SDE: dpmpp_2m with fresh noise each step, 1 NFE/step; corrects score errors, pixel-uncond's default",
-    "heun": "Heun 2nd-order probability-flow ODE on the Karras sigma grid, 2 NFE/step (last step 1)",
-    "euler_maruyama": "Euler-Maruyama on the reverse SDE (the seed tutorial's sampler), 1 NFE/step",
-    "predictor_corrector": "Euler-Maruyama predictor + Langevin corrector (snr 0.16), 2 NFE/step",
-    "rk45": "adaptive RK45 probability-flow ODE (scipy), steps set by tolerance; NFE reported",
-}
-
-
-def nfe_for(sampler: str, num_steps: int) -> int | None:
-    """Network evaluations a fixed-step sampler spends for `num_steps` (None: adaptive)."""
-    return {"dpmpp_2m": num_steps, "dpmpp_2m_sde": num_steps, "euler_maruyama": num_steps, "predictor_corrector": 2 * num_steps,
-            "heun": 2 * num_steps - 1, "rk45": None}[sampler]
-
-
-def steps_for_nfe(sampler: str, nfe: int) -> int:
-    """Inverse of nfe_for: the step count whose NFE is closest to, and not above, `nfe`."""
-    return {"dpmpp_2m": nfe, "dpmpp_2m_sde": nfe, "euler_maruyama": nfe, "predictor_corrector": max(nfe // 2, 1),
-            "heun": max((nfe + 1) // 2, 1)}[sampler]
+def sampler_spec(name: str) -> SamplerSpec:
+    """The registered spec of `name`, or a ValueError listing the choices."""
+    try:
+        return SAMPLERS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}") from None
 
 
 def get_sampler(name: str):
-    try:
-        return SAMPLERS[name]
-    except KeyError:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}") from None
+    return sampler_spec(name).fn
 
 
 def sample(sampler, score_model, x, labels=None, **kwargs) -> tuple[torch.Tensor, int]:

@@ -5,13 +5,21 @@ Forward process:   dx = sigma^t dw,   t in [eps, 1]
 Perturbation kernel: p_0t(x(t) | x(0)) = N(x(0), std(t)^2 I),
                      std(t)^2 = integral_0^t sigma^(2s) ds = (sigma^(2t) - 1) / (2 ln sigma).
 
-Pure math: device and dtype always come from the inputs.
+Reverse time (Anderson 1982; Song et al. 2021, eq. 6 and 13), with f = 0 for the VE SDE:
+    reverse SDE:        dx = [f - g(t)^2 s(x, t)] dt + g(t) dw_bar
+    probability flow:   dx/dt = f - g(t)^2 s(x, t) / 2
+
+Pure math: device and dtype always come from the inputs. Every method takes a Python float (and returns a
+float, computed in double precision) or a tensor (and returns a tensor).
 """
 from __future__ import annotations
 
 import math
 
 import torch
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 class VESDE:
@@ -24,31 +32,44 @@ class VESDE:
         self.eps = float(eps)
         self._log_sigma = math.log(self.sigma)
 
-    def marginal_std(self, t: torch.Tensor) -> torch.Tensor:
+    def marginal_std(self, t):
         """std(t) = sqrt((sigma^(2t) - 1) / (2 ln sigma)); 0 at t=0, 0.0317 at 1e-3, 9.85 at 1."""
-        t = torch.as_tensor(t)
         # expm1 keeps precision for small t, where sigma^(2t) - 1 ~ 2t ln sigma.
+        if _is_number(t):
+            return math.sqrt(math.expm1(2.0 * t * self._log_sigma) / (2.0 * self._log_sigma))
+        t = torch.as_tensor(t)
         return torch.sqrt(torch.expm1(2.0 * t * self._log_sigma) / (2.0 * self._log_sigma))
 
-    def diffusion_coeff(self, t: torch.Tensor) -> torch.Tensor:
+    def diffusion_coeff(self, t):
         """g(t) = sigma^t."""
-        t = torch.as_tensor(t)
-        return torch.exp(t * self._log_sigma)
+        if _is_number(t):
+            return math.exp(t * self._log_sigma)
+        return torch.exp(torch.as_tensor(t) * self._log_sigma)
 
-    def t_from_std(self, std: torch.Tensor) -> torch.Tensor:
+    def t_from_std(self, std):
         """Inverse of marginal_std: t = ln(1 + 2 ln(sigma) std^2) / (2 ln sigma)."""
+        if _is_number(std):
+            return math.log1p(2.0 * self._log_sigma * std**2) / (2.0 * self._log_sigma)
         std = torch.as_tensor(std)
         return torch.log1p(2.0 * self._log_sigma * std**2) / (2.0 * self._log_sigma)
+
+    def reverse_drift(self, score, t, probability_flow: bool = False):
+        """Drift of the reverse-time SDE, f - g(t)^2 s, or of the probability-flow ODE, f - g(t)^2 s / 2 (f = 0).
+        `score` (B, C, H, W); `t` a float or a tensor that broadcasts against it."""
+        g2 = self.diffusion_coeff(t) ** 2
+        if not _is_number(g2):
+            g2 = g2.to(score.dtype)
+        return -(0.5 if probability_flow else 1.0) * g2 * score
 
     @property
     def std_max(self) -> float:
         """std(1), the prior's standard deviation."""
-        return float(self.marginal_std(torch.tensor(1.0, dtype=torch.float64)))
+        return self.marginal_std(1.0)
 
     @property
     def std_min(self) -> float:
         """std(eps), the smallest noise level the score model is trained on."""
-        return float(self.marginal_std(torch.tensor(self.eps, dtype=torch.float64)))
+        return self.marginal_std(self.eps)
 
     def prior_sample(self, shape, generator: torch.Generator | None = None,
                      device: torch.device | str | None = None,

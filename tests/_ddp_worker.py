@@ -16,6 +16,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from diffusion.score import ScoreModel  # noqa: E402
+from factories import tiny_score  # noqa: E402  (tests/ is this script's folder)
 from train.diffusion_models import DSMTask  # noqa: E402
 from train.loop import TrainConfig  # noqa: E402
 
@@ -28,9 +29,7 @@ def tiny_data(n: int = 64, seed: int = 0):
 
 
 def tiny_model(seed: int = 0) -> ScoreModel:
-    torch.manual_seed(seed)
-    return ScoreModel(image_size=8, channels=(8, 16), attention_levels=(1,), num_classes=10, embed_dim=16,
-                      context_dim=8, heads=2)
+    return tiny_score(seed, image_size=8, num_classes=10).train()
 
 
 def tiny_task(model: ScoreModel) -> DSMTask:

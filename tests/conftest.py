@@ -38,19 +38,11 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory):
     """weights/<name>/ for every model the app loads, tiny and random (seeded); a model card for pixel-cond."""
-    from diffusion import AutoEncoder, Classifier, ScoreModel
+    from factories import tiny_model
 
-    torch.manual_seed(0)
     root = tmp_path_factory.mktemp("weights")
-    models = {
-        "pixel-cond": ScoreModel(channels=(8, 16), attention_levels=(1,), num_classes=10, embed_dim=32, context_dim=16),
-        "pixel-uncond": ScoreModel(channels=(8, 16), attention_levels=(1,), num_classes=None, embed_dim=32,
-                                   context_dim=16),
-        "latent-cond": ScoreModel(in_channels=4, image_size=10, channels=(8, 16), attention_levels=(1,),
-                                  num_classes=10, embed_dim=32, context_dim=16),
-        "autoencoder": AutoEncoder(hidden=8),
-        "classifier": Classifier(width=4, feature_dim=8),
-    }
+    models = {name: tiny_model(name) for name in ("pixel-cond", "pixel-uncond", "latent-cond", "autoencoder",
+                                                  "classifier")}
     for name, model in models.items():
         model.save_pretrained(root / name)
     (root / "pixel-cond" / "README.md").write_text(TINY_CARD.format(name="pixel-cond"))

@@ -8,26 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusion import AutoEncoder, Classifier, ScoreModel
+from factories import tiny_model  # noqa: F401  (re-exported for test_hub / test_safe_loading)
 from fakehub import FakeHub
-
-TINY = dict(channels=(8, 16), attention_levels=(1,), embed_dim=32, context_dim=16)
-
-
-def tiny_model(name: str, seed: int = 0):
-    torch.manual_seed(seed)
-    if name == "pixel-uncond":
-        return ScoreModel(**TINY).eval()
-    if name == "pixel-cond":
-        return ScoreModel(num_classes=10, **TINY).eval()
-    if name == "latent-cond":
-        return ScoreModel(in_channels=4, image_size=10, num_classes=10, **TINY).eval()
-    if name == "autoencoder":
-        return AutoEncoder(hidden=8).eval()
-    if name == "classifier":
-        return Classifier(width=4, feature_dim=8).eval()
-    raise ValueError(name)
-
 
 def make_weights(root: Path, names, seed: int = 0) -> Path:
     """root/<name>/{config.json, model.safetensors, README.md} for each name; returns root."""

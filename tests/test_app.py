@@ -14,6 +14,13 @@ import torch
 from PIL import Image
 
 import app
+import diffusion.pipeline as dp
+import gradio as gr
+from diffusion.cards_read import card_metrics, pinned_revision
+from ui.lab import PREVIEW_INTERVAL
+from ui.pictures import FrameBuffer, sketch_to_digit
+from ui.plots import similarity_figure
+from ui.validation import MAX_SEED, check_int
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import handle_file  # noqa: E402
@@ -79,8 +86,8 @@ def test_a_drawing_cannot_name_a_server_file(app_url, tmp_path):
                    {"composite": None, "layers": [{"path": str(secret), "meta": {"_type": "gradio.FileData"}}]}):
         out = _raw_call(app_url, "forward_diffusion", ["drawing", 0, sketch, 0.0, 0, "none"])
         assert "event: error" in out and "your drawing" not in out
-    with pytest.raises(app.gr.Error, match="sketch"):             # and the handler's own check
-        app.sketch_to_digit({"composite": {"path": str(secret)}}, root=tmp_path / "uploads")
+    with pytest.raises(gr.Error, match="sketch"):             # and the handler's own check
+        sketch_to_digit({"composite": {"path": str(secret)}}, root=tmp_path / "uploads")
 
 
 # ---------------------------------------------------------------- Generate
@@ -92,7 +99,7 @@ def test_generate_streams_previews_then_final_grid_and_gif(client):
     took = time.perf_counter() - start
     previews = [o for o in outputs if isinstance(o[0], str) and not isinstance(o[3], str)]
     assert previews, "no streamed preview before the final grid"
-    assert len(previews) <= took / app.PREVIEW_INTERVAL + 1      # throttled: at most ~10 updates a second
+    assert len(previews) <= took / PREVIEW_INTERVAL + 1      # throttled: at most ~10 updates a second
     status, gif = outputs[-1][2], outputs[-1][4]
     final = next(o[3] for o in outputs if isinstance(o[3], str))
     assert _size(previews[0][0]) == _size(previews[0][1])
@@ -136,7 +143,7 @@ def test_cancel_stops_the_sampler(client, app_demo, monkeypatch):
     # a long job must be admitted even when a loaded machine makes the up-front cost estimate pessimistic
     monkeypatch.setattr(app_demo.lab, "max_seconds", 10_000.0)
     calls = []
-    hook = app_demo.lab.pipelines["pixel-cond"].score_model.register_forward_hook(lambda *a: calls.append(1))
+    hook = app_demo.lab.pipelines["pixel-cond"].score_model.net.register_forward_hook(lambda *a: calls.append(1))
     try:
         job = client.submit(*_gen_args(steps=1000, num_images=2, sampler="euler_maruyama"), **GEN)
         deadline = time.time() + 60
@@ -158,7 +165,7 @@ def test_estimate_cost_and_random_seed(client):
     text = client.predict("pixel-cond", "heun", 0, 16, 2.0, api_name="/estimate_cost")
     assert "steps" in text and "⚠" in text                  # shown inline, not raised
     seed = client.predict(api_name="/random_seed")
-    assert 0 <= int(seed) <= app.MAX_SEED
+    assert 0 <= int(seed) <= MAX_SEED
 
 
 def test_choosing_a_model_sets_its_recommended_sampler(client):
@@ -212,7 +219,7 @@ def test_interpolate_rejects_bad_input(client, param, value):
 
 
 def test_similarity_heatmap_has_one_panel_per_conditional_model(app_demo):
-    fig = app.similarity_figure(app_demo.lab.pipelines)
+    fig = similarity_figure(app_demo.lab.pipelines)
     heatmaps = [ax for ax in fig.axes if ax.images]
     assert len(heatmaps) == 2 and all(ax.get_xlabel() == "digit" for ax in heatmaps)
     assert any("cosine similarity" in ax.get_ylabel() for ax in fig.axes)      # the colour bar
@@ -271,20 +278,20 @@ def test_app_builds_without_any_weights(tmp_path):
     messages = demo.lab.messages
     assert any("pixel-cond: unavailable" in m for m in messages)
     with pytest.raises(Exception, match="model: pixel-cond is not available"):
-        next(demo.lab.generate("pixel-cond", 3, "dpmpp_2m", 4, 2.0, 0, 4))
-    assert demo.lab.forward("test digit", 0, None, 0.5, 0, "none")[-1].startswith("test image #0")
+        next(demo.tabs["GenerateTab"].generate("pixel-cond", 3, "dpmpp_2m", 4, 2.0, 0, 4))
+    assert demo.tabs["ForwardTab"].forward("test digit", 0, None, 0.5, 0, "none")[-1].startswith("test image #0")
 
 
 def test_import_does_not_build_the_demo():
     assert "demo" not in vars(app)          # built on first access of app.demo only
 
 
-def test_resolve_revision_uses_the_pin_for_its_repo(tmp_path):
+def test_pinned_revision_is_the_pin_for_its_repo(tmp_path):
     (tmp_path / "hub.json").write_text(json.dumps({"repo": "me/lab", "revision": "abc123"}))
-    assert app.resolve_revision("me/lab", None, tmp_path) == "abc123"
-    assert app.resolve_revision("me/lab", "def456", tmp_path) == "def456"
-    assert app.resolve_revision("other/lab", None, tmp_path) is None
-    assert app.resolve_revision(None, None, tmp_path) is None
+    assert pinned_revision("me/lab", None, tmp_path) == "abc123"
+    assert pinned_revision("me/lab", "def456", tmp_path) == "def456"
+    assert pinned_revision("other/lab", None, tmp_path) is None
+    assert pinned_revision(None, None, tmp_path) is None
 
 
 def test_launch_settings_hide_unused_routes():
@@ -296,7 +303,7 @@ def test_launch_settings_hide_unused_routes():
 
 def test_model_card_metrics_section(tiny_weights):
     text = (tiny_weights / "pixel-cond" / "README.md").read_text()
-    out = app.card_metrics(text)
+    out = card_metrics(text)
     assert "FID" in out and "Evaluation" in out
     assert "Training" not in out and "library_name" not in out and "](grid.png)" not in out
 
@@ -305,10 +312,10 @@ def test_model_card_metrics_section(tiny_weights):
                                        (None, False), (float("inf"), False), (65, False), ([1], False)])
 def test_check_int(value, ok):
     if ok:
-        assert app.check_int("n", value, 1, 64) in (3, 4)
+        assert check_int("n", value, 1, 64) in (3, 4)
     else:
-        with pytest.raises(app.gr.Error) as err:
-            app.check_int("n", value, 1, 64)
+        with pytest.raises(gr.Error) as err:
+            check_int("n", value, 1, 64)
         assert err.value.message.startswith("n (n) must be")
 
 
@@ -317,7 +324,7 @@ def test_sketch_to_digit_is_centred_and_scaled(tmp_path):
     canvas[20:100, 20:60, :3] = 0
     path = tmp_path / "ink.png"
     Image.fromarray(canvas).save(path)
-    x = app.sketch_to_digit({"composite": {"path": str(path)}, "layers": []})
+    x = sketch_to_digit({"composite": {"path": str(path)}, "layers": []})
     assert x.shape == (28, 28) and x.max() > 0.9
     ys, xs = np.nonzero(x.numpy() > 0.5)
     assert abs(ys.mean() - 13.5) < 1.5 and abs(xs.mean() - 13.5) < 1.5
@@ -325,7 +332,7 @@ def test_sketch_to_digit_is_centred_and_scaled(tmp_path):
 
 
 def test_frame_buffer_is_bounded_and_keeps_the_last_frame():
-    buf = app.FrameBuffer(limit=10)
+    buf = FrameBuffer(limit=10)
     for i in range(100):
         buf.add(lambda i=i: i, final=i == 99)
     assert len(buf.frames) <= 10 and buf.frames[0] == 0 and buf.frames[-1] == 99
@@ -341,7 +348,7 @@ REAL = Path(__file__).resolve().parent.parent / "weights"
 def test_real_pixel_cond_defaults_are_fast_and_look_like_the_digit():
     demo = app.create_demo()
     lab = demo.lab
-    for out in lab.generate("pixel-cond", 7, app.dp.DEFAULT_SAMPLER, app.dp.DEFAULT_STEPS, app.dp.DEFAULT_GUIDANCE,
+    for out in demo.tabs["GenerateTab"].generate("pixel-cond", 7, dp.DEFAULT_SAMPLER, dp.DEFAULT_STEPS, dp.DEFAULT_GUIDANCE,
                             0, 16):
         pass
     assert "Done" in out[2]

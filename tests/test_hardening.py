@@ -23,7 +23,10 @@ import torch
 from PIL import Image
 
 import app
+import gradio.utils as gradio_utils
 from conftest import _free_port
+from ui.lab import PREVIEW_INTERVAL
+from ui.pictures import show_grid
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
@@ -55,7 +58,7 @@ def hard(tiny_weights, tmp_path_factory):
     def log(module, inputs, output):
         calls.append((time.perf_counter(), bool(torch.isfinite(output).all())))
 
-    hooks = [p.score_model.register_forward_hook(log) for p in demo.lab.pipelines.values()]
+    hooks = [p.score_model.net.register_forward_hook(log) for p in demo.lab.pipelines.values()]
     port = _free_port()
     demo.launch(prevent_thread_lock=True, quiet=True, **app.launch_kwargs("127.0.0.1", port))
     url = f"http://127.0.0.1:{port}/"
@@ -210,7 +213,7 @@ def test_twelve_concurrent_clients_on_the_bounded_queue(hard):
     'Queue is full'; every admitted job ends with the right grid, and every forward pass was finite."""
     n_clients, steps, n_images = 12, 50, 2
     clients = [Client(hard.url, verbose=False, download_files=hard.downloads) for _ in range(n_clients)]
-    expected = app.show_grid(torch.zeros(n_images, 28, 28)).shape          # (H, W) of the final grid
+    expected = show_grid(torch.zeros(n_images, 28, 28)).shape          # (H, W) of the final grid
     barrier = threading.Barrier(n_clients)
     results: list[tuple] = [None] * n_clients
     first_call = len(hard.calls)
@@ -274,11 +277,11 @@ def test_cancel_stops_network_evaluations_within_a_preview_interval(hard, monkey
     print(f"\ncancel: cancel() took {(acknowledged - cancelled_at) * 1000:.0f} ms; {len(after)} forward passes "
           f"after it was called, the last {(last - cancelled_at) * 1000:.0f} ms after the call and "
           f"{(last - acknowledged) * 1000:.0f} ms after it returned (preview interval "
-          f"{app.PREVIEW_INTERVAL * 1000:.0f} ms); {n_after - start_n} of 1000 steps ran")
+          f"{PREVIEW_INTERVAL * 1000:.0f} ms); {n_after - start_n} of 1000 steps ran")
     assert n_after - start_n < 1000
     # the server answers the cancel once the handler's running chunk (<= one preview interval of steps, plus a
     # step) has ended, and nothing runs after that; from the call, the POST's own delivery on a loaded CPU is added
-    assert last - acknowledged < app.PREVIEW_INTERVAL + 0.3
+    assert last - acknowledged < PREVIEW_INTERVAL + 0.3
     assert last - cancelled_at < 2.0
     out = hard.client.predict(*_gen_args(steps=2, num_images=1), api_name="/generate")   # the queue is free again
     assert "**Done**" in out[2]
@@ -320,7 +323,7 @@ def _surface_paths(hard, tiny_weights) -> list[str]:
     weights = str(tiny_weights / "pixel-cond" / "model.safetensors")
     app_py = str(Path(app.__file__).resolve())
     token = str(hard.token)
-    cache = str(app.gradio_utils.get_upload_folder())           # gradio's own cache: served, so traverse out of it
+    cache = str(gradio_utils.get_upload_folder())           # gradio's own cache: served, so traverse out of it
     up = "../" * 12
     q = urllib.parse.quote
     paths = []
@@ -343,7 +346,7 @@ def test_files_outside_the_app_are_not_served(hard, tiny_weights):
     weights = (tiny_weights / "pixel-cond" / "model.safetensors").read_bytes()
     forbidden = {"passwd": b"root:x:0:0", "environ": ENV_SECRETS["SECRET_TEST_VALUE"].encode(),
                  "weights": weights[:64], "weights-tail": weights[-64:], "token": TOKEN_SECRET.encode(),
-                 "app.py": b"def build_demo(", "hf_token": ENV_SECRETS["HF_TOKEN"].encode()}
+                 "app.py": b"def create_demo(", "hf_token": ENV_SECRETS["HF_TOKEN"].encode()}
     statuses = {}
     for path in _surface_paths(hard, tiny_weights):
         status, body = _get(hard.port, path)

@@ -13,8 +13,8 @@ from scipy.integrate import quad
 
 from diffusion.autoencoder import AutoEncoder
 from diffusion.losses import autoencoder_loss, dsm_loss, dsm_noise
-from diffusion.score import ScoreModel
 from diffusion.sde import VESDE
+from factories import tiny_score
 
 MU, S = 0.7, 0.5
 D = 16  # pixels of a (1, 4, 4) image
@@ -142,8 +142,7 @@ def test_drawn_noise_equals_explicit_noise():
 
 
 def test_dsm_loss_trains_a_real_score_model():
-    torch.manual_seed(0)
-    model = ScoreModel(channels=(8, 16), attention_levels=(1,), num_classes=10, embed_dim=16, context_dim=8, heads=2)
+    model = tiny_score(num_classes=10).train()
     x, labels = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
     loss = dsm_loss(model, x, labels, generator=torch.Generator().manual_seed(0), label_dropout=0.5)
     loss.backward()

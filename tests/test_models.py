@@ -14,14 +14,7 @@ from diffusion.metrics import Classifier
 from diffusion.pipeline import Pipeline
 from diffusion.score import ScoreModel
 from diffusion.unet import UNet
-
-TINY = dict(channels=(8, 16), attention_levels=(1,), embed_dim=16, context_dim=8, heads=2)
-
-
-def tiny_score(**kw):
-    torch.manual_seed(0)
-    return ScoreModel(**{**TINY, **kw}).eval()
-
+from factories import tiny_score
 
 def randn(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
@@ -330,14 +323,10 @@ def test_non_strict_loading_refused(tmp_path):
 
 def test_generate_decodes_only_the_final_sample():
     """generate() streams no previews: a latent pipeline runs its decoder exactly once."""
-    from diffusion.autoencoder import AutoEncoder
     from diffusion.pipeline import Pipeline
-    from diffusion.score import ScoreModel
+    from factories import tiny_model
 
-    torch.manual_seed(0)
-    ae = AutoEncoder(hidden=8)
-    score = ScoreModel(in_channels=4, image_size=10, channels=(8, 16), attention_levels=(1,), num_classes=10,
-                       embed_dim=32, context_dim=16)
+    ae, score = tiny_model("autoencoder"), tiny_model("latent-cond")
     decodes = []
     ae.decoder.register_forward_hook(lambda *a: decodes.append(1))
     images, last = Pipeline(score, ae).generate([1, 2], num_steps=4, seed=0)

@@ -87,7 +87,7 @@ def test_auto_precision_is_bf16_only_on_a_cpu_with_bf16_hardware(monkeypatch):
 def test_bf16_runs_only_the_network_under_autocast(tiny_weights):
     pipe = load_pipeline("pixel-cond", weights_dir=tiny_weights)
     seen = []
-    hook = pipe.score_model.register_forward_hook(lambda m, i, o: seen.append((torch.is_autocast_enabled("cpu"),
+    hook = pipe.score_model.net.register_forward_hook(lambda m, i, o: seen.append((torch.is_autocast_enabled("cpu"),
                                                                                o.dtype)))
     try:
         pipe.precision = "bf16"

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from diffusion.samplers import (SAMPLERS, Step, get_sampler, karras_sigmas, nfe_for, sample, steps_for_nfe)
+from diffusion.samplers import SAMPLERS, Step, get_sampler, karras_sigmas, register_sampler, sample, sampler_spec
 from diffusion.sde import VESDE
 
 MU, S = 2.0, 0.5
@@ -40,9 +40,14 @@ class GaussianScore:
         var = self.s**2 + self.sde.marginal_std(t.double()).to(x.dtype) ** 2
         return -(x - self.mu) / var[:, None, None, None]
 
+    def denoise(self, x, sigma, labels=None, guidance=1.0):
+        """D(x; sigma) = x + sigma^2 s(x, t(sigma)), through __call__ (which counts and records the call)."""
+        t = torch.full((x.shape[0],), self.sde.t_from_std(float(sigma)), dtype=x.dtype)
+        return x + float(sigma) ** 2 * self(x, t, labels, guidance)
+
     def tweedie(self, x, t):
         """E[x(0) | x(t) = x] = (s^2 x + std^2 mu) / (s^2 + std^2)."""
-        v = float(self.sde.marginal_std(torch.tensor(float(t), dtype=torch.float64))) ** 2
+        v = self.sde.marginal_std(float(t)) ** 2
         return (self.s**2 * x + v * self.mu) / (self.s**2 + v)
 
 
@@ -93,7 +98,7 @@ def test_sde_samplers_reach_the_data_distribution(name, shape):
     # >= 32000 values: standard errors ~0.003 (mean), ~0.4% (std)
     assert float(x.mean()) == pytest.approx(MU, abs=0.02)
     assert float(x.std()) == pytest.approx(S, rel=0.04)
-    assert nfe == model.calls == nfe_for(name, 500)
+    assert nfe == model.calls == sampler_spec(name).nfe_for(500)
 
 
 def test_dpmpp_2m_sde_reaches_the_data_distribution_in_few_steps():
@@ -171,7 +176,7 @@ def test_step_records(name, steps):
     assert [r.i for r in records] == list(range(steps))
     assert [r.final for r in records] == [False] * (steps - 1) + [True]
     nfes = [r.nfe for r in records]
-    assert nfes == sorted(nfes) and nfes[-1] == model.calls == nfe_for(name, steps)
+    assert nfes == sorted(nfes) and nfes[-1] == model.calls == sampler_spec(name).nfe_for(steps)
     ts = [r.t for r in records]
     assert ts == sorted(ts, reverse=True) and all(0 <= t < 1 for t in ts)
     assert all(r.x.shape == r.x0.shape == x1.shape for r in records)
@@ -247,14 +252,41 @@ def test_bad_num_steps_raises(name, bad):
 
 
 def test_registry_and_nfe_bookkeeping():
-    assert set(SAMPLERS) == {"dpmpp_2m", "dpmpp_2m_sde", "heun", "euler_maruyama", "predictor_corrector", "rk45"}
+    assert list(SAMPLERS) == ["dpmpp_2m", "dpmpp_2m_sde", "heun", "euler_maruyama", "predictor_corrector", "rk45"]
     with pytest.raises(ValueError, match="dpmpp_2m"):
         get_sampler("ddim")
-    assert nfe_for("rk45", 10) is None
+    rk45 = sampler_spec("rk45")
+    assert rk45.adaptive and rk45.nfe_for(10) is None and rk45.max_nfe == 2000 and rk45.typical_nfe
+    with pytest.raises(ValueError, match="adaptive"):
+        rk45.steps_for(100)
+    assert [sampler_spec(n).nfe_for(10) for n in FIXED_STEP] == [10, 10, 19, 10, 20]
     for name in FIXED_STEP:
+        spec = sampler_spec(name)
+        assert not spec.adaptive and spec.description and spec.fn is get_sampler(name)
         for n in (1, 2, 10, 33):
-            assert steps_for_nfe(name, nfe_for(name, n)) == n
-            assert nfe_for(name, steps_for_nfe(name, nfe_for(name, n) + 1)) <= nfe_for(name, n) + 1
+            assert spec.steps_for(spec.nfe_for(n)) == n
+            assert spec.nfe_for(spec.steps_for(spec.nfe_for(n) + 1)) <= spec.nfe_for(n) + 1
+    with pytest.raises(ValueError, match="already registered"):
+        register_sampler("heun", description="again")(lambda *a, **k: iter(()))
+
+
+def test_the_sigma_grid_is_a_value_the_solvers_take():
+    """A given `sigmas` grid replaces the Karras default; the default grid gives the same result as passing it."""
+    model = GaussianScore()
+    x1, _ = prior(model, shape=(8, 1, 4, 4))
+    default = karras_sigmas(model.sde.std_min, model.sde.std_max, 6)
+    for name in ("dpmpp_2m", "dpmpp_2m_sde", "heun"):
+        g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+        a, _ = sample(name, model, x1.clone(), num_steps=6, generator=g())
+        b, _ = sample(name, model, x1.clone(), num_steps=6, generator=g(), sigmas=default)
+        assert torch.equal(a, b)
+        uniform = torch.cat([torch.linspace(model.sde.std_max, model.sde.std_min, 6, dtype=torch.float64),
+                             torch.zeros(1, dtype=torch.float64)])
+        c, _ = sample(name, model, x1.clone(), num_steps=6, generator=g(), sigmas=uniform)
+        assert not torch.allclose(a, c)
+        for bad in (default[:-1], default.flip(0), torch.tensor([9.0, 1.0, 1.0, 0.5, 0.2, 0.1, 0.0])):
+            with pytest.raises(ValueError, match="sigmas"):
+                sample(name, model, x1.clone(), num_steps=6, sigmas=bad)
 
 
 def test_karras_sigmas():
@@ -264,3 +296,40 @@ def test_karras_sigmas():
     assert bool((s[:-1] > s[1:]).all())
     # rho = 1 is a uniform grid
     assert torch.allclose(karras_sigmas(1.0, 5.0, 5, rho=1.0)[:-1], torch.linspace(5.0, 1.0, 5, dtype=torch.float64))
+
+
+def _reference_dpmpp_2m(score_model, x, labels, num_steps, guidance):
+    """DPM-Solver++(2M) as Lu et al. (2022) write it (algorithm 2, VE: alpha = 1), the data prediction taken from
+    the score by Tweedie, D = x + sigma^2 s(x, t(sigma)): an independent reference for the library's solver."""
+    sde = score_model.sde
+    sigmas = karras_sigmas(sde.std_min, sde.std_max, num_steps).tolist()
+    old, h_last = None, None
+    for i in range(num_steps):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        t = torch.full((x.shape[0],), math.log1p(2 * math.log(sde.sigma) * s**2) / (2 * math.log(sde.sigma)))
+        d = x + s**2 * score_model(x, t, labels, guidance=guidance)
+        if s_next == 0:
+            x = d
+        else:
+            h = math.log(s / s_next)
+            dd = d if old is None else (1 + 1 / (2 * h_last / h)) * d - 1 / (2 * h_last / h) * old
+            x = (s_next / s) * x - math.expm1(-h) * dd
+            h_last = h
+        old = d
+    return x
+
+
+@pytest.mark.parametrize("precond", ["song", "edm"])
+def test_dpmpp_2m_matches_the_reference_on_a_network(precond):
+    """dpmpp_2m (and dpmpp_2m_sde at eta = 0) on a small random ScoreModel, guided, against the textbook solver."""
+    from factories import tiny_score
+
+    model = tiny_score(num_classes=10, precond=precond)
+    x1, _ = prior(model, seed=1, shape=(3, 1, 28, 28))
+    labels = torch.tensor([1, 4, 7])
+    with torch.no_grad():
+        ref = _reference_dpmpp_2m(model, x1.clone(), labels, 6, 2.0)
+    for name, extra in (("dpmpp_2m", {}), ("dpmpp_2m_sde", {"eta": 0.0})):
+        out, nfe = sample(name, model, x1.clone(), labels, num_steps=6, guidance=2.0, **extra)
+        assert nfe == 6
+        assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4), (name, float((out - ref).abs().max()))

@@ -86,3 +86,24 @@ def test_bad_sigma_raises(sigma):
 def test_other_sigma_changes_schedule():
     assert VESDE(50.0).std_max == pytest.approx(math.sqrt((50.0**2 - 1) / (2 * math.log(50.0))))
     assert "25.0" in repr(VESDE(25.0))
+
+
+@pytest.mark.parametrize("t", [0.0, 1e-3, 0.3, 1.0])
+def test_floats_in_floats_out(sde, t):
+    """A Python float gives a float (double precision), equal to the float64 tensor path."""
+    for fn, arg in ((sde.marginal_std, t), (sde.diffusion_coeff, t), (sde.t_from_std, 0.5 + t)):
+        out = fn(arg)
+        assert type(out) is float
+        assert out == pytest.approx(float(fn(torch.tensor(arg, dtype=torch.float64))), rel=1e-12, abs=1e-15)
+    assert sde.t_from_std(sde.marginal_std(t)) == pytest.approx(t, abs=1e-12)
+
+
+def test_reverse_drift(sde):
+    # reverse SDE: f - g^2 s; probability flow: f - g^2 s / 2; f = 0 for the VE SDE (Song et al. 2021, eq. 6, 13)
+    score = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    g2 = SIGMA ** (2 * 0.4)
+    assert torch.allclose(sde.reverse_drift(score, 0.4), -g2 * score)
+    assert torch.allclose(sde.reverse_drift(score, 0.4, probability_flow=True), -0.5 * g2 * score)
+    t = torch.tensor([0.1, 0.4, 0.9])[:, None, None, None]                      # per-sample times broadcast
+    assert torch.allclose(sde.reverse_drift(score, t), -(SIGMA ** (2 * t)) * score)
+    assert sde.reverse_drift(score.double(), 0.4).dtype == torch.float64

@@ -1,0 +1,66 @@
+"""The Gradio UI: one module per tab, each owning its layout, its handlers and its wiring (a class with a `title`,
+`__init__(lab)` and `layout(page)`); shared pieces beside them: `lab` (state and guards), `validation`,
+`pictures`, `plots`, `controls`; long prose in .md files. Adding a tab is one new module and one line in TABS."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+import torch
+
+from .controls import Page
+from .lab import DEFAULT_MAX_SECONDS, Lab
+from .tab_about import AboutTab
+from .tab_compare import CompareTab
+from .tab_embeddings import EmbeddingsTab
+from .tab_forward import ForwardTab
+from .tab_generate import GenerateTab
+
+TABS = [GenerateTab, CompareTab, EmbeddingsTab, ForwardTab, AboutTab]
+
+HERE = Path(__file__).resolve().parent
+INTRO = (HERE / "intro.md").read_text(encoding="utf-8")
+CSS = (HERE / "style.css").read_text(encoding="utf-8")
+
+
+def _models_panel(lab: Lab, device, concurrency: int, max_queue: int, max_seconds: float) -> None:
+    """Where each model came from (or why it is missing), the device and precision, the queue limits."""
+    messages, pipelines = lab.messages, lab.pipelines
+    problems = [m for m in messages if any(w in m for w in ("unavailable", "not loaded from the Hub", "could not"))]
+    with gr.Accordion("Models: where they came from" + (" — some are missing" if problems else ""),
+                      open=bool(problems) or not pipelines):
+        lines = [f"- {m}" for m in messages] or ["- no models were loaded"]
+        precision = " / ".join(sorted({p.compute_precision for p in pipelines.values()})) or "fp32"
+        if "bf16" in precision:
+            precision += " (autocast; `python app.py --precision fp32` turns it off)"
+        lines.append(f"- device: `{torch.device(device)}`, score network in {precision}; {concurrency} "
+                     f"generation(s) at a time, up to "
+                     f"{max_queue} more waiting; each is stopped after {max_seconds:.0f} s")
+        if lab.classifier is not None:
+            lines.append("- the evaluation classifier (weights/classifier) checks generated digits")
+        gr.Markdown("\n".join(lines))
+
+
+def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | None = None,
+               max_seconds: float = DEFAULT_MAX_SECONDS, concurrency: int | None = None, max_queue: int = 16,
+               device: torch.device | str | None = None, calibrate: bool = True) -> gr.Blocks:
+    """The app, for already loaded pipelines {name: Pipeline}; `messages` say where models came from.
+    The Blocks carry `.lab` (the shared state) and `.tabs` ({tab class name: tab}) for tests and benchmarks."""
+    lab = Lab(pipelines, messages, classifier=classifier, max_seconds=max_seconds, calibrate=calibrate)
+    device = device or (next(iter(pipelines.values())).device if pipelines else "cpu")
+    concurrency = concurrency or (2 if torch.device(device).type == "cuda" else 1)
+    tabs = {cls.__name__: cls(lab) for cls in TABS}
+    with gr.Blocks(title="MNIST diffusion lab", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
+        gr.Markdown(INTRO)
+        _models_panel(lab, device, concurrency, max_queue, max_seconds)
+        page = Page(lab, demo, concurrency, dict(cards or {}))
+        for tab in tabs.values():
+            with gr.Tab(tab.title):
+                tab.layout(page)
+    demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
+    demo.lab, demo.tabs = lab, tabs
+    return demo
+
+
+__all__ = ["CSS", "TABS", "AboutTab", "CompareTab", "EmbeddingsTab", "ForwardTab", "GenerateTab", "Lab", "Page",
+           "build_demo"]

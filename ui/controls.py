@@ -1,0 +1,54 @@
+"""Pieces every tab builds with: the page settings they read, a panel note, picture settings, and the
+sampling-controls row (sampler, steps, guidance)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import gradio as gr
+
+import diffusion.pipeline as dp  # defaults read at build time, never copied
+from diffusion.samplers import SAMPLERS
+
+from .lab import MODEL_NAMES, Lab
+from .validation import MAX_GUIDANCE, MAX_STEPS
+
+DEFAULT_IMAGES, DEFAULT_DIGIT, DEFAULT_SEED = 16, 3, 0
+# images: never editable, crisp pixels when upscaled by the browser, downloadable
+IMG = dict(format="png", interactive=False, elem_classes=["pixelated"], buttons=["download", "fullscreen"])
+
+
+@dataclass
+class Page:
+    """Build-time settings the tabs read: the shared state, the Blocks being built, the models on offer and the
+    default sampling settings (those of the default model), and the event settings of the sampling events."""
+    lab: Lab
+    demo: gr.Blocks
+    concurrency: int
+    cards: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        pipes = self.lab.pipelines
+        self.available = [n for n in MODEL_NAMES if n in pipes]
+        self.conditional = [n for n in self.available if pipes[n].conditional]
+        self.default_model = next((n for n in ("pixel-cond", "latent-cond", "pixel-uncond") if n in self.available),
+                                  None)
+        self.defaults = dp.defaults_for(self.default_model)     # each model's own, set again when it changes
+        # sampling: raw values to the handlers, one concurrency group shared by every tab that samples
+        self.heavy = dict(preprocess=False, concurrency_id="sampling", concurrency_limit=self.concurrency)
+
+
+def note(text: str) -> gr.Markdown:
+    """The two or three sentences under a panel that say what the person is looking at."""
+    return gr.Markdown(text, elem_classes=["panel-note"])
+
+
+def sampling_controls(page: Page, prefix: str):
+    """The row Sampler | Steps | Guidance w, starting at the default model's recommended settings."""
+    choices = [(f"{name} — {spec.description.split(':')[0]}", name) for name, spec in SAMPLERS.items()]
+    d = page.defaults
+    with gr.Row():
+        sampler = gr.Dropdown(choices, value=d.sampler, label="Sampler", key=f"{prefix}-sampler")
+        steps = gr.Number(d.steps, label="Steps", precision=0, minimum=1, maximum=MAX_STEPS, key=f"{prefix}-steps")
+        guidance = gr.Slider(0, MAX_GUIDANCE, d.guidance, step=0.25, label="Guidance w",
+                             info="1 = plain conditional, 0 = ignore the digit", key=f"{prefix}-guidance")
+    return sampler, steps, guidance

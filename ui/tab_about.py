@@ -1,0 +1,31 @@
+"""Tab 5, About: what is going on (ui/about.md), and the evaluation sections of each model's card."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from diffusion.cards_read import card_metrics
+
+from .controls import Page, note
+from .lab import MODEL_NAMES, Lab
+
+ABOUT = (Path(__file__).resolve().parent / "about.md").read_text(encoding="utf-8")
+CARD_NAMES = (*MODEL_NAMES, "autoencoder", "classifier")
+
+
+class AboutTab:
+    title = "About"
+
+    def __init__(self, lab: Lab):
+        self.lab = lab
+
+    def layout(self, page: Page) -> None:
+        gr.Markdown(ABOUT)
+        note("Below: the evaluation sections of each model's card (`weights/NAME/README.md`), measured when the "
+             "weights were built. FID here is computed on the project's own MNIST classifier features, so it is "
+             "comparable between these models only.")
+        for name in CARD_NAMES:
+            with gr.Accordion(f"Model card: {name}", open=name in page.available[:1]):
+                text = page.cards.get(name)
+                gr.Markdown(card_metrics(text) if text else f"*No model card for {name} was found.*")

@@ -1,0 +1,115 @@
+"""Tab 2, Pixel vs latent: the same digit, seed and sampler through pixel-cond and latent-cond, stepped in turn,
+each timed on its own; the table shows what the latent model's autoencoder costs."""
+from __future__ import annotations
+
+import time
+
+import gradio as gr
+
+from .controls import DEFAULT_DIGIT, DEFAULT_IMAGES, DEFAULT_SEED, IMG, Page, note, sampling_controls
+from .lab import PREVIEW_INTERVAL, Lab, fmt_s, param_count, preview_every
+from .pictures import show_grid
+from .validation import MAX_IMAGES, MAX_SEED, check_int
+
+NAMES = ("pixel-cond", "latent-cond")
+
+
+class CompareTab:
+    title = "Pixel vs latent"
+
+    def __init__(self, lab: Lab):
+        self.lab = lab
+
+    def compare(self, digit, sampler, steps, guidance, seed, num_images):
+        """pixel-cond and latent-cond, same digit/seed/sampler, stepped in lockstep; each one's own time."""
+        lab = self.lab
+        pipes = [lab.pipeline(n) for n in NAMES]
+        digit = check_int("digit", digit, 0, 9)
+        sampler, steps, guidance, seed = lab.check_sampling(sampler, steps, guidance, seed)
+        n = check_int("num_images", num_images, 1, MAX_IMAGES)
+        for name in NAMES:
+            lab.refuse_runaway(name, sampler, steps, n, guidance)
+        every = preview_every(sampler, steps)
+        streams = [p.stream([digit] * n, sampler=sampler, num_steps=steps, guidance=guidance, seed=seed,
+                            preview_every=every) for p in pipes]
+        own = [0.0, 0.0]                   # each pipeline's own compute time (the other's turn excluded)
+        last: list = [None, None]
+        done = [False, False]
+        last_emit = -1.0
+        yield None, None, None, None, "starting…"
+        try:
+            while not all(done):
+                for k, s in enumerate(streams):
+                    if done[k]:
+                        continue
+                    start = time.perf_counter()
+                    step = next(s, None)
+                    own[k] += time.perf_counter() - start
+                    if step is None:
+                        done[k] = True
+                    else:
+                        last[k] = step
+                        done[k] = step.final
+                lab.check_time(sum(own))
+                now = time.perf_counter()
+                if all(done) or now - last_emit >= PREVIEW_INTERVAL:
+                    last_emit = now
+                    imgs = [show_grid(s.x, 380) if s else gr.skip() for s in last] + \
+                           [show_grid(s.x0, 380) if s else gr.skip() for s in last]
+                    yield imgs[0], imgs[2], imgs[1], imgs[3], self.table(pipes, last, own, done)
+        except (ValueError, RuntimeError) as e:
+            raise gr.Error(str(e), print_exception=False) from None
+
+    @staticmethod
+    def table(pipes, last, own, done) -> str:
+        """Markdown: what each model works on, its size, progress, NFE, time per step, decoder share."""
+        rows = ["| | " + " | ".join(NAMES) + " |", "|---|---|---|"]
+
+        def row(label, fn):
+            rows.append(f"| {label} | " + " | ".join(fn(k) for k in range(2)) + " |")
+
+        row("works on", lambda k: "×".join(map(str, pipes[k].score_model.sample_shape)) +
+            (" latents" if pipes[k].is_latent else " pixels"))
+        row("score-model parameters", lambda k: param_count(pipes[k].score_model))
+        row("progress", lambda k: ("done" if done[k] else f"step {last[k].i + 1}") if last[k] else "—")
+        row("NFE", lambda k: str(last[k].nfe) if last[k] else "—")
+        row("time per step", lambda k: fmt_s(own[k] / (last[k].i + 1)) if last[k] else "—")
+        row("total time", lambda k: fmt_s(own[k]))
+        row("autoencoder decoding", lambda k: "— (none)" if not pipes[k].is_latent else (
+            f"{fmt_s(last[k].decode_time)} ({100 * last[k].decode_time / max(own[k], 1e-9):.0f}% of its time)"
+            if last[k] else "—"))
+        return "\n".join(rows)
+
+    def layout(self, page: Page) -> None:
+        note("The same digit, seed and sampler through **pixel-cond** (the SDE runs on 28×28 pixels) and "
+             "**latent-cond** (the same SDE on the autoencoder's 4×10×10 codes, decoded to pixels to be seen). "
+             "The two are stepped in turn and each is timed on its own; the table shows NFE, time per step, "
+             "and how much of the latent model's time went to the autoencoder's decoder.")
+        with gr.Row():
+            digit = gr.Radio(list(range(10)), value=DEFAULT_DIGIT, label="Digit")
+            seed = gr.Number(DEFAULT_SEED, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
+            n = gr.Slider(1, MAX_IMAGES, DEFAULT_IMAGES, step=1, label="Number of images")
+        sampler, steps, guidance = sampling_controls(page, "cmp")
+        with gr.Row():
+            run = gr.Button("Compare", variant="primary", elem_id="cmp-run",
+                            interactive=set(NAMES) <= set(page.available))
+            stop = gr.Button("Stop", variant="stop")
+        with gr.Row():
+            with gr.Column():
+                gr.Markdown("#### pixel-cond")
+                with gr.Row():
+                    pix_xt = gr.Image(label="x_t", height=390, **IMG)
+                    pix_x0 = gr.Image(label="x̂0", height=390, **IMG)
+            with gr.Column():
+                gr.Markdown("#### latent-cond (decoded)")
+                with gr.Row():
+                    lat_xt = gr.Image(label="decoded z_t", height=390, **IMG)
+                    lat_x0 = gr.Image(label="decoded ẑ0", height=390, **IMG)
+        table = gr.Markdown("", elem_id="cmp-table")
+        note("A decoded noisy latent does not look like pixel noise: the decoder maps any code to something "
+             "smooth. Decoding each preview counts in the autoencoder's share; a run without previews "
+             "decodes only once.")
+
+        cmp = run.click(self.compare, [digit, sampler, steps, guidance, seed, n],
+                        [pix_xt, pix_x0, lat_xt, lat_x0, table], api_name="compare", **page.heavy)
+        stop.click(None, cancels=[cmp])
