@@ -16,6 +16,8 @@ from .registry import weights_dir as _weights_dir
 log = logging.getLogger(__name__)
 
 PIN_FILE = "hub.json"
+# The project's weights repo on the Hub, as the README's Space card names it under `models:`.
+DEFAULT_HUB_REPO = "mnist-diffusion-lab/mnist-diffusion-lab-weights"
 
 
 def hub_pin(weights_dir=None) -> dict:

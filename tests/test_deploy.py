@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hub_helpers import hub, make_weights  # noqa: F401
+from hub_helpers import make_weights
 from train.deploy_space import check_space_card, deploy, front_matter, main, space_files
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,10 +9,10 @@ import os
 import pytest
 import torch
 
-from diffusion.hub import (HubCorruptDownload, HubFileNotFound, HubRepoNotFound, HubRevisionNotFound, HubUnreachable,
+from diffusion.hub import (HubCorruptDownload, HubFileNotFound, HubRepoNotFound, HubRevisionNotFound,
                            fetch_folder, hub_pin, load_model, load_pipelines, push_folder, verify_folder)
 from diffusion.hub_mixin import CorruptWeightsError
-from hub_helpers import hub, make_weights, same_weights, tiny_model  # noqa: F401
+from hub_helpers import make_weights, same_weights, tiny_model
 
 REPO = "lab/mnist-diffusion-lab"
 NAMES = ("pixel-uncond", "pixel-cond", "latent-cond", "autoencoder")
@@ -112,7 +112,7 @@ def test_push_cli_verifies_all_then_pushes_and_records(hub, tmp_path, capsys):
     pin_file = tmp_path / "pins" / "hub.json"
     pin_file.parent.mkdir()
     main(["--repo-id", REPO, "--weights-dir", str(weights), "--names", "pixel-cond,autoencoder",
-          "--revision-file", str(pin_file)])
+          "--revision-file", str(pin_file), "--no-root-card"])
     pin = json.loads(pin_file.read_text())
     assert pin["repo"] == REPO and pin["revision"] == hub.head(REPO)
     first = next(u["commit"] for u in hub.uploads if u["path"].startswith("pixel-cond/"))
