@@ -322,3 +322,36 @@ def test_the_fake_hub_answers_like_the_hub(hub, published, tmp_path):
     assert len(codes) == 3
     path = hf_hub_download(REPO, "pixel-cond/model.safetensors", revision=published["sha"], **kw)
     assert open(path, "rb").read() == (published["pushed"] / "pixel-cond" / "model.safetensors").read_bytes()
+
+
+# ------------------------------------------------------------------ pin rule and cards, in one place
+
+
+def test_the_revision_pin_rule(tmp_path):
+    from diffusion.pinning import record_pin, resolve_revision
+    record_pin(tmp_path / "hub.json", REPO, "a" * 40, {"pixel-cond": "a" * 40})
+    assert resolve_revision(REPO, None, tmp_path) == "a" * 40          # the pin, for its repo
+    assert resolve_revision(REPO, "v1", tmp_path) == "v1"              # an explicit revision wins
+    assert resolve_revision("lab/other", None, tmp_path) is None       # another repo: head of main
+    assert resolve_revision(None, None, tmp_path) is None
+    (tmp_path / "hub.json").write_text("not json")
+    assert resolve_revision(REPO, None, tmp_path) is None
+
+
+def test_model_cards_come_from_the_pinned_hub_copy_else_local(hub, published):
+    from diffusion.hub import read_model_cards
+    names = ("pixel-cond", "autoencoder")
+    local = read_model_cards(names, weights_dir=published["local"])
+    assert set(local) == set(names) and "(seed 0)" in local["pixel-cond"]
+    # not yet in the Hub cache: the local card, and no request is made
+    assert read_model_cards(names, weights_dir=published["local"], hub_repo=REPO, revision=published["sha"]) == local
+    assert hub.requests == []
+    load_model("pixel-cond", weights_dir=published["local"], hub_repo=REPO, revision=published["sha"])
+    hub.clear_log()
+    cards = read_model_cards(names, weights_dir=published["local"], hub_repo=REPO, revision=published["sha"])
+    assert "(seed 1)" in cards["pixel-cond"] and "(seed 0)" in cards["autoencoder"]
+    # without a revision the pin for that repo is used (pushed/hub.json pins the last push)
+    (published["pushed"] / "pixel-cond" / "README.md").unlink()
+    cards = read_model_cards(names, weights_dir=published["pushed"], hub_repo=REPO)
+    assert "(seed 1)" in cards["pixel-cond"]
+    assert hub.requests == []
