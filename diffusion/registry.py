@@ -12,12 +12,12 @@ from .autoencoder import AutoEncoder
 from .hub_mixin import CONFIG_NAME, WEIGHTS_NAME
 from .metrics import Classifier, ResNetClassifier
 from .score import ScoreModel
+from .timelapse import FILENAME as TIMELAPSE_NAME
 
 MODEL_CLASSES = {"pixel-uncond": ScoreModel, "pixel-cond": ScoreModel, "latent-cond": ScoreModel,
                  "autoencoder": AutoEncoder, "classifier": Classifier, "classifier-resnet": ResNetClassifier}
 PIPELINE_NAMES = ("pixel-uncond", "pixel-cond", "latent-cond")
 CARD_NAME = "README.md"
-TIMELAPSE_NAME = "timelapse.safetensors"
 FOLDER_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, TIMELAPSE_NAME)  # what a published folder may hold
 LOAD_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)                   # what loading a model downloads
 REQUIRED_FILES = (CONFIG_NAME, WEIGHTS_NAME)

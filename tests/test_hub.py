@@ -11,7 +11,7 @@ import torch
 
 from diffusion.hub import (HubCorruptDownload, HubFileNotFound, HubRepoNotFound, HubRevisionNotFound,
                            fetch_folder, hub_pin, load_model, load_pipelines, push_folder, verify_folder)
-from diffusion.hub_mixin import CorruptWeightsError
+from diffusion.hub_mixin import CorruptWeightsError, UnsafeWeightsError
 from hub_helpers import make_weights, same_weights, tiny_model
 
 REPO = "lab/mnist-diffusion-lab"
@@ -355,3 +355,15 @@ def test_model_cards_come_from_the_pinned_hub_copy_else_local(hub, published):
     cards = read_model_cards(names, weights_dir=published["pushed"], hub_repo=REPO)
     assert "(seed 1)" in cards["pixel-cond"]
     assert hub.requests == []
+
+
+def test_push_takes_the_training_time_lapse_and_refuses_a_disguised_pickle(hub, tmp_path):
+    from safetensors.torch import save_file
+    folder = make_weights(tmp_path / "weights", ["pixel-cond"]) / "pixel-cond"
+    save_file({"frames": torch.zeros(2, 4, 4, dtype=torch.uint8)}, str(folder / "timelapse.safetensors"))
+    assert "timelapse.safetensors" in verify_folder(folder)
+    push_folder(folder, REPO, token="hf_fake_token")
+    assert "pixel-cond/timelapse.safetensors" in hub.files(REPO)
+    (folder / "timelapse.safetensors").write_bytes(b"\x80\x04\x95" + b"\0" * 64)  # a pickle under that name
+    with pytest.raises(UnsafeWeightsError, match="pickle"):
+        verify_folder(folder)
