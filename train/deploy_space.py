@@ -8,8 +8,7 @@ weights repo when one is given), LICENSE, .gitattributes, space/requirements.txt
 (CPU torch), app.py, the `diffusion` and `ui` packages (sources and prose), app_assets/*.npz, the images
 the README shows, and weights/<name>/ (config.json, model.safetensors, README.md, timelapse.safetensors)
 for every model folder present (with weights/metrics.json and hub.json), so the Space starts without the
-Hub. Not uploaded: tests, training
-scripts and records, benchmarks and their grids, run directories. Files a previous deploy left in the
+Hub. Not uploaded: tests, training scripts and records, benchmarks and their grids, run directories. Files a previous deploy left in the
 Space that are no longer in this set are deleted in the same commit.
 
 With --weights-repo the Space loads its models from that Hub repo at a pinned commit (--revision, else
