@@ -27,7 +27,10 @@ from pathlib import Path
 from diffusion.hub_mixin import hub_endpoint
 from diffusion.pinning import hub_pin
 
+# the checkout this module lives in; installed as a package (no app.py beside it), the working directory
 ROOT = Path(__file__).resolve().parent.parent
+if not (ROOT / "app.py").is_file():
+    ROOT = Path.cwd()
 SPACE_REQUIREMENTS = "space/requirements.txt"
 # (pattern relative to the checkout, path in the Space: None = the same)
 SPACE_FILES: tuple[tuple[str, str | None], ...] = (
@@ -220,6 +223,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--revision", default=None, help="commit (or branch/tag, resolved now) of --weights-repo to pin")
     p.add_argument("--private", action="store_true", default=None, help="create the Space private")
     p.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
+    p.add_argument("--root", default=str(ROOT), help=f"the checkout to deploy (default {ROOT})")
     p.add_argument("--dry-run", action="store_true", help="check and list the files, upload nothing")
     args = p.parse_args(argv)
     if args.revision and not args.weights_repo:
@@ -230,8 +234,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        deploy(args.space_id, weights_repo=args.weights_repo, revision=args.revision, token=args.token,
-               private=args.private, dry_run=args.dry_run)
+        deploy(args.space_id, weights_repo=args.weights_repo, revision=args.revision, root=Path(args.root),
+               token=args.token, private=args.private, dry_run=args.dry_run)
     except (ValueError, FileNotFoundError) as e:
         print(f"not deployed: {e}", file=sys.stderr)
         return 1
