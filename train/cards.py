@@ -208,6 +208,8 @@ def eval_results(name: str, m: dict) -> list[EvalResult]:
         if not evaluators:
             evaluators = {"classifier": m}
         for ev, em in evaluators.items():
+            if not isinstance(em, dict):
+                continue
             for key, mtype, mname in SAMPLE_METRICS:
                 add(task, key, mtype, f"{mname} ({ev} features, vs the 10k test images)", em.get(key), config)
             floor = em.get("frechet_floor_same_n") or (m.get("frechet_floor_same_n") if ev == "classifier" else None)
@@ -304,6 +306,8 @@ def _headline(name: str, m: dict) -> tuple[str, list[str], list[tuple[str, list[
                      + (f", seed {m['seed']}" if m.get("seed") is not None else "") + ".")
         evaluators = m.get("evaluators") if isinstance(m.get("evaluators"), dict) else {"classifier": m}
         for ev, em in evaluators.items():
+            if not isinstance(em, dict):
+                continue
             fd = em.get("frechet_distance")
             floor = em.get("frechet_floor_same_n") or m.get("frechet_floor_same_n")
             if _number(fd):
