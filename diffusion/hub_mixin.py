@@ -217,21 +217,20 @@ def hub_cache_dir(cache_dir=None) -> str:
     return constants.HF_HUB_CACHE
 
 
-def _download_repo_folder(repo_id: str, subfolder: str | None, *, cache_dir=None, **kwargs) -> Path:
-    """config.json + model.safetensors of a Hub repo (optionally a subfolder) into the cache; their folder."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import RemoteEntryNotFoundError
-    paths = {}
-    for filename in (CONFIG_NAME, WEIGHTS_NAME):
-        try:
-            paths[filename] = hf_hub_download(repo_id, filename, subfolder=subfolder, endpoint=hub_endpoint(),
-                                              cache_dir=hub_cache_dir(cache_dir), **kwargs)
-        except RemoteEntryNotFoundError:
-            where = f"{repo_id}@{kwargs.get('revision') or 'main'}" + (f" in {subfolder}/" if subfolder else "")
-            extra = (" Pickle checkpoints such as pytorch_model.bin are never loaded: push model.safetensors."
-                     if filename == WEIGHTS_NAME else "")
-            raise FileNotFoundError(f"{where} has no {filename}.{extra}") from None
-    folder = Path(paths[WEIGHTS_NAME]).parent
-    if Path(paths[CONFIG_NAME]).parent != folder:  # both come from one commit's snapshot folder
-        raise RuntimeError(f"{repo_id}: {CONFIG_NAME} and {WEIGHTS_NAME} resolved to different snapshots")
+def _download_repo_folder(repo_id: str, subfolder: str | None, *, cache_dir=None, revision=None, token=None,
+                          force_download: bool = False, local_files_only: bool = False) -> Path:
+    """config.json + model.safetensors of a Hub repo (optionally a subfolder), through the one Hub reader
+    (hub_download.fetch, on snapshot_download); their folder in the Hub cache."""
+    from .hub_download import HubFileNotFound, fetch
+    try:
+        folder, _, _ = fetch(repo_id, subfolder, revision, files=(CONFIG_NAME, WEIGHTS_NAME),
+                             required=(CONFIG_NAME, WEIGHTS_NAME), cache_dir=cache_dir, token=token,
+                             offline=True if local_files_only else None, force_download=force_download)
+    except (HubFileNotFound, UnsafeWeightsError) as e:
+        missing = getattr(e, "missing", None) or [WEIGHTS_NAME]
+        where = f"{repo_id}@{revision or 'main'}" + (f" in {subfolder}/" if subfolder else "")
+        filename = missing[0].rsplit("/", 1)[-1]
+        extra = (" Pickle checkpoints such as pytorch_model.bin are never loaded: push model.safetensors."
+                 if filename == WEIGHTS_NAME else "")
+        raise FileNotFoundError(f"{where} has no {filename}.{extra}") from None
     return folder

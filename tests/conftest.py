@@ -8,6 +8,8 @@ import socket
 import pytest
 import torch
 
+from hub_helpers import hub  # noqa: F401  (the fake Hub fixture, for every test module)
+
 TINY_CARD = """---
 library_name: mnist-diffusion-lab
 ---

@@ -6,6 +6,9 @@ validate-yaml), `model_info`/`repo_info` (revision resolution), `list_repo_tree`
 `hf_hub_download`/`snapshot_download` (HEAD/GET `/{repo}/resolve/{rev}/{path}` with `X-Repo-Commit`,
 `ETag`/`X-Linked-Etag`/`X-Linked-Size`, and a 302 `Location` to a CDN origin for LFS files).
 Errors carry `X-Error-Code` (RepoNotFound, RevisionNotFound, EntryNotFound) like the real Hub.
+Model repos are keyed by their id ("user/name"); Space and dataset repos by "spaces/user/name" and
+"datasets/user/name" (the prefix their git URLs carry), with the same routes under /api/spaces/... and
+/spaces/...; a Space keeps its SDK (`repo.sdk`) and the variables set through the API (`repo.variables`).
 
 Repos live in memory with real-looking 40-hex commit shas; every request (`hub.requests`) and every
 uploaded file (`hub.uploads`) is recorded. Faults: `hub.go_offline()` closes the listening socket
@@ -34,6 +37,12 @@ GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filte
 LFS_BATCH = ["info", "lfs", "objects", "batch"]  # /{repo}.git/info/lfs/objects/batch
 BACKGROUND_PATHS = {"/api/agent-harnesses"}  # fetched by huggingface_hub when it builds its user agent
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl")
+REPO_TYPES = {"models": "model", "spaces": "space", "datasets": "dataset"}
+
+
+def repo_key(repo_type: str | None, repo_id: str) -> str:
+    """How the fake keys a repo: "user/name" for models, "spaces/user/name" for Spaces, like git URLs."""
+    return repo_id if repo_type in (None, "model") else f"{repo_type}s/{repo_id}"
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -68,6 +77,8 @@ class Repo:
     branches: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     commits: dict[str, Commit] = field(default_factory=dict)
+    sdk: str | None = None                                   # Spaces: the SDK given at creation
+    variables: dict[str, str] = field(default_factory=dict)  # Spaces: variables set through the API
 
     def resolve(self, revision: str) -> Commit | None:
         sha = self.branches.get(revision) or self.tags.get(revision)
@@ -318,7 +329,7 @@ class _Handler(BaseHTTPRequestHandler):
     # -------------------------------------------------------- routes
 
     def _route(self, raw_path: str, path: str, query: dict, body: bytes, host: str) -> None:
-        hub, m = self.hub, self.command
+        m = self.command
         parts = [unquote(p) for p in raw_path.strip("/").split("/")]
 
         if m == "POST" and path == "/api/repos/create":
@@ -329,9 +340,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._lfs_object(parts[1], body)
         if path.startswith("/__cdn__/"):
             return self._cdn(parts[1])
-        if len(parts) >= 2 and parts[0] == "api" and parts[1] == "models" and len(parts) >= 4:
-            repo_id = f"{parts[2]}/{parts[3]}"
+        if len(parts) >= 4 and parts[0] == "api" and parts[1] in REPO_TYPES:
+            repo_id = repo_key(REPO_TYPES[parts[1]], f"{parts[2]}/{parts[3]}")
             rest = parts[4:]
+            if m == "POST" and rest == ["variables"] and parts[1] == "spaces":
+                return self._space_variable(repo_id, json.loads(body or b"{}"))
             if m == "GET" and not rest:
                 return self._model_info(repo_id, "main", query)
             if m == "GET" and rest[0] == "revision" and len(rest) == 2:
@@ -342,10 +355,12 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._preupload(repo_id, rest[1], json.loads(body))
             if m == "POST" and rest[0] == "commit" and len(rest) == 2:
                 return self._commit_api(repo_id, rest[1], body)
-        if m == "POST" and len(parts) == 6 and parts[1].endswith(".git") and parts[2:] == LFS_BATCH:
-            return self._lfs_batch(f"{parts[0]}/{parts[1][:-4]}", json.loads(body))
-        if m in ("GET", "HEAD") and len(parts) >= 5 and parts[2] == "resolve":
-            return self._resolve(f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:]))
+        prefix = parts[:1] if parts and parts[0] in REPO_TYPES and parts[0] != "models" else []
+        rel = parts[len(prefix):]
+        if m == "POST" and len(rel) == 6 and rel[1].endswith(".git") and rel[2:] == LFS_BATCH:
+            return self._lfs_batch("/".join(prefix + [rel[0], rel[1][:-4]]), json.loads(body))
+        if m in ("GET", "HEAD") and len(rel) >= 5 and rel[2] == "resolve":
+            return self._resolve("/".join(prefix + rel[:2]), rel[3], "/".join(rel[4:]))
         raise HubError(404, None, f"no route for {m} {path}")
 
     def _check_write(self) -> None:
@@ -354,11 +369,24 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _create_repo(self, payload: dict) -> None:
         self._check_write()
-        repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
+        name = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
+        repo_type = payload.get("type") or "model"
+        if repo_type == "space" and not payload.get("sdk"):
+            raise HubError(400, None, "a Space needs an sdk")
+        repo_id = repo_key(repo_type, name)
+        url = f"{self.hub.url}/{repo_id}"
         if repo_id in self.hub.repos:
-            return self._json(409, {"error": "You already created this model repo", "url": f"{self.hub.url}/{repo_id}"})
-        self.hub.create_repo(repo_id)
-        self._json(200, {"url": f"{self.hub.url}/{repo_id}", "name": repo_id, "id": repo_id})
+            return self._json(409, {"error": f"You already created this {repo_type} repo", "url": url})
+        repo = self.hub.create_repo(repo_id)
+        repo.sdk = payload.get("sdk")
+        repo.variables.update({v["key"]: v["value"] for v in payload.get("variables") or []})
+        self._json(200, {"url": url, "name": name, "id": name})
+
+    def _space_variable(self, repo_id: str, payload: dict) -> None:
+        self._check_write()
+        repo = self.hub._repo(repo_id)
+        repo.variables[payload["key"]] = payload["value"]
+        self._json(200, {k: {"value": v} for k, v in repo.variables.items()})
 
     def _model_info(self, repo_id: str, revision: str, query: dict) -> None:
         repo = self.hub._repo(repo_id)

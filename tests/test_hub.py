@@ -9,10 +9,10 @@ import os
 import pytest
 import torch
 
-from diffusion.hub import (HubCorruptDownload, HubFileNotFound, HubRepoNotFound, HubRevisionNotFound, HubUnreachable,
+from diffusion.hub import (HubCorruptDownload, HubFileNotFound, HubRepoNotFound, HubRevisionNotFound,
                            fetch_folder, hub_pin, load_model, load_pipelines, push_folder, verify_folder)
-from diffusion.hub_mixin import CorruptWeightsError
-from hub_helpers import hub, make_weights, same_weights, tiny_model  # noqa: F401
+from diffusion.hub_mixin import CorruptWeightsError, UnsafeWeightsError
+from hub_helpers import make_weights, same_weights, tiny_model
 
 REPO = "lab/mnist-diffusion-lab"
 NAMES = ("pixel-uncond", "pixel-cond", "latent-cond", "autoencoder")
@@ -112,7 +112,7 @@ def test_push_cli_verifies_all_then_pushes_and_records(hub, tmp_path, capsys):
     pin_file = tmp_path / "pins" / "hub.json"
     pin_file.parent.mkdir()
     main(["--repo-id", REPO, "--weights-dir", str(weights), "--names", "pixel-cond,autoencoder",
-          "--revision-file", str(pin_file)])
+          "--revision-file", str(pin_file), "--no-root-card"])
     pin = json.loads(pin_file.read_text())
     assert pin["repo"] == REPO and pin["revision"] == hub.head(REPO)
     first = next(u["commit"] for u in hub.uploads if u["path"].startswith("pixel-cond/"))
@@ -322,3 +322,48 @@ def test_the_fake_hub_answers_like_the_hub(hub, published, tmp_path):
     assert len(codes) == 3
     path = hf_hub_download(REPO, "pixel-cond/model.safetensors", revision=published["sha"], **kw)
     assert open(path, "rb").read() == (published["pushed"] / "pixel-cond" / "model.safetensors").read_bytes()
+
+
+# ------------------------------------------------------------------ pin rule and cards, in one place
+
+
+def test_the_revision_pin_rule(tmp_path):
+    from diffusion.pinning import record_pin, resolve_revision
+    record_pin(tmp_path / "hub.json", REPO, "a" * 40, {"pixel-cond": "a" * 40})
+    assert resolve_revision(REPO, None, tmp_path) == "a" * 40          # the pin, for its repo
+    assert resolve_revision(REPO, "v1", tmp_path) == "v1"              # an explicit revision wins
+    assert resolve_revision("lab/other", None, tmp_path) is None       # another repo: head of main
+    assert resolve_revision(None, None, tmp_path) is None
+    (tmp_path / "hub.json").write_text("not json")
+    assert resolve_revision(REPO, None, tmp_path) is None
+
+
+def test_model_cards_come_from_the_pinned_hub_copy_else_local(hub, published):
+    from diffusion.hub import read_model_cards
+    names = ("pixel-cond", "autoencoder")
+    local = read_model_cards(names, weights_dir=published["local"])
+    assert set(local) == set(names) and "(seed 0)" in local["pixel-cond"]
+    # not yet in the Hub cache: the local card, and no request is made
+    assert read_model_cards(names, weights_dir=published["local"], hub_repo=REPO, revision=published["sha"]) == local
+    assert hub.requests == []
+    load_model("pixel-cond", weights_dir=published["local"], hub_repo=REPO, revision=published["sha"])
+    hub.clear_log()
+    cards = read_model_cards(names, weights_dir=published["local"], hub_repo=REPO, revision=published["sha"])
+    assert "(seed 1)" in cards["pixel-cond"] and "(seed 0)" in cards["autoencoder"]
+    # without a revision the pin for that repo is used (pushed/hub.json pins the last push)
+    (published["pushed"] / "pixel-cond" / "README.md").unlink()
+    cards = read_model_cards(names, weights_dir=published["pushed"], hub_repo=REPO)
+    assert "(seed 1)" in cards["pixel-cond"]
+    assert hub.requests == []
+
+
+def test_push_takes_the_training_time_lapse_and_refuses_a_disguised_pickle(hub, tmp_path):
+    from safetensors.torch import save_file
+    folder = make_weights(tmp_path / "weights", ["pixel-cond"]) / "pixel-cond"
+    save_file({"frames": torch.zeros(2, 4, 4, dtype=torch.uint8)}, str(folder / "timelapse.safetensors"))
+    assert "timelapse.safetensors" in verify_folder(folder)
+    push_folder(folder, REPO, token="hf_fake_token")
+    assert "pixel-cond/timelapse.safetensors" in hub.files(REPO)
+    (folder / "timelapse.safetensors").write_bytes(b"\x80\x04\x95" + b"\0" * 64)  # a pickle under that name
+    with pytest.raises(UnsafeWeightsError, match="pickle"):
+        verify_folder(folder)

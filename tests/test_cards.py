@@ -1,0 +1,130 @@
+"""Model cards in the Hub's form (train/cards.py): ModelCardData metadata, model-index EvalResults, every
+numeric figure in a table (new metric keys included), the root card of the weights repo, Hub-pinned
+"Use" snippets, and the push of the root card to the fake Hub (issue 13)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+
+from diffusion.metrics import ResNetClassifier
+from hub_helpers import make_weights
+from train.cards import check_card, render_card, root_card, use_snippet, write_card
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "weights"
+METRICS = json.loads((SHIPPED / "metrics.json").read_text())
+REPO = "lab/mnist-diffusion-lab"
+
+
+@pytest.fixture
+def weights(tmp_path):
+    """A copy of the shipped weights folder (cards only rewritten there)."""
+    dst = tmp_path / "weights"
+    shutil.copytree(SHIPPED, dst, ignore=shutil.ignore_patterns("*.safetensors"))
+    return dst
+
+
+def _results(text: str) -> dict[tuple[str, str], float]:
+    data = ModelCard(text).data
+    return {(r.metric_type, r.metric_name): r.metric_value for r in data.eval_results or []}
+
+
+def test_cards_carry_metadata_and_model_index(weights):
+    for name, m in METRICS.items():
+        text = write_card(name, weights, m).read_text()
+        assert check_card(text) == [], name
+        data = ModelCard(text).data
+        assert data.library_name == "mnist-diffusion-lab" and data.license == "mit"
+        assert data.datasets == ["ylecun/mnist"]
+        assert {"model_hub_mixin", "pytorch_model_hub_mixin", "mnist"} <= set(data.tags), name
+        assert data.eval_results, f"{name}: no model-index"
+        assert all(r.dataset_type == "ylecun/mnist" and r.dataset_split == "test" for r in data.eval_results)
+    results = _results((weights / "pixel-cond" / "README.md").read_text())
+    fd = next(v for (t, n), v in results.items() if t == "frechet_distance")
+    assert fd == pytest.approx(METRICS["pixel-cond"]["frechet_distance"])
+    acc = next(v for (t, n), v in results.items() if t == "accuracy" and "conditional" in n)
+    assert acc == pytest.approx(METRICS["pixel-cond"]["conditional_accuracy"])
+    cls = _results((weights / "classifier" / "README.md").read_text())
+    assert cls[("accuracy", "test accuracy")] == pytest.approx(METRICS["classifier"]["test_accuracy"])
+    ae = _results((weights / "autoencoder" / "README.md").read_text())
+    assert ae[("mse", "reconstruction MSE (pixels in [0, 1])")] == pytest.approx(METRICS["autoencoder"]["reconstruction_mse"])
+
+
+def test_new_metric_keys_appear_without_code_changes(weights):
+    m = dict(METRICS["pixel-cond"])
+    m["evaluators"] = {
+        "classifier": {"frechet_distance": 5.5, "kid_mean": 0.0123, "kid_std": 0.001, "precision": 0.81,
+                       "recall": 0.77, "frechet_floor_same_n": 2.4},
+        "classifier-resnet": {"frechet_distance": 3.25, "kid_mean": 0.0456, "kid_std": 0.002, "precision": 0.88,
+                              "recall": 0.66, "frechet_floor_same_n": 1.3},
+    }
+    m.update({"confident_rate": 0.97, "speck_rate": 0.012, "brand_new_metric": 42.5, "a_note": "text is skipped",
+              "bad": float("nan")})
+    (weights / "pixel-cond" / "timelapse.safetensors").write_bytes(b"")
+    text = str(render_card("pixel-cond", weights, m))
+    assert check_card(text) == []
+    results = _results(text)
+    assert results[("kid", "KID (classifier-resnet features, vs the 10k test images)")] == pytest.approx(0.0456)
+    assert results[("recall", "recall (classifier features, vs the 10k test images)")] == pytest.approx(0.77)
+    assert results[("frechet_distance_ratio", "FD / same-N real-data floor (classifier-resnet features)")] == \
+        pytest.approx(3.25 / 1.3)
+    for key in ("confident_rate", "speck_rate", "brand_new_metric", "evaluators.classifier-resnet.kid_std"):
+        assert f"| `{key}` |" in text, key
+    assert "`bad`" not in text and "a_note" not in text
+    assert "timelapse.safetensors" in text
+
+
+def test_use_snippet_loads_from_the_hub_at_the_pinned_commit(weights):
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    (weights / "hub.json").write_text(json.dumps({"repo": REPO, "revision": "f" * 40, "models": {"pixel-cond": sha}}))
+    for name in ("pixel-cond", "classifier", None):
+        snippet = use_snippet(name, weights)
+        compile(snippet, "snippet", "exec")
+        assert f'"{REPO}"' in snippet and "revision=REVISION" in snippet
+    assert f'REVISION = "{sha}"' in use_snippet("pixel-cond", weights)
+    assert f'REVISION = "{"f" * 40}"' in use_snippet("autoencoder", weights)
+    text = write_card("latent-cond", weights, METRICS["latent-cond"]).read_text()
+    assert 'load_pipeline("latent-cond", hub_repo="lab/mnist-diffusion-lab", revision=REVISION)' in text
+    (weights / "hub.json").unlink()
+    compile(use_snippet("pixel-cond", weights), "snippet", "exec")  # placeholder, still valid Python
+
+
+def test_root_card_lists_every_model_folder(weights):
+    ResNetClassifier(width=4).save_pretrained(weights / "classifier-resnet")
+    card = str(root_card(weights))
+    assert check_card(card) == []
+    for name in ("pixel-cond", "pixel-uncond", "latent-cond", "autoencoder", "classifier", "classifier-resnet"):
+        assert f"[`{name}`](./{name}/README.md)" in card, name
+    assert "conditional accuracy 99.80%" in card and "not evaluated yet" in card  # classifier-resnet: no metrics
+
+
+def test_check_card_catches_malformed_cards():
+    good = str(render_card("classifier", SHIPPED, METRICS["classifier"]))
+    assert check_card(good) == []
+    assert check_card("# no metadata\n")
+    assert any("license" in p for p in check_card(good.replace("license: mit", "license: apache-2.0")))
+    assert any("not a finite number" in p for p in check_card(good.replace("value: 0.99", "value: .nan", 1)))
+
+
+def test_shipped_cards_are_in_the_hub_form():
+    for name in METRICS:
+        assert check_card((SHIPPED / name / "README.md").read_text()) == [], name
+
+
+def test_push_sends_the_root_card_and_license(hub, tmp_path):
+    from train.push import main
+    weights = make_weights(tmp_path / "weights", ["pixel-cond", "classifier"])
+    sha = main(["--repo-id", REPO, "--weights-dir", str(weights)])
+    files = hub.files(REPO)
+    assert sha == hub.head(REPO)
+    assert {"README.md", "LICENSE", "pixel-cond/model.safetensors", "classifier/model.safetensors"} <= set(files)
+    card = files["README.md"].decode()
+    assert check_card(card) == []
+    assert "[`pixel-cond`](./pixel-cond/README.md)" in card and "[`classifier`](./classifier/README.md)" in card
+    assert files["LICENSE"] == (ROOT / "LICENSE").read_bytes()
+    pin = json.loads((weights / "hub.json").read_text())
+    assert pin["revision"] == sha and set(pin["models"]) == {"pixel-cond", "classifier"}
