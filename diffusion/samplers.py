@@ -299,3 +299,16 @@ def sample(sampler, score_model, x, labels=None, **kwargs) -> tuple[torch.Tensor
     for step in fn(score_model, x, labels, **kwargs):
         pass
     return step.x, step.nfe
+
+
+# ---- distilled students (diffusion/distill.py): registers "ddim", 1 NFE per step -----------------------------------
+from . import distill as _distill  # noqa: E402,F401  (adds "ddim" to SAMPLERS and SAMPLER_DESCRIPTIONS)
+_nfe_for, _steps_for_nfe = nfe_for, steps_for_nfe
+
+
+def nfe_for(sampler: str, num_steps: int) -> int | None:  # noqa: F811
+    return num_steps if sampler == "ddim" else _nfe_for(sampler, num_steps)
+
+
+def steps_for_nfe(sampler: str, nfe: int) -> int:  # noqa: F811
+    return nfe if sampler == "ddim" else _steps_for_nfe(sampler, nfe)

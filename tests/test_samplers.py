@@ -18,7 +18,7 @@ from diffusion.sde import VESDE
 
 MU, S = 2.0, 0.5
 SHAPE = (2000, 1, 4, 4)
-FIXED_STEP = ["dpmpp_2m", "dpmpp_2m_sde", "heun", "euler_maruyama", "predictor_corrector"]
+FIXED_STEP = ["dpmpp_2m", "dpmpp_2m_sde", "heun", "euler_maruyama", "predictor_corrector", "ddim"]
 ODE = ["dpmpp_2m", "heun", "rk45"]
 STOCHASTIC = ["euler_maruyama", "predictor_corrector", "dpmpp_2m_sde"]
 
@@ -247,9 +247,9 @@ def test_bad_num_steps_raises(name, bad):
 
 
 def test_registry_and_nfe_bookkeeping():
-    assert set(SAMPLERS) == {"dpmpp_2m", "dpmpp_2m_sde", "heun", "euler_maruyama", "predictor_corrector", "rk45"}
+    assert set(SAMPLERS) == {"dpmpp_2m", "dpmpp_2m_sde", "heun", "euler_maruyama", "predictor_corrector", "rk45", "ddim"}
     with pytest.raises(ValueError, match="dpmpp_2m"):
-        get_sampler("ddim")
+        get_sampler("ddpm")
     assert nfe_for("rk45", 10) is None
     for name in FIXED_STEP:
         for n in (1, 2, 10, 33):
