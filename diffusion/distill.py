@@ -103,6 +103,45 @@ def check_guidance(score_model, guidance) -> None:
         raise ValueError(f"guidance {guidance!r} is outside [{lo:g}, {hi:g}], the range this student was distilled on")
 
 
+def make_student(model, distilled: dict, seed: int = 0):
+    """A copy of `model` (a teacher, or the previous round's student) with w as a network input and `distilled` in its
+    config. From a teacher, the new w-embedding's last layer is zero, so the student starts as the teacher's
+    conditional denoiser D_c at every w; from a student, the weights carry over exactly."""
+    config = {**dict(model._hub_mixin_config), "guidance_embed": True, "distilled": distilled}
+    with torch.random.fork_rng(devices=[]):      # the w-MLP's first layer: seeded, the global RNG left alone
+        torch.manual_seed(seed)
+        student = type(model)(**config)
+    missing, unexpected = student.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("net.guidance_embed.") for k in missing):
+        raise ValueError(f"cannot initialise a student from this model: missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]}")
+    p = next(model.parameters())
+    return student.to(p.device, p.dtype)
+
+
+def guidance_target(teacher, x, sigma, labels, w) -> torch.Tensor:
+    """Stage 1's target, the teacher's guided denoiser D_T(x; sigma, c, w) (w (B,) per sample)."""
+    with torch.no_grad():
+        return teacher.denoise(x, sigma, labels, guidance=w)
+
+
+def two_step_target(teacher, x, sigma, sigma_mid, sigma_next2, labels, w) -> torch.Tensor:
+    """Stage 2's target: two teacher DDIM steps sigma -> sigma_mid -> sigma'' from x, turned into the x0~ that one DDIM
+    step sigma -> sigma'' needs to land on the same point. sigmas (B,) float64."""
+    with torch.no_grad():
+        d1 = teacher.denoise(x, sigma, labels, guidance=w)
+        x1 = ddim_step(x, d1, sigma, sigma_mid)
+        d2 = teacher.denoise(x1, sigma_mid, labels, guidance=w)
+        x2 = ddim_step(x1, d2, sigma_mid, sigma_next2)
+        return progressive_target(x, x2, sigma, sigma_next2)
+
+
+def weighted_error(model, pred: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """mean over the batch of lambda(sigma) ||pred - target||^2 (summed over pixels), lambda = model.loss_weight."""
+    per_image = (pred - target).square().flatten(1).sum(dim=1)
+    return (per_image * model.loss_weight(sigma).to(per_image.dtype)).mean()
+
+
 @torch.no_grad()
 def ddim(score_model, x, labels=None, *, num_steps, generator=None, guidance=1.0):
     """DDIM = Euler on the probability-flow ODE, x' = D + (sigma'/sigma)(x - D) (Song et al. 2021 "DDIM"; Karras et al.
