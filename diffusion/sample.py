@@ -110,8 +110,11 @@ def main(argv=None) -> int:
     for b, start in enumerate(range(0, total, args.batch_size)):
         stop = min(start + args.batch_size, total)
         chunk = labels[start:stop] if labels is not None else None
-        imgs, last = pipe.generate(chunk, num_images=stop - start, sampler=args.sampler, num_steps=args.steps,
-                                   guidance=args.guidance, seed=args.seed + b)
+        try:
+            imgs, last = pipe.generate(chunk, num_images=stop - start, sampler=args.sampler, num_steps=args.steps,
+                                       guidance=args.guidance, seed=args.seed + b)
+        except ValueError as e:   # e.g. a step count or guidance a distilled student was not trained for
+            parser.error(str(e))
         images.append(imgs.numpy())
         nfe = last.nfe
     images = np.concatenate(images).astype(np.float32)
