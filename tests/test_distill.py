@@ -318,6 +318,19 @@ def test_script_reruns_skip_finished_stages_and_resume_exactly(script_run, tmp_p
     assert torch.equal(again.net.conv_out.weight, final.net.conv_out.weight)
 
 
+def test_script_without_stage1_distils_from_the_guided_teacher(tmp_path, monkeypatch):
+    """--stage1-steps 0: the round's teacher is the original model, called with per-sample w (two halves per call)."""
+    from train import distill
+    monkeypatch.setattr(train.common, "load_mnist", lambda *a, **k: _data(32))
+    tiny_teacher().save_pretrained(tmp_path / "teacher")
+    final, records = distill.main(_args(tmp_path, "run", "--stage1-steps", "0", "--grid-steps", "2", "--ship-steps", "1",
+                                        "--export-steps", "", "--steps", "2"))
+    assert [r["stage"] for r in records] == ["round-2-to-1"] and not (tmp_path / "run" / "guidance").exists()
+    assert final.distilled == {"steps": 1, "grid_steps": 2, "rho": 7.0, "guidance_range": [0.0, 4.0],
+                               "teacher": "teacher"}
+    assert sorted(p.name for p in (tmp_path / "run" / "w").iterdir()) == ["pcd"]
+
+
 def test_script_validates_the_plan():
     from train.distill import DistillConfig, round_plan
     assert round_plan(DistillConfig(grid_steps=16, steps=100)) == [(16, 8, 100), (8, 4, 100), (4, 2, 100), (2, 1, 100)]

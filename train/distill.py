@@ -172,7 +172,7 @@ def main(argv=None):
     w_range, sde = (cfg.w_min, cfg.w_max), teacher.sde
 
     def student_config(steps):
-        return distilled_config(steps, cfg.grid_steps, w_range, cfg.rho, teacher=str(cfg.teacher))
+        return distilled_config(steps, cfg.grid_steps, w_range, cfg.rho, teacher=Path(cfg.teacher).name)
 
     records, current = [], teacher
     if cfg.stage1_steps > 0:
