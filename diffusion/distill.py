@@ -25,7 +25,14 @@ from __future__ import annotations
 
 import torch
 
-from .samplers import SAMPLER_DESCRIPTIONS, SAMPLERS, Step, _check_steps, _denoiser, karras_sigmas
+from .samplers import (
+    SAMPLER_DESCRIPTIONS,
+    SAMPLERS,
+    Step,
+    _check_steps,
+    _denoiser,
+    karras_sigmas,
+)
 
 DEFAULT_RHO = 7.0
 
@@ -159,5 +166,5 @@ def ddim(score_model, x, labels=None, *, num_steps, generator=None, guidance=1.0
 
 # ---- registration (imported at the end of diffusion/samplers.py) --------------------------------------------------
 SAMPLERS["ddim"] = ddim
-SAMPLER_DESCRIPTIONS["ddim"] = ("DDIM (Euler on the probability-flow ODE), 1 NFE/step; the sampler of a distilled "
-                                "student (its own 1-4 step grid), plain DDIM on the Karras grid for other models")
+SAMPLER_DESCRIPTIONS["ddim"] = ("DDIM: Euler on the probability-flow ODE, 1 NFE/step; a distilled student's sampler "
+                                "(on its own 1-4 step grid), plain DDIM on the Karras grid for other models")

@@ -302,13 +302,14 @@ def sample(sampler, score_model, x, labels=None, **kwargs) -> tuple[torch.Tensor
 
 
 # ---- distilled students (diffusion/distill.py): registers "ddim", 1 NFE per step -----------------------------------
-from . import distill as _distill  # noqa: E402,F401  (adds "ddim" to SAMPLERS and SAMPLER_DESCRIPTIONS)
+from . import distill as _distill  # noqa: F401  (adds "ddim" to SAMPLERS and SAMPLER_DESCRIPTIONS)
+
 _nfe_for, _steps_for_nfe = nfe_for, steps_for_nfe
 
 
-def nfe_for(sampler: str, num_steps: int) -> int | None:  # noqa: F811
+def nfe_for(sampler: str, num_steps: int) -> int | None:
     return num_steps if sampler == "ddim" else _nfe_for(sampler, num_steps)
 
 
-def steps_for_nfe(sampler: str, nfe: int) -> int:  # noqa: F811
+def steps_for_nfe(sampler: str, nfe: int) -> int:
     return nfe if sampler == "ddim" else _steps_for_nfe(sampler, nfe)

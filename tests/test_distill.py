@@ -11,10 +11,26 @@ import pytest
 import torch
 
 import train.common
-from diffusion.distill import (ddim, ddim_step, distilled_config, make_student, progressive_target, sampling_sigmas,
-                               student_sigmas, teacher_sigmas, two_step_target)
+from diffusion.distill import (
+    ddim,
+    ddim_step,
+    distilled_config,
+    make_student,
+    progressive_target,
+    sampling_sigmas,
+    student_sigmas,
+    teacher_sigmas,
+    two_step_target,
+)
 from diffusion.pipeline import MODEL_DEFAULTS, Pipeline
-from diffusion.samplers import SAMPLERS, get_sampler, karras_sigmas, nfe_for, sample, steps_for_nfe
+from diffusion.samplers import (
+    SAMPLERS,
+    get_sampler,
+    karras_sigmas,
+    nfe_for,
+    sample,
+    steps_for_nfe,
+)
 from diffusion.score import ScoreModel
 from diffusion.sde import VESDE
 
@@ -80,7 +96,9 @@ def test_progressive_target_on_gaussian_is_the_one_step_flow_map():
     teacher = GaussianDenoiser()
     s, mid, nxt = 2.0, 0.9, 0.3
     x = torch.linspace(-3, 3, 16, dtype=torch.float64).reshape(1, 1, 4, 4)
-    a = lambda p, q: (S**2 + p * q) / (S**2 + p**2)              # noqa: E731
+    def a(p, q):  # slope of the DDIM map from sigma = p to q
+        return (S**2 + p * q) / (S**2 + p**2)
+
     x2 = MU + (x - MU) * a(s, mid) * a(mid, nxt)
     r = nxt / s
     expected = (x2 - r * x) / (1 - r)
@@ -342,8 +360,8 @@ def test_script_validates_the_plan():
 
 
 def test_sample_cli_with_a_distilled_student(tmp_path, monkeypatch):
-    import diffusion.hub as hub
     import diffusion.sample as cli
+    from diffusion import hub
     student = tiny_student(steps=4)
     torch.nn.init.normal_(student.net.guidance_embed[-1].weight)        # w matters, as after training
     student.save_pretrained(tmp_path / "pixel-cond-distilled")

@@ -24,8 +24,14 @@ from pathlib import Path
 
 import torch
 
-from diffusion.distill import (distilled_config, guidance_target, make_student, student_sigmas, two_step_target,
-                               weighted_error)
+from diffusion.distill import (
+    distilled_config,
+    guidance_target,
+    make_student,
+    student_sigmas,
+    two_step_target,
+    weighted_error,
+)
 from diffusion.images import save_grid
 from diffusion.pipeline import Pipeline
 from diffusion.score import ScoreModel
@@ -163,7 +169,7 @@ def run_stage(cfg: DistillConfig, index: int, name: str, steps: int, make, task,
 def main(argv=None):
     cfg = parse_config(DistillConfig, argv)
     plan = round_plan(cfg)
-    rank, world, device, (x_train, y_train) = setup(cfg)
+    _, world, device, (x_train, y_train) = setup(cfg)
     if world > 1:
         raise SystemExit("train.distill runs as one process (the teacher's calls are not split across ranks)")
     teacher = ScoreModel.from_pretrained(cfg.teacher).to(device).eval().requires_grad_(False)
@@ -186,7 +192,7 @@ def main(argv=None):
         prev = current.eval().requires_grad_(False)
         grid = student_sigmas(sde, cfg.grid_steps, t_steps, cfg.rho)          # the teacher's (t_steps + 1) sigmas
         current, rec = run_stage(cfg, index, f"round-{t_steps}-to-{s_steps}", opt_steps,
-                                 lambda: make_student(prev, student_config(s_steps), seed=cfg.seed),
+                                 lambda prev=prev, n=s_steps: make_student(prev, student_config(n), seed=cfg.seed),
                                  ProgressiveTask(prev, grid, cfg), x_train, y_train, device, s_steps,
                                  {"student_steps": s_steps, "teacher_steps": t_steps})
         records.append(rec)
