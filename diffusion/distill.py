@@ -25,14 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from .samplers import (
-    SAMPLER_DESCRIPTIONS,
-    SAMPLERS,
-    Step,
-    _check_steps,
-    _denoiser,
-    karras_sigmas,
-)
+from .samplers import SAMPLER_DESCRIPTIONS, SAMPLERS, Step, _check_steps, _denoiser, karras_sigmas
 
 DEFAULT_RHO = 7.0
 

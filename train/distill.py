@@ -24,14 +24,8 @@ from pathlib import Path
 
 import torch
 
-from diffusion.distill import (
-    distilled_config,
-    guidance_target,
-    make_student,
-    student_sigmas,
-    two_step_target,
-    weighted_error,
-)
+from diffusion.distill import (distilled_config, guidance_target, make_student, student_sigmas, two_step_target,
+                               weighted_error)
 from diffusion.images import save_grid
 from diffusion.pipeline import Pipeline
 from diffusion.score import ScoreModel
