@@ -347,7 +347,8 @@ def test_script_validates_the_plan():
     assert round_plan(DistillConfig(grid_steps=16, steps=100)) == [(16, 8, 100), (8, 4, 100), (4, 2, 100), (2, 1, 100)]
     assert round_plan(DistillConfig(grid_steps=8, round_steps="5,6,7"))[2] == (2, 1, 7)
     for bad in (dict(grid_steps=12), dict(round_steps="1,2"), dict(ship_steps=3), dict(export_steps="16"),
-                dict(end_steps=2, export_steps="1"), dict(w_min=2.0, w_max=1.0)):
+                dict(end_steps=2, export_steps="1"), dict(w_min=2.0, w_max=1.0),
+                dict(stage1_grid_fraction=1.5)):
         with pytest.raises(ValueError):
             round_plan(DistillConfig(**bad))
 
