@@ -173,8 +173,7 @@ def run_stage(cfg: DistillConfig, index: int, name: str, steps: int, make, task,
     record = {"stage": name, "steps": steps, **info, "first_loss": history[0]["loss"] if history else None,
               "final_loss": round(sum(tail) / max(1, len(tail)), 5), "wall_s": history[-1]["wall_s"] if history else 0.0}
     save_weights(_portable(ema), student_dir)
-    if w := min(max(cfg.sample_guidance, cfg.w_min), cfg.w_max):
-        _sample_grid(ema, sample_steps, w, stage_dir / "samples.png")
+    _sample_grid(ema, sample_steps, min(max(cfg.sample_guidance, cfg.w_min), cfg.w_max), stage_dir / "samples.png")
     done_json.write_text(json.dumps(record, indent=1) + "\n")
     print(f"{name}: {record}")
     return ema.to(device), record
