@@ -245,8 +245,12 @@ def test_config_round_trip_with_strict_loading(tmp_path):
 
 @pytest.mark.skipif(not (REPO / "weights" / "pixel-cond" / "model.safetensors").is_file(), reason="no shipped weights")
 def test_shipped_teacher_still_loads_strictly():
-    model = ScoreModel.from_pretrained(REPO / "weights" / "pixel-cond")
+    model = ScoreModel.from_pretrained(REPO / "weights" / "pixel-cond").eval()
     assert not model.guidance_embed and model.distilled is None
+    student = make_student(model, distilled_config(4, 16, (0.0, 4.0))).eval()       # and a student starts as it
+    x, labels = torch.randn(2, 1, 28, 28), torch.tensor([3, 7])
+    with torch.no_grad():
+        assert torch.equal(student.denoise(x, 1.5, labels, guidance=2.0), model.denoise(x, 1.5, labels))
 
 
 # ---------------------------------------------------------------- the training script
