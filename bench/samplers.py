@@ -305,7 +305,7 @@ def guidance_table(store: dict) -> str | None:
         nc = min(r["n"] for r in best.values())
         lines += [f"## {model}, {sampler}, {steps} steps (NFE {runs[0]['nfe']:.0f}), Nc = {nc} "
                   f"(train-vs-test floor at Nc: {_fmt(floor.get(str(nc)))})", "",
-                  f"| guidance w | accuracy@Nc | worst digit | FD@Nc | ms / image | N | accuracy (N) | FD (N) |",
+                  "| guidance w | accuracy@Nc | worst digit | FD@Nc | ms / image | N | accuracy (N) | FD (N) |",
                   "|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for w, r in sorted(best.items()):
             lines.append(f"| {w:g} | {_fmt(r.get('acc_at', {}).get(str(nc)), 3)} | {_fmt(min(r['per_class']), 2)} | "
@@ -468,7 +468,7 @@ def main(argv=None):
     prefixes = sorted({200, 400, 1000, args.samples} | {chunk})
     for n in sorted({10_000, *prefixes}):
         store["floor"][str(n)] = ev.floor(n)
-    print(f"floor (train vs test): " + ", ".join(f"N={n}: {v:.2f}" for n, v in store["floor"].items())
+    print("floor (train vs test): " + ", ".join(f"N={n}: {v:.2f}" for n, v in store["floor"].items())
           + f"  [{time.perf_counter() - t0:.0f} s]")
 
     t_all = time.perf_counter()

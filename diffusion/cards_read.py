@@ -1,41 +1,14 @@
-"""Reading model cards (weights/<name>/README.md, or the Hub download cache) and the revision-pin rule.
-
-The pin rule: an explicit revision wins; else the revision weights/hub.json pinned for that same repo; else none
-(the head of main). `hub.load_model` follows the same rule when it downloads weights.
+"""The metrics part of a model card, for display. Reading cards (`read_model_cards`) lives in diffusion.hub and the
+revision-pin rule (`resolve_revision`, re-exported here as `pinned_revision`) in diffusion.pinning: one place each.
 """
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-from .hub import DEFAULT_WEIGHTS_DIR, hub_pin
+from .hub import read_model_cards
+from .pinning import resolve_revision as pinned_revision
 
-
-def pinned_revision(hub_repo: str | None, revision: str | None, weights_dir=None) -> str | None:
-    """`revision`, else the revision weights/hub.json pinned for `hub_repo` (None without a repo or a pin)."""
-    if not hub_repo or revision:
-        return revision
-    pin = hub_pin(weights_dir)
-    return pin.get("revision") if pin.get("repo") == hub_repo else None
-
-
-def read_model_cards(names, weights_dir=None, hub_repo=None, revision=None) -> dict[str, str]:
-    """{name: card text} from weights/<name>/README.md, or the Hub download cache (no request) when `hub_repo` is
-    set, at `revision` or the pinned one."""
-    revision = pinned_revision(hub_repo, revision, weights_dir)
-    cards = {}
-    for name in names:
-        path = Path(weights_dir or DEFAULT_WEIGHTS_DIR) / name / "README.md"
-        if hub_repo:
-            try:
-                from huggingface_hub import hf_hub_download
-                path = Path(hf_hub_download(hub_repo, f"{name}/README.md", revision=revision, local_files_only=True))
-            except Exception:  # noqa: BLE001 - fall back to the local card
-                pass
-        if path.is_file():
-            cards[name] = path.read_text(encoding="utf-8", errors="replace")
-    return cards
-
+__all__ = ["card_metrics", "pinned_revision", "read_model_cards"]
 
 _METRIC_HEADING = re.compile(r"metric|evaluat|result|quality|accuracy|fid|performance|sample", re.I)
 

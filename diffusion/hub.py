@@ -23,13 +23,13 @@ from .pinning import PIN_FILE, hub_pin, pin_note, record_pin, resolve_revision  
 from .pipeline import Pipeline
 from .publish import push_folder, push_root_files, verify_folder  # noqa: F401
 from .registry import (CARD_NAME, DEFAULT_WEIGHTS_DIR, FOLDER_FILES, LOAD_FILES, MODEL_CLASSES,  # noqa: F401
-                       PIPELINE_NAMES, REQUIRED_FILES, check_name, model_folders, shown_path)
+                       PIPELINE_NAMES, REQUIRED_FILES, SAMPLEABLE_NAMES, DISTILLED_NAMES, check_name, model_folders, shown_path)
 from .registry import weights_dir as _weights_dir
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_WEIGHTS_DIR", "HubCorruptDownload", "HubFileNotFound", "HubLoadError", "HubRepoNotFound",
-           "HubRevisionNotFound", "HubUnreachable", "MODEL_CLASSES", "PIN_FILE", "PIPELINE_NAMES", "WeightsNotFound",
+           "HubRevisionNotFound", "HubUnreachable", "MODEL_CLASSES", "PIN_FILE", "PIPELINE_NAMES", "SAMPLEABLE_NAMES", "DISTILLED_NAMES", "WeightsNotFound",
            "download_folder", "fetch_folder", "hub_pin", "load_local", "load_model", "load_pipeline",
            "load_pipelines", "push_folder", "push_root_files", "read_model_cards", "record_pin", "resolve_revision",
            "verify_folder"]
@@ -139,8 +139,8 @@ def load_model(name: str, *, weights_dir=None, hub_repo: str | None = None, revi
 
 def load_pipeline(name: str, **kwargs) -> Pipeline:
     """Pipeline(score model, autoencoder for latent models); kwargs as load_model."""
-    if name not in PIPELINE_NAMES:
-        raise ValueError(f"{name!r} is not a diffusion model; choose one of {', '.join(PIPELINE_NAMES)}")
+    if name not in SAMPLEABLE_NAMES:
+        raise ValueError(f"{name!r} is not a diffusion model; choose one of {', '.join(SAMPLEABLE_NAMES)}")
     score = load_model(name, **kwargs)
     autoencoder = load_model("autoencoder", **kwargs) if score.in_channels != 1 else None
     return Pipeline(score, autoencoder, name=name)

@@ -17,6 +17,10 @@ from .timelapse import FILENAME as TIMELAPSE_NAME
 MODEL_CLASSES = {"pixel-uncond": ScoreModel, "pixel-cond": ScoreModel, "latent-cond": ScoreModel,
                  "autoencoder": AutoEncoder, "classifier": Classifier, "classifier-resnet": ResNetClassifier}
 PIPELINE_NAMES = ("pixel-uncond", "pixel-cond", "latent-cond")
+# few-step students distilled from pixel-cond (diffusion/distill.py, train/distill.py): 4, 2 and 1 network calls
+DISTILLED_NAMES = ("pixel-cond-distilled", "pixel-cond-distilled-2step", "pixel-cond-distilled-1step")
+MODEL_CLASSES |= {name: ScoreModel for name in DISTILLED_NAMES}
+SAMPLEABLE_NAMES = PIPELINE_NAMES + DISTILLED_NAMES   # what load_pipeline and the sampling CLI accept
 CARD_NAME = "README.md"
 FOLDER_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, TIMELAPSE_NAME)  # what a published folder may hold
 LOAD_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)                   # what loading a model downloads

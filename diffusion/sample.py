@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from .hub import PIPELINE_NAMES, WeightsNotFound, load_pipeline
+from .hub import SAMPLEABLE_NAMES, WeightsNotFound, load_pipeline
 from .images import save_grid
 from .pipeline import MODEL_DEFAULTS, PRECISIONS, defaults_for
 from .samplers import SAMPLERS
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m diffusion.sample", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Sample MNIST digits from a trained score model.",
         epilog=f"samplers:\n{samplers}\n\ndefaults per model (from bench/samplers.py):\n{defaults}")
-    p.add_argument("--model", choices=PIPELINE_NAMES, default="pixel-cond")
+    p.add_argument("--model", choices=SAMPLEABLE_NAMES, default="pixel-cond")
     p.add_argument("--digits", type=parse_digits, default=None, help="conditional models: e.g. 0-9, 3, 1,4,7")
     p.add_argument("--per-digit", type=positive_int, default=10, help="images per digit (conditional)")
     p.add_argument("--n", type=positive_int, default=None, help="number of images (unconditional)")
@@ -110,8 +110,11 @@ def main(argv=None) -> int:
     for b, start in enumerate(range(0, total, args.batch_size)):
         stop = min(start + args.batch_size, total)
         chunk = labels[start:stop] if labels is not None else None
-        imgs, last = pipe.generate(chunk, num_images=stop - start, sampler=args.sampler, num_steps=args.steps,
-                                   guidance=args.guidance, seed=args.seed + b)
+        try:
+            imgs, last = pipe.generate(chunk, num_images=stop - start, sampler=args.sampler, num_steps=args.steps,
+                                       guidance=args.guidance, seed=args.seed + b)
+        except ValueError as e:   # e.g. a step count or guidance a distilled student was not trained for
+            parser.error(str(e))
         images.append(imgs.numpy())
         nfe = last.nfe
     images = np.concatenate(images).astype(np.float32)

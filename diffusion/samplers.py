@@ -309,3 +309,7 @@ def sample(sampler, score_model, x, labels=None, **kwargs) -> tuple[torch.Tensor
     for step in fn(score_model, x, labels, **kwargs):
         pass
     return step.x, step.nfe
+
+
+# ---- distilled students: diffusion/distill.py registers "ddim" (1 NFE per step) -------------------------------------
+from . import distill as _distill  # noqa: E402,F401

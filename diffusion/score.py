@@ -16,6 +16,9 @@ loss_weight * ||D - x0||^2 = ||F - F*||^2 (compare NVlabs/edm `VEPrecond`, `EDMP
 
 Classifier-free guidance (Ho & Salimans 2022): s = s_uncond + w (s_cond - s_uncond); w = 1 is the
 plain conditional model, w = 0 the unconditional one. Both halves run in one batched call.
+A guidance-distilled student (`guidance_embed=True`, Meng et al. 2023; see diffusion.distill) takes w as a
+network input instead: one call, no null-class half. `distilled` records how it was distilled (step count,
+grid, guidance range) for the sampler that runs it.
 """
 from __future__ import annotations
 
@@ -35,7 +38,8 @@ class ScoreModel(nn.Module, SafeHubMixin, library_name="mnist-diffusion-lab", ta
     def __init__(self, sigma: float = 25.0, eps: float = 1e-3, in_channels: int = 1, image_size: int = 28,
                  channels=(16, 32, 64), attention_levels=(2,), num_classes: int | None = None,
                  embed_dim: int = 128, context_dim: int = 64, skip: str = "concat", heads: int = 4,
-                 precond: str = "song", sigma_data: float = 0.31):
+                 precond: str = "song", sigma_data: float = 0.31, guidance_embed: bool = False,
+                 distilled: dict | None = None):
         super().__init__()
         if precond not in PRECONDITIONINGS:
             raise ValueError(f"precond must be one of {', '.join(PRECONDITIONINGS)}, got {precond!r}")
@@ -44,7 +48,9 @@ class ScoreModel(nn.Module, SafeHubMixin, library_name="mnist-diffusion-lab", ta
         self.precond, self.sigma_data = precond, float(sigma_data)
         self.sde = VESDE(sigma, eps)
         self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
-        self.net = UNet(in_channels, channels, attention_levels, num_classes, embed_dim, context_dim, skip, heads)
+        self.guidance_embed, self.distilled = bool(guidance_embed), (dict(distilled) if distilled else None)
+        self.net = UNet(in_channels, channels, attention_levels, num_classes, embed_dim, context_dim, skip, heads,
+                        guidance_embed=self.guidance_embed)
 
     @property
     def conditional(self) -> bool:
@@ -77,17 +83,27 @@ class ScoreModel(nn.Module, SafeHubMixin, library_name="mnist-diffusion-lab", ta
         """lambda(sigma) = 1 / c_out^2: the weight on ||D - x0||^2 that makes it the network's unit-scaled error."""
         return 1.0 / self.coefficients(sigma)[1] ** 2
 
-    def _precond(self, x: torch.Tensor, sigma: torch.Tensor, labels):
+    def _precond(self, x: torch.Tensor, sigma: torch.Tensor, labels, w=None):
         """(c_skip, c_out, F) with the coefficients shaped (B, 1, 1, 1) for broadcasting over x (B, C, H, W)."""
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)   # float64: t -> sigma -> t is exact in float32
         view = (-1, 1, 1, 1)
-        f = self.net(x * c_in.view(view).to(x.dtype), c_noise.to(torch.float32), labels)
+        extra = {} if w is None else {"guidance": w}
+        f = self.net(x * c_in.view(view).to(x.dtype), c_noise.to(torch.float32), labels, **extra)
         return c_skip.view(view).to(x.dtype), c_out.view(view).to(x.dtype), f
 
     def _guided(self, fn, x: torch.Tensor, sigma: torch.Tensor, labels, guidance: float) -> torch.Tensor:
         """fn(x, sigma, labels) with classifier-free guidance: out_u + w (out_c - out_u), both halves in one batch
-        of 2B. Valid for the score and the denoiser alike (D is affine in s)."""
-        if labels is None or not self.conditional or guidance == 1.0:
+        of 2B. Valid for the score and the denoiser alike (D is affine in s). `guidance` a float or a (B,) tensor.
+        With guidance_embed, w goes into the network instead: fn(x, sigma, labels, w), one call on B."""
+        if self.guidance_embed:
+            if labels is not None and not self.conditional:
+                raise ValueError("this model is unconditional: labels must be None")
+            w = torch.as_tensor(guidance, device=x.device, dtype=torch.float32).expand(x.shape[0])
+            return fn(x, sigma, labels, w)
+        per_sample = torch.is_tensor(guidance) and guidance.ndim > 0
+        if per_sample:
+            guidance = guidance.to(x.device, x.dtype).view(-1, 1, 1, 1)  # (B,) -> (B, 1, 1, 1)
+        if labels is None or not self.conditional or (not per_sample and guidance == 1.0):
             if labels is not None and not self.conditional:
                 raise ValueError("this model is unconditional: labels must be None")
             return fn(x, sigma, labels)
@@ -98,16 +114,16 @@ class ScoreModel(nn.Module, SafeHubMixin, library_name="mnist-diffusion-lab", ta
         out_c, out_u = fn(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([labels, null])).chunk(2)
         return out_u + guidance * (out_c - out_u)
 
-    def _score_at(self, x, sigma, labels):
+    def _score_at(self, x, sigma, labels, w=None):
         # s = (D - x) / sigma^2 = (c_skip - 1) / sigma^2 x + c_out / sigma^2 F  (exactly F / sigma for "song")
-        c_skip, c_out, f = self._precond(x, sigma, labels)
+        c_skip, c_out, f = self._precond(x, sigma, labels, w)
         s2 = sigma.to(x.dtype).view(-1, 1, 1, 1) ** 2
         if self.precond == "song":
             return f / sigma.to(x.dtype).view(-1, 1, 1, 1)  # the shipped v1 weights' exact arithmetic
         return (c_skip - 1) / s2 * x + c_out / s2 * f
 
-    def _denoise_at(self, x, sigma, labels):
-        c_skip, c_out, f = self._precond(x, sigma, labels)
+    def _denoise_at(self, x, sigma, labels, w=None):
+        c_skip, c_out, f = self._precond(x, sigma, labels, w)
         return c_skip * x + c_out * f
 
     def _batch_sigma(self, x: torch.Tensor, value) -> torch.Tensor:

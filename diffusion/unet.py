@@ -8,6 +8,8 @@ The union of the seed tutorial's variants, as flags (in the spirit of NVlabs/edm
   being the null class used for classifier-free guidance (Ho & Salimans 2022).
 
 Time enters every residual block through Gaussian Fourier features -> MLP -> per-channel bias.
+`guidance_embed=True` (a guidance-distilled student, Meng et al. 2023) adds Fourier features of the guidance
+weight w -> MLP to that time embedding; its last layer starts at zero, so the student starts as its teacher.
 Spatial sizes need not be powers of two: 28 -> 14 -> 7 for pixels, 10 -> 5 -> 3 for latents;
 upsampling interpolates to the skip's exact size.
 """
@@ -46,7 +48,7 @@ class UNet(nn.Module):
 
     def __init__(self, in_channels: int = 1, channels=(32, 64, 128), attention_levels=(1, 2),
                  num_classes: int | None = None, embed_dim: int = 128, context_dim: int = 64,
-                 skip: str = "concat", heads: int = 4):
+                 skip: str = "concat", heads: int = 4, guidance_embed: bool = False):
         super().__init__()
         if skip not in ("concat", "add"):
             raise ValueError(f"skip must be 'concat' or 'add', got {skip!r}")
@@ -60,6 +62,12 @@ class UNet(nn.Module):
         self.time_embed = nn.Sequential(GaussianFourierProjection(embed_dim), nn.Linear(embed_dim, embed_dim), nn.SiLU())
         if num_classes is not None:
             self.class_embed = nn.Embedding(num_classes + 1, context_dim)  # row num_classes = null class
+        self.guidance_embed = None
+        if guidance_embed:  # w -> Fourier features (scale 0.5: smooth over w in [0, ~5]) -> MLP, added to temb
+            self.guidance_embed = nn.Sequential(GaussianFourierProjection(embed_dim, scale=0.5, seed=1),
+                                                nn.Linear(embed_dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
+            nn.init.zeros_(self.guidance_embed[-1].weight)
+            nn.init.zeros_(self.guidance_embed[-1].bias)
 
         def attn(level: int, ch: int):
             return SpatialTransformer(ch, cond_dim, heads) if level in attention_levels else None
@@ -107,8 +115,13 @@ class UNet(nn.Module):
     def _run(block, h, context):
         return block(h, context) if isinstance(block, SpatialTransformer) else block(h)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None,
+                guidance: torch.Tensor | None = None) -> torch.Tensor:
         temb = self.time_embed(t)  # (B, E)
+        if self.guidance_embed is not None:
+            if guidance is None:
+                raise ValueError("this network takes the guidance weight as an input: pass guidance (B,)")
+            temb = temb + self.guidance_embed(guidance)  # (B, E)
         if self.num_classes is not None and labels is None:
             labels = torch.full((x.shape[0],), self.num_classes, device=x.device)  # unconditional = null class
         context = self.embed_labels(labels) if labels is not None else None  # (B, 1, D)

@@ -128,7 +128,7 @@ def test_generate_is_reproducible(client):
 
 
 @pytest.mark.parametrize("param, value", [
-    ("model", "pixel-huge"), ("model", 3), ("digit", 10), ("digit", 2.5), ("digit", -1), ("sampler", "ddim"),
+    ("model", "pixel-huge"), ("model", 3), ("digit", 10), ("digit", 2.5), ("digit", -1), ("sampler", "ddpm"),
     ("steps", 0), ("steps", 1001), ("steps", 2.5), ("steps", "nan"), ("guidance", -0.5), ("guidance", 20.5),
     ("guidance", "inf"), ("seed", -1), ("seed", 2**31), ("seed", 1.5), ("num_images", 0), ("num_images", 65),
     ("num_images", True), ("num_images", "many"),

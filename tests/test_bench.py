@@ -101,6 +101,8 @@ def test_shipped_defaults_follow_the_rule_on_the_shipped_results():
 
     store = bs.load_store(bs.RESULTS / "samplers.json")
     for model, d in MODEL_DEFAULTS.items():
+        if d.sampler == "ddim":   # a distilled student: its step count is fixed by training, not chosen by the bench
+            continue
         runs = [r for r in store["runs"] if r["model"] == model and r["guidance"] in (d.guidance, None)]
         ref = bs.reference_run(runs, 1000)
         assert ref is not None, f"no 1000-sample EM-500 reference for {model}"

@@ -18,7 +18,7 @@ from diffusion.sde import VESDE
 
 MU, S = 2.0, 0.5
 SHAPE = (2000, 1, 4, 4)
-FIXED_STEP = ["dpmpp_2m", "dpmpp_2m_sde", "heun", "euler_maruyama", "predictor_corrector"]
+FIXED_STEP = ["dpmpp_2m", "dpmpp_2m_sde", "heun", "euler_maruyama", "predictor_corrector", "ddim"]
 ODE = ["dpmpp_2m", "heun", "rk45"]
 STOCHASTIC = ["euler_maruyama", "predictor_corrector", "dpmpp_2m_sde"]
 
@@ -252,14 +252,14 @@ def test_bad_num_steps_raises(name, bad):
 
 
 def test_registry_and_nfe_bookkeeping():
-    assert list(SAMPLERS) == ["dpmpp_2m", "dpmpp_2m_sde", "heun", "euler_maruyama", "predictor_corrector", "rk45"]
+    assert list(SAMPLERS) == ["dpmpp_2m", "dpmpp_2m_sde", "heun", "euler_maruyama", "predictor_corrector", "rk45", "ddim"]
     with pytest.raises(ValueError, match="dpmpp_2m"):
-        get_sampler("ddim")
+        get_sampler("ddpm")
     rk45 = sampler_spec("rk45")
     assert rk45.adaptive and rk45.nfe_for(10) is None and rk45.max_nfe == 2000 and rk45.typical_nfe
     with pytest.raises(ValueError, match="adaptive"):
         rk45.steps_for(100)
-    assert [sampler_spec(n).nfe_for(10) for n in FIXED_STEP] == [10, 10, 19, 10, 20]
+    assert [sampler_spec(n).nfe_for(10) for n in FIXED_STEP] == [10, 10, 19, 10, 20, 10]
     for name in FIXED_STEP:
         spec = sampler_spec(name)
         assert not spec.adaptive and spec.description and spec.fn is get_sampler(name)
