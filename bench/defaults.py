@@ -42,7 +42,10 @@ def pick(rows: list[dict], model: str, samples: int | None = None) -> dict:
     return choose_setting(ordered)
 
 
-def run(model: str, weights_dir: Path, settings: list[tuple[str, int, float]], samples: int, seed: int = 1234) -> list[dict]:
+def run(model: str, weights_dir: Path, settings: list[tuple[str, int, float]], samples: int, seed: int = 1234,
+        label: str | None = None) -> list[dict]:
+    """Sample and score each setting of `model` (from weights_dir); rows are stored under `label` (default: the
+    model name; e.g. "pixel-cond-v1" for superseded weights measured for comparison)."""
     from diffusion.hub import load_pipeline
     from train.evaluate import generate, load_evaluator
     rows = load_rows()
@@ -52,7 +55,7 @@ def run(model: str, weights_dir: Path, settings: list[tuple[str, int, float]], s
         t0 = time.perf_counter()
         images, labels, nfe, wall = generate(pipe, samples, sampler, steps, w, seed)
         m = evaluator.evaluate(images, labels if pipe.conditional else None)
-        row = {"model": model, "samples": samples, "seed": seed, "nfe": nfe, "seconds": round(time.perf_counter() - t0, 1),
+        row = {"model": label or model, "samples": samples, "seed": seed, "nfe": nfe, "seconds": round(time.perf_counter() - t0, 1),
                "setting": {"sampler": sampler, "steps": steps, "guidance": w}, "metrics": m,
                "weights": str(weights_dir)}
         rows = [r for r in rows if setting_key(r) != setting_key(row)] + [row]
@@ -110,12 +113,13 @@ def main(argv=None):
     p.add_argument("--refine", action="store_true", help="add the 0.25 grid around the current optimum")
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--label", default=None, help="store rows under this name (default: --model)")
     a = p.parse_args(argv)
     if not a.report_only:
         rows = load_rows()
         for steps in a.steps:
-            ws = refine_grid(rows, a.model, a.sampler, steps, a.samples) if a.refine else a.guidance
-            rows = run(a.model, Path(a.weights_dir), [(a.sampler, steps, w) for w in ws], a.samples)
+            ws = refine_grid(rows, a.label or a.model, a.sampler, steps, a.samples) if a.refine else a.guidance
+            rows = run(a.model, Path(a.weights_dir), [(a.sampler, steps, w) for w in ws], a.samples, label=a.label)
     print(report(load_rows()))
 
 

@@ -120,3 +120,18 @@ def test_a_larger_run_of_the_same_point_supersedes_the_smaller():
     assert sorted((r["steps"], r["n"]) for r in store["runs"]) == [(20, 1000), (50, 200)]
     bs.merge(store, _run("euler_maruyama", 20, 20, 31.0, n=200))      # a smaller rerun does not drop the larger
     assert sorted((r["steps"], r["n"]) for r in store["runs"]) == [(20, 200), (20, 1000), (50, 200)]
+
+
+def test_defaults_follow_the_two_evaluator_rule_on_the_shipped_sweep():
+    """For every model swept by bench/defaults.py (both feature spaces), MODEL_DEFAULTS is the rule's pick:
+    rerunning the sweep and changing a default without the other fails here."""
+    from bench import defaults as bd
+    from diffusion.pipeline import MODEL_DEFAULTS
+
+    rows = bd.load_rows()
+    swept = sorted({r["model"] for r in rows} & set(MODEL_DEFAULTS))
+    assert swept, "bench/results/defaults.json holds no sweep of a shipped model"
+    for model in swept:
+        best = bd.pick(rows, model)["setting"]
+        d = MODEL_DEFAULTS[model]
+        assert (best["sampler"], best["steps"], best["guidance"]) == (d.sampler, d.steps, d.guidance), model

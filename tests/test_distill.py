@@ -363,9 +363,7 @@ def test_sample_cli_with_a_distilled_student(tmp_path, monkeypatch):
     student = tiny_student(steps=4)
     torch.nn.init.normal_(student.net.guidance_embed[-1].weight)        # w matters, as after training
     student.save_pretrained(tmp_path / "pixel-cond-distilled")
-    monkeypatch.setattr(hub, "MODEL_CLASSES", {**hub.MODEL_CLASSES, "pixel-cond-distilled": ScoreModel})
-    monkeypatch.setattr(hub, "PIPELINE_NAMES", (*hub.PIPELINE_NAMES, "pixel-cond-distilled"))
-    monkeypatch.setattr(cli, "PIPELINE_NAMES", hub.PIPELINE_NAMES)
+    assert "pixel-cond-distilled" in hub.SAMPLEABLE_NAMES and hub.MODEL_CLASSES["pixel-cond-distilled"] is ScoreModel
     out = tmp_path / "s.npz"
     base = ["--model", "pixel-cond-distilled", "--digits", "0-2", "--per-digit", "2", "--weights-dir", str(tmp_path),
             "--out", str(out), "--device", "cpu", "--precision", "fp32"]

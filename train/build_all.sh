@@ -5,8 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m train.classifier --resume "$@"
+python -m train.classifier_resnet --resume "$@"          # the second, independent evaluator
 python -m train.autoencoder --perceptual none --resume "$@"   # LPIPS backbone is not downloadable offline
 python -m train.pixel_cond --resume "$@"
 python -m train.latent_cond --resume "$@"
 python -m train.pixel_uncond --resume "$@"
+python -m train.distill --teacher weights/pixel-cond --out runs/pixel-cond-distilled --weights-dir weights/pixel-cond-distilled --resume "$@"
 python -m train.evaluate --all
