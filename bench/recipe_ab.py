@@ -61,7 +61,7 @@ def ema_model(run_dir: Path, ckpt: Path) -> ScoreModel:
     return model.eval()
 
 
-def evaluate(arms, samples: int, guidances, steps: int = 10) -> list[dict]:
+def evaluate(arms, samples: int, guidances, steps: int = 10, at_steps=None) -> list[dict]:
     from train.evaluate import load_evaluator
     evaluator = load_evaluator()
     path = RESULTS / "recipe_ab.json"
@@ -73,6 +73,8 @@ def evaluate(arms, samples: int, guidances, steps: int = 10) -> list[dict]:
         for ckpt in sorted(run_dir.glob("ckpt-*")):
             meta = json.loads((ckpt / "state.json").read_text())
             step = int(meta["step"])
+            if at_steps and step not in at_steps:
+                continue
             for w in guidances:
                 if (arm, step, w, samples) in done:
                     continue
@@ -149,13 +151,14 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--guidance", type=float, nargs="+", default=[1.5])
+    p.add_argument("--at-steps", type=int, nargs="+", default=None, help="evaluate only these checkpoints")
     a = p.parse_args(argv)
     if a.train:
         t0 = time.time()
         train(a.arms, a.steps, a.ckpt_every, a.threads)
         print(f"trained {a.arms} in {time.time() - t0:.0f} s")
     if a.eval:
-        report(evaluate(a.arms, a.samples, a.guidance))
+        report(evaluate(a.arms, a.samples, a.guidance, at_steps=a.at_steps))
     elif (RESULTS / "recipe_ab.json").is_file():
         report(json.loads((RESULTS / "recipe_ab.json").read_text()))
 

@@ -152,8 +152,10 @@ def load_store(path: Path) -> dict:
 def merge(store: dict, rec: dict) -> None:
     """Add `rec`, replacing its own earlier run and any smaller run of the same point: with the same seed and chunk
     size a run's first n images are exactly the smaller run's images, so the larger run holds all it measured."""
-    same_point = lambda r: record_key(r)[:5] + record_key(r)[6:] == record_key(rec)[:5] + record_key(rec)[6:]
-    superseded = lambda r: same_point(r) and r["n"] <= rec["n"] and r.get("chunk") == rec.get("chunk")
+    def same_point(r):
+        return record_key(r)[:5] + record_key(r)[6:] == record_key(rec)[:5] + record_key(rec)[6:]
+    def superseded(r):
+        return same_point(r) and r["n"] <= rec["n"] and r.get("chunk") == rec.get("chunk")
     store["runs"] = [r for r in store["runs"] if not superseded(r)] + [rec]
 
 

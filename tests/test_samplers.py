@@ -217,7 +217,8 @@ def test_seed_controls_stochastic_samplers_only(name):
     """Same seed, same output; another seed changes a stochastic sampler's output but not an ODE solver's."""
     model = GaussianScore()
     x1 = VESDE().prior_sample((8, 1, 4, 4), torch.Generator().manual_seed(0))
-    run = lambda seed: sample(name, model, x1.clone(), num_steps=10, generator=torch.Generator().manual_seed(seed))[0]
+    def run(seed):
+        return sample(name, model, x1.clone(), num_steps=10, generator=torch.Generator().manual_seed(seed))[0]
     assert torch.equal(run(1), run(1))
     if name in STOCHASTIC:
         assert not torch.allclose(run(1), run(2))
