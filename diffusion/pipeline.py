@@ -29,7 +29,7 @@ class SamplingDefaults:
 # EM-500's FD at every NFE (the ODE carries the score model's errors to the end), while the SDE form of the same
 # solver, at the same 10 NFE, lands below EM-500.
 MODEL_DEFAULTS = {
-    "pixel-cond": SamplingDefaults("dpmpp_2m", 10, 2.0),
+    "pixel-cond": SamplingDefaults("dpmpp_2m", 10, 1.5),
     "latent-cond": SamplingDefaults("dpmpp_2m", 10, 2.0),
     "pixel-uncond": SamplingDefaults("dpmpp_2m_sde", 10, 2.0),
     # distilled students of pixel-cond (diffusion/distill.py, train/distill.py): the step count is the one each was
