@@ -1,0 +1,85 @@
+"""Distilled students beside their teacher: FD ratio / KID / accuracy in both evaluators' feature spaces vs NFE and w.
+
+    python -m bench.distill_quality --samples 2000 --guidance 1.5 2     # bench/results/distillation.{json,md}, grids
+
+Rows: the teacher at its default (dpmpp_2m, 10 steps = 20 NFE with guidance's doubled batch, counted as 10 calls),
+the teacher's 16-step DDIM (the sampler the students imitate), and every student folder present
+(pixel-cond-distilled = 4 NFE, -2step, -1step). Same seeds for every row.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from diffusion.images import save_grid
+from diffusion.pipeline import defaults_for
+from diffusion.registry import DISTILLED_NAMES
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def rows_for(weights_dir: Path, guidances, samples: int, seed: int = 1234) -> list[dict]:
+    from diffusion.hub import load_pipeline
+    from train.evaluate import generate, load_evaluator
+    evaluator = load_evaluator(weights_dir)
+    plan = [("pixel-cond", "dpmpp_2m", 10), ("pixel-cond", "ddim", 16)]
+    plan += [(n, "ddim", defaults_for(n).steps) for n in DISTILLED_NAMES if (weights_dir / n / "model.safetensors").is_file()]
+    rows = []
+    for name, sampler, steps in plan:
+        pipe = load_pipeline(name, weights_dir=weights_dir)
+        for w in guidances:
+            t0 = time.perf_counter()
+            images, labels, nfe, wall = generate(pipe, samples, sampler, steps, w, seed)
+            m = evaluator.evaluate(images, labels)
+            calls_per_step = 1 if name in DISTILLED_NAMES or w == 1.0 else 2   # students take w as an input
+            rows.append({"model": name, "sampler": sampler, "steps": steps, "guidance": w, "samples": samples,
+                         "network_calls": nfe, "image_evaluations_per_sample": nfe * calls_per_step,
+                         "seconds_per_image": wall / samples, "metrics": m})
+            if name in DISTILLED_NAMES and w == guidances[0]:
+                order = torch.argsort(labels, stable=True)
+                save_grid(images[order][:: max(1, samples // 100)][:100, 0], DOCS / f"samples-{name}.png", nrow=10, scale=2)
+            print(name, sampler, steps, w, {k: round(v["frechet_ratio"], 2) for k, v in m["evaluators"].items()},
+                  f"{time.perf_counter() - t0:.0f}s", flush=True)
+    return rows
+
+
+def report(rows: list[dict]) -> str:
+    lines = ["# Distilled students vs the teacher (pixel-cond)", "",
+             "FD ratio = FD / same-N real floor; c = weights/classifier, r = weights/classifier-resnet. 'image evals' counts "
+             "network evaluations per image (a guided teacher call evaluates a doubled batch: 2 per step). Produced by "
+             "`python -m bench.distill_quality`.", "",
+             "| model | sampler | steps | image evals | w | N | FD ratio c / r | KID c / r (x1e3) | precision c / r | "
+             "recall c / r | accuracy c / r | confident | speck | ms / image |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m = r["metrics"]
+        c, q = m["evaluators"]["classifier"], m["evaluators"].get("classifier-resnet", {})
+        f = lambda d, k, sc=1.0, fmt=".2f": format(d[k] * sc, fmt) if k in d else "n/a"  # noqa: E731
+        lines.append(f"| {r['model']} | {r['sampler']} | {r['steps']} | {r['image_evaluations_per_sample']} | {r['guidance']:g} | "
+                     f"{r['samples']} | {f(c, 'frechet_ratio')} / {f(q, 'frechet_ratio')} | {f(c, 'kid_mean', 1e3)} / "
+                     f"{f(q, 'kid_mean', 1e3)} | {f(c, 'precision')} / {f(q, 'precision')} | {f(c, 'recall')} / "
+                     f"{f(q, 'recall')} | {f(c, 'conditional_accuracy', 100, '.1f')} / {f(q, 'conditional_accuracy', 100, '.1f')} | "
+                     f"{100 * m.get('confident_rate', float('nan')):.1f}% | {100 * m['speck_rate']:.1f}% | "
+                     f"{1000 * r['seconds_per_image']:.1f} |")
+    text = "\n".join(lines) + "\n"
+    (RESULTS / "distillation.md").write_text(text)
+    return text
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights-dir", default="weights")
+    p.add_argument("--samples", type=int, default=2000)
+    p.add_argument("--guidance", type=float, nargs="+", default=[1.5, 2.0])
+    a = p.parse_args(argv)
+    rows = rows_for(Path(a.weights_dir), a.guidance, a.samples)
+    (RESULTS / "distillation.json").write_text(json.dumps(rows, indent=1) + "\n")
+    print(report(rows))
+
+
+if __name__ == "__main__":
+    main()
