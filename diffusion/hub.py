@@ -42,6 +42,14 @@ class WeightsNotFound(FileNotFoundError):
 # ---------------------------------------------------------------- local
 
 
+def train_command(name: str) -> str:
+    """The command that builds `name`'s weights folder (a student comes from the teacher by train.distill)."""
+    if name in DISTILLED_NAMES:
+        return ("python -m train.distill --teacher weights/pixel-cond --out runs/pixel-cond-distilled "
+                "--weights-dir weights/pixel-cond-distilled (writes all three students)")
+    return f"python -m train.{name.replace('-', '_')}"
+
+
 def load_local(name: str, weights_dir=None, device="cpu"):
     """Load weights/<name>/ strictly; a clear error when it is missing or unsafe."""
     cls = check_name(name)
@@ -56,7 +64,7 @@ def load_local(name: str, weights_dir=None, device="cpu"):
         raise WeightsNotFound(
             f"no trained weights for {name!r} in {folder} (need {CONFIG_NAME} and {WEIGHTS_NAME}). "
             f"Get them with `git lfs pull`/a fresh clone (they ship in weights/), download them with "
-            f"--hub-repo REPO_ID, or train them: python -m train.{name.replace('-', '_')}")
+            f"--hub-repo REPO_ID, or train them: {train_command(name)}")
     return cls.from_pretrained(str(folder), map_location=str(device)).to(device)
 
 
