@@ -163,7 +163,6 @@ def test_without_students_the_teacher_runs_and_the_page_says_so(teacher):
 def test_without_any_model_live_is_off_and_says_how_to_build_the_students(teacher):
     tab = _live_tab(teacher, students=(), with_teacher=False)
     assert "Live mode is off" in tab.banner() and BUILD_COMMAND in tab.banner()
-    assert tab.first_result() == (None, "", None)
     with pytest.raises(gr.Error, match="train.distill"):
         run(tab, steps=FALLBACK_STEPS)
 
@@ -212,3 +211,34 @@ def test_live_endpoint_refuses_bad_input_by_name(client, param, value):
     args[param] = value
     with pytest.raises(AppError, match=param):
         client.predict(*args.values(), **LIVE)
+
+
+# ---------------------------------------------------------------- bench/live_latency.py
+
+def test_live_latency_bench_against_the_running_app(app_url, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "live.md"
+    proc = subprocess.run([sys.executable, str(root / "bench" / "live_latency.py"), "--url", app_url, "--repeats", "2",
+                           "--warmup", "0", "--steps", "1,4", "--out", str(out)], capture_output=True, text=True,
+                          timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = out.read_text()
+    assert "| 1 | pixel-cond-distilled-1step | 1 | 16 |" in table and "| 4 | pixel-cond-distilled | 4 | 16 |" in table
+    assert "load average" in table and "cores" in table
+
+
+def test_live_latency_bench_makes_students_beside_links_to_the_other_models(tiny_weights, tmp_path):
+    from bench import live_latency as bench
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "pixel-cond").symlink_to(tiny_weights / "pixel-cond")
+    out = bench.make_weights(src, tiny_weights / "pixel-cond", tmp_path / "out")
+    assert (out / "pixel-cond").is_symlink()
+    for name in DISTILLED_NAMES:
+        assert (out / name / "model.safetensors").is_file() and not (out / name).is_symlink()
+    assert bench.pct([5, 1, 4, 2, 3, 6, 7, 8, 9, 10], 0.9) == 9 and bench.pct([1.0], 0.9) == 1.0

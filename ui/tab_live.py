@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
+import torch
 
 from diffusion.cost import work_batch
 from diffusion.registry import DISTILLED_NAMES
@@ -154,24 +155,16 @@ class LiveTab:
         label_arg = f"[{digit}] * {n}" if digit is not None else f"[k % 10 for k in range({n})]"
         summary = (f"{what} · {kind}\n\n"
                    f"{runner.steps} step{'s' if runner.steps > 1 else ''} = **{step.nfe} NFE**: {calls} · "
-                   f"server **{fmt_s(server)}** wall time (sampling {fmt_s(step.elapsed)})"
-                   f"{lab.classifier_line(step.x, digit)}\n\n"
+                   f"server **{fmt_s(server)}** wall time (sampling {fmt_s(step.elapsed)})\n\n"
                    f"Reproduce: `load_pipeline('{runner.name}').generate({label_arg}, sampler='{runner.sampler}', "
                    f"num_steps={runner.steps}, guidance={guidance:g}, seed={seed})`")
+        # (no evaluation-classifier reading here, unlike Generate: on 16 images it costs about as much as 4 student
+        # steps, and live mode is about speed)
         timing = dict(model=runner.name, sampler=runner.sampler, steps=runner.steps, nfe=step.nfe, batch=batch,
                       num_images=n, digit=digit, guidance=guidance, seed=seed, student=runner.student,
                       server_s=round(server, 6), sampling_s=round(step.elapsed, 6),
-                      cpu_s=round(time.process_time() - cpu_start, 6))
+                      cpu_s=round(time.process_time() - cpu_start, 6), threads=torch.get_num_threads())
         yield picture, summary, timing
-
-    def first_result(self):
-        """The grid at the default settings, computed once when the page is built (no cost per visitor)."""
-        out = (None, "", None)
-        if self.runners:
-            for out in self.live(DEFAULT_DIGIT, self.default_steps, self.default_guidance, DEFAULT_SEED,
-                                 DEFAULT_LIVE_IMAGES):
-                pass
-        return out
 
     @property
     def default_steps(self) -> int:
@@ -229,15 +222,19 @@ class LiveTab:
             dice = gr.Button("Random seed", scale=0, min_width=130, interactive=usable)
             n = gr.Slider(1, MAX_LIVE_IMAGES, DEFAULT_LIVE_IMAGES, step=1, label="Number of images",
                           elem_id="live-n", interactive=usable)
-        picture, summary, timing = self.first_result()
-        out = gr.Image(picture, label="Samples (updated live)", height=GRID_PX + 10, elem_id="live-grid", **IMG)
-        status = gr.Markdown(summary, elem_id="live-status")
-        info = gr.JSON(timing, visible=False, label="timing")        # for gradio_client: server time, NFE, batch
+        out = gr.Image(None, label="Samples (updated live)", height=GRID_PX + 10, elem_id="live-grid", **IMG)
+        status = gr.Markdown("Opening this tab or moving any control draws the grid." if usable else "",
+                             elem_id="live-status")
+        info = gr.JSON(None, visible=False, label="timing")          # for gradio_client: server time, NFE, batch
         note(EXPLAINED)
 
         inputs = [digit, steps, guidance, seed, n]
-        # .change fires while the slider is dragged as well as on release (and when the seed button sets the seed)
-        gr.on([c.change for c in inputs], self.live, inputs, [out, status, info], api_name="live",
+        # .change fires while the slider is dragged as well as on release (and when the seed button sets the seed);
+        # the first grid is drawn when the tab is opened (the tab being laid out), so a visitor who never opens it
+        # costs nothing and the app starts without sampling
+        tab = gr.context.Context.block
+        opened = [tab.select] if isinstance(tab, gr.Tab) and usable else []
+        gr.on([*opened, *(c.change for c in inputs)], self.live, inputs, [out, status, info], api_name="live",
               trigger_mode="always_last", show_progress="hidden", **page.heavy)
         dice.click(None, None, seed, js=f"() => Math.floor(Math.random() * {MAX_SEED})", queue=False,
                    api_visibility="private")
