@@ -130,8 +130,8 @@ def test_live_redraws_while_the_guidance_slider_is_dragged(page):
     page.mouse.up()
     w = float(page.input_value("#live-guidance input[type=number]"))
     assert w < 1.5, w
-    page.wait_for_function(f"() => document.querySelector('#live-status').innerText.includes('guidance w = {w:g} ')",
-                           timeout=120_000)
+    page.wait_for_function("() => { const t = document.querySelector('#live-status').innerText;"
+                           f" return t.includes('guidance w = {w:g} ') && t.includes('NFE'); }}", timeout=120_000)
     page.wait_for_function(f"() => document.querySelector('{LIVE_IMG}').src !== {before_src!r}", timeout=30_000)
     after_src, after = _live_image(page)
     assert after_src != before_src and after != before               # a new picture, not the same file again

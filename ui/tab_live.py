@@ -141,8 +141,8 @@ class LiveTab:
                 lab.check_time(step.elapsed)
                 now = time.perf_counter()
                 if not step.final and now - last_emit >= PREVIEW_INTERVAL:   # slow (busy CPU, teacher): a point
-                    last_emit = now                                          # where a cancel takes effect
-                    yield gr.skip(), f"{what}\n\nstep {step.i + 1}/{runner.steps}…", gr.skip()
+                    last_emit = now         # where a cancel takes effect; the page keeps the last grid and its text
+                    yield gr.skip(), gr.skip(), gr.skip()
         except (ValueError, RuntimeError) as e:      # the library's own checks (step count, guidance range)
             raise gr.Error(str(e), print_exception=False) from None
         picture = show_grid(step.x)
