@@ -17,9 +17,11 @@ import torch
 import diffusion.pipeline as dp
 from diffusion import hub
 from diffusion.cards_read import read_model_cards
+from diffusion.registry import DISTILLED_NAMES, SAMPLEABLE_NAMES
 from ui import CSS, build_demo
 from ui.lab import DEFAULT_MAX_SECONDS
 from ui.tab_about import CARD_NAMES
+from ui.tab_live import student_messages
 
 
 def pick_device() -> torch.device:
@@ -44,9 +46,11 @@ def create_demo(weights_dir=None, hub_repo=None, revision=None, device=None, pre
     device = device or pick_device()
     dp.resolve_precision(precision, device)                     # a bad value fails here, before any loading
     notes: list[str] = []
-    pipelines, messages = hub.load_pipelines(weights_dir=weights_dir, hub_repo=hub_repo, revision=revision,
-                                             device=device)     # no revision: the one pinned in hub.json
-    for pipe in pipelines.values():
+    pipelines, messages = hub.load_pipelines(SAMPLEABLE_NAMES, weights_dir=weights_dir, hub_repo=hub_repo,
+                                             revision=revision, device=device)  # no revision: the one in hub.json
+    students = {name: pipelines.pop(name) for name in DISTILLED_NAMES if name in pipelines}   # the Live tab's
+    messages = student_messages(messages, students)
+    for pipe in [*pipelines.values(), *students.values()]:
         pipe.precision = precision
     classifier = None
     try:
@@ -55,7 +59,8 @@ def create_demo(weights_dir=None, hub_repo=None, revision=None, device=None, pre
     except Exception as e:  # noqa: BLE001 - optional: the app works without it
         notes.append(f"classifier: unavailable, generated digits are not checked ({type(e).__name__})")
     cards = read_model_cards(CARD_NAMES, weights_dir, hub_repo, revision)
-    return build_demo(pipelines, notes + messages, classifier=classifier, cards=cards, device=device, **kwargs)
+    return build_demo(pipelines, notes + messages, classifier=classifier, cards=cards, device=device,
+                      students=students, **kwargs)
 
 
 def __getattr__(name: str):

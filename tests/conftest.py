@@ -39,14 +39,17 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory):
-    """weights/<name>/ for every model the app loads, tiny and random (seeded); a model card for pixel-cond."""
-    from factories import tiny_model
+    """weights/<name>/ for every model the app loads, tiny and random (seeded); a model card for pixel-cond; the
+    distilled 4-, 2- and 1-step students of the tiny pixel-cond (untrained: valid, if poor, images)."""
+    from factories import tiny_model, tiny_students
 
     root = tmp_path_factory.mktemp("weights")
     models = {name: tiny_model(name) for name in ("pixel-cond", "pixel-uncond", "latent-cond", "autoencoder",
                                                   "classifier")}
     for name, model in models.items():
         model.save_pretrained(root / name)
+    for name, student in tiny_students(models["pixel-cond"]).items():
+        student.save_pretrained(root / name)
     (root / "pixel-cond" / "README.md").write_text(TINY_CARD.format(name="pixel-cond"))
     return root
 

@@ -29,3 +29,21 @@ def tiny_model(name: str, seed: int = 0):
     if name == "classifier":
         return Classifier(width=4, feature_dim=8).eval()
     raise ValueError(name)
+
+
+def tiny_students(teacher, names=None, guidance_range=(0.0, 4.0), grid_steps: int = 16, w_std: float = 0.5) -> dict:
+    """{name: untrained student} for the distilled names (4, 2 and 1 step), made from `teacher` as train.distill
+    starts them (w an input, the `distilled` config), except that the w-embedding's last layer, zero at the start of
+    training, is set to seeded N(0, w_std^2) values: the output then depends on w, as a trained student's does."""
+    from diffusion.distill import distilled_config, make_student
+    from diffusion.registry import DISTILLED_NAMES
+
+    steps = dict(zip(DISTILLED_NAMES, (4, 2, 1)))
+    students = {}
+    for name in names or DISTILLED_NAMES:
+        student = make_student(teacher, distilled_config(steps[name], grid_steps, guidance_range, teacher="pixel-cond"))
+        last = student.net.guidance_embed[-1]
+        with torch.no_grad():
+            last.weight.copy_(torch.randn(last.weight.shape, generator=torch.Generator().manual_seed(1)) * w_std)
+        students[name] = student.eval()
+    return students

@@ -29,6 +29,9 @@ def page(app_url):
             browser.close()
 
 
+LIVE_IMG = "#live-grid img"
+
+
 def _natural_width(page, selector: str) -> int:
     return page.eval_on_selector(selector, "img => img.complete ? img.naturalWidth : 0")
 
@@ -101,3 +104,36 @@ def test_forward_pick_and_draw(page):
     page.wait_for_function("() => document.querySelector('#fwd-status').innerText.includes('your drawing')",
                            timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "app_forward_diffusion_drawn.png"), full_page=True)
+
+
+def _live_image(page) -> tuple[str, bytes]:
+    """The Live grid's src and the PNG bytes it points at, once it has loaded."""
+    page.wait_for_function(f"() => {{ const i = document.querySelector('{LIVE_IMG}');"
+                           " return i && i.complete && i.naturalWidth > 0; }", timeout=120_000)
+    src = page.get_attribute(LIVE_IMG, "src")
+    return src, page.request.get(src).body()
+
+
+def test_live_redraws_while_the_guidance_slider_is_dragged(page):
+    """Opening Live draws a grid (no button); dragging the guidance slider draws it again, for the new w."""
+    page.get_by_role("tab", name="Live").click()
+    page.wait_for_function("() => (document.querySelector('#live-status') || {}).innerText?.includes('NFE')",
+                           timeout=120_000)
+    assert "guidance w = 2 " in page.inner_text("#live-status")
+    before_src, before = _live_image(page)
+    assert _natural_width(page, LIVE_IMG) >= 400
+    track = page.locator("#live-guidance input[type=range]").bounding_box()
+    y = track["y"] + track["height"] / 2
+    page.mouse.move(track["x"] + track["width"] * 0.5, y)            # the thumb: w = 2 on [0, 4]
+    page.mouse.down()
+    page.mouse.move(track["x"] + track["width"] * 0.2, y, steps=8)    # drag left, through several values
+    page.mouse.up()
+    w = float(page.input_value("#live-guidance input[type=number]"))
+    assert w < 1.5, w
+    page.wait_for_function("() => { const t = document.querySelector('#live-status').innerText;"
+                           f" return t.includes('guidance w = {w:g} ') && t.includes('NFE'); }}", timeout=120_000)
+    page.wait_for_function(f"() => document.querySelector('{LIVE_IMG}').src !== {before_src!r}", timeout=30_000)
+    after_src, after = _live_image(page)
+    assert after_src != before_src and after != before               # a new picture, not the same file again
+    assert page.locator('[data-testid="toast-body"]').count() == 0, page.inner_text("body")[:300]
+    page.screenshot(path=str(ARTIFACTS / "app_live.png"), full_page=True)

@@ -15,8 +15,9 @@ from .tab_compare import CompareTab
 from .tab_embeddings import EmbeddingsTab
 from .tab_forward import ForwardTab
 from .tab_generate import GenerateTab
+from .tab_live import LiveTab
 
-TABS = [GenerateTab, CompareTab, EmbeddingsTab, ForwardTab, AboutTab]
+TABS = [GenerateTab, LiveTab, CompareTab, EmbeddingsTab, ForwardTab, AboutTab]
 
 HERE = Path(__file__).resolve().parent
 INTRO = (HERE / "intro.md").read_text(encoding="utf-8")
@@ -43,10 +44,16 @@ def _models_panel(lab: Lab, device, concurrency: int, max_queue: int, max_second
 
 def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | None = None,
                max_seconds: float = DEFAULT_MAX_SECONDS, concurrency: int | None = None, max_queue: int = 16,
-               device: torch.device | str | None = None, calibrate: bool = True) -> gr.Blocks:
-    """The app, for already loaded pipelines {name: Pipeline}; `messages` say where models came from.
+               device: torch.device | str | None = None, calibrate: bool = True,
+               students: dict | None = None) -> gr.Blocks:
+    """The app, for already loaded pipelines {name: Pipeline}; `messages` say where models came from; `students`:
+    the distilled few-step students of pixel-cond {name: Pipeline} (the Live tab's; kept apart from the models
+    the other tabs offer, as `lab.students`).
     The Blocks carry `.lab` (the shared state) and `.tabs` ({tab class name: tab}) for tests and benchmarks."""
     lab = Lab(pipelines, messages, classifier=classifier, max_seconds=max_seconds, calibrate=calibrate)
+    lab.students = dict(students or {})
+    for name, pipe in lab.students.items() if calibrate else ():     # timed once, which also warms them up
+        lab.cost.measure(name, pipe.score_model)
     device = device or (next(iter(pipelines.values())).device if pipelines else "cpu")
     concurrency = concurrency or (2 if torch.device(device).type == "cuda" else 1)
     tabs = {cls.__name__: cls(lab) for cls in TABS}
@@ -62,5 +69,5 @@ def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | N
     return demo
 
 
-__all__ = ["CSS", "TABS", "AboutTab", "CompareTab", "EmbeddingsTab", "ForwardTab", "GenerateTab", "Lab", "Page",
-           "build_demo"]
+__all__ = ["CSS", "TABS", "AboutTab", "CompareTab", "EmbeddingsTab", "ForwardTab", "GenerateTab", "Lab", "LiveTab",
+           "Page", "build_demo"]
