@@ -150,7 +150,7 @@ class GenerateTab:
                         [xt, x0, status, final, gif, anim], api_name="generate", **page.heavy)
         stop.click(None, cancels=[gen])
         model.change(self.recommended_settings, model, [sampler, steps], api_name="recommended_settings",
-                     queue=False, show_progress="hidden")
+                     queue=False, show_progress="hidden", preprocess=False)
         gr.on([model.change, sampler.change, steps.change, n.change, guidance.change], self.estimate,
               [model, sampler, steps, n, guidance], cost, api_name="estimate_cost", queue=False,
               preprocess=False, show_progress="hidden")
