@@ -246,7 +246,7 @@ def main(argv=None) -> None:
                 ("model", "digit", "sampler", "steps", "guidance", "seed", "num_images"), NORMAL)), load_avg_start=load_start, load_avg_end=os.getloadavg(),
             cpu_count=os.cpu_count(), rss_baseline_mib=round(baseline, 1), rss_peak_mib=round(max(rss), 1),
             rss_final_mib=round(final, 1), final_vs_baseline_pct=round(100 * (final - baseline) / baseline, 1),
-            peak_minus_baseline_mib=round(max(rss) - baseline, 1),
+            peak_minus_baseline_mib=round(max(rss) - baseline, 1), rss_series_mib=[round(r, 1) for r in rss],
             latency_idle_s=dict(median=round(statistics.median(idle), 2), max=round(max(idle), 2)),
             latency_during_s=dict(n=len(during), median=round(statistics.median(during), 2) if during else None,
                                   max=round(max(during), 2) if during else None),
