@@ -18,7 +18,7 @@ import diffusion.pipeline as dp
 from diffusion import hub
 from diffusion.cards_read import read_model_cards
 from diffusion.registry import DISTILLED_NAMES, SAMPLEABLE_NAMES
-from ui import CSS, build_demo
+from ui import CSS, build_demo, limits
 from ui.lab import DEFAULT_MAX_SECONDS
 from ui.tab_about import CARD_NAMES
 from ui.tab_live import student_messages
@@ -32,11 +32,13 @@ def pick_device() -> torch.device:
 def launch_kwargs(host: str | None = None, port: int | None = None) -> dict:
     """Launch settings: CSS, and gradio's routes this app does not use switched off (monitoring, MCP, PWA,
     run history); uploads (drawings) capped at 5 MB; nothing extra is served (no allowed_paths: the weights
-    stay private)."""
+    stay private). ui/limits.py's middleware and lifespan hook: request bodies capped (413), unused routes closed,
+    nosniff, bounded session state, cancel and disconnect seen by the per-evaluation guard."""
     return dict(server_name=host or os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                 server_port=int(port or os.environ.get("GRADIO_SERVER_PORT", 7860)),
                 css=CSS, footer_links=["api", "gradio"], run_history=False, enable_monitoring=False,
-                mcp_server=False, pwa=False, ssr_mode=False, show_error=False, max_file_size="5mb")
+                mcp_server=False, pwa=False, ssr_mode=False, show_error=False, max_file_size="5mb",
+                app_kwargs=limits.app_kwargs(), state_session_capacity=limits.SESSION_CAPACITY)
 
 
 def create_demo(weights_dir=None, hub_repo=None, revision=None, device=None, precision: str = "auto",

@@ -10,6 +10,7 @@ import torch
 
 from .controls import Page
 from .lab import DEFAULT_MAX_SECONDS, Lab
+from .limits import cap_editor_blobs
 from .tab_about import AboutTab
 from .tab_compare import CompareTab
 from .tab_embeddings import EmbeddingsTab
@@ -65,6 +66,7 @@ def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | N
             with gr.Tab(tab.title):
                 tab.layout(page)
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
+    cap_editor_blobs(demo)                     # every Sketchpad's blob route, whichever tab made it
     demo.lab, demo.tabs = lab, tabs
     return demo
 

@@ -14,12 +14,13 @@ import gradio as gr
 import numpy as np
 import torch
 
-from diffusion.cost import CostModel, work_batch
+from diffusion.cost import CostModel, seconds_per_nfe, work_batch
 from diffusion.hub import PIPELINE_NAMES
 from diffusion.images import gif_bytes
 from diffusion.samplers import SAMPLERS, sampler_spec
 from diffusion.sde import VESDE
 
+from .limits import STOPS
 from .pictures import PREVIEW_FRAMES
 from .validation import MAX_GUIDANCE, MAX_SEED, MAX_STEPS, bad, check_choice, check_float, check_int
 
@@ -59,9 +60,14 @@ class Lab:
         self.tmp = Path(tempfile.mkdtemp(prefix="mnist-diffusion-lab-"))
         atexit.register(shutil.rmtree, self.tmp, ignore_errors=True)
         self.cost = CostModel()
+        self.call_floor: dict[str, float] = {}    # images a batch-of-one call costs as (per-call overhead)
         if calibrate:
             for name, pipe in self.pipelines.items():
-                self.cost.measure(name, pipe.score_model, pipe.autoencoder.decode if pipe.is_latent else None)
+                decode = pipe.autoencoder.decode if pipe.is_latent else None
+                rate = self.cost.measure(name, pipe.score_model, decode)
+                self.call_floor[name] = max(1.0, seconds_per_nfe(pipe.score_model, 1, decoder=decode, reps=3) / rate)
+        for pipe in self.pipelines.values():       # every network evaluation, in every handler, runs the guard
+            getattr(pipe.score_model, "net", pipe.score_model).register_forward_pre_hook(self.guard_nfe)
 
     # -- guards ------------------------------------------------------------------------------------
     def pipeline(self, name: str, *, conditional: bool | None = None, param: str = "model"):
@@ -83,22 +89,55 @@ class Lab:
     def work_batch(self, pipe, n: int, guidance: float) -> int:
         return work_batch(n, pipe.conditional, guidance)
 
-    def estimate_seconds(self, name: str, sampler: str, steps: int, n: int, guidance: float) -> float | None:
+    def estimate_seconds(self, name: str, sampler: str, steps: int, n: int, guidance: float, *,
+                         worst: bool = False, runs_of_one: int = 0) -> float | None:
+        """Seconds for sampling `n` images (plus `runs_of_one` more runs of one image each, e.g. a strip), guidance's
+        doubled batch included. worst=True: an adaptive solver at its NFE cap, each small call at least its
+        per-call overhead (`call_floor`); else the typical NFE, as shown beside the controls."""
         spec = sampler_spec(sampler)
-        nfe = spec.typical_nfe if spec.adaptive else spec.nfe_for(steps)
-        return self.cost.estimate(name, nfe, self.work_batch(self.pipelines[name], n, guidance))
+        nfe = ((spec.max_nfe or spec.typical_nfe) if worst else spec.typical_nfe) if spec.adaptive else \
+            spec.nfe_for(steps)
+        pipe = self.pipelines[name]
+        floor = self.call_floor.get(name, 1.0) if worst else 1.0
+        images = max(self.work_batch(pipe, n, guidance), floor) + \
+            runs_of_one * max(self.work_batch(pipe, 1, guidance), floor)
+        return self.cost.estimate(name, nfe, images)
 
-    def refuse_runaway(self, name, sampler, steps, n, guidance):
-        est = self.estimate_seconds(name, sampler, steps, n, guidance)
-        if est is not None and est > 3 * self.max_seconds:
-            raise gr.Error(f"steps / num_images: this request would take about {est:.0f} s here, over the "
-                           f"app's {self.max_seconds:.0f} s limit per request. Use fewer steps or images, "
+    def refuse_runaway(self, name, sampler, steps, n, guidance, *, runs_of_one: int = 0,
+                       also_seconds: float = 0.0) -> float:
+        """Admission: refuse a request whose worst case (see estimate_seconds; plus `also_seconds` of other work
+        in the same request) exceeds the time limit. Returns the worst-case seconds (0 when never timed)."""
+        est = self.estimate_seconds(name, sampler, steps, n, guidance, worst=True, runs_of_one=runs_of_one)
+        est = (est or 0.0) + also_seconds
+        if est > self.max_seconds:
+            cap = sampler_spec(sampler).max_nfe if sampler_spec(sampler).adaptive else None
+            why = f" ({sampler} may take up to {cap} network evaluations)" if cap else ""
+            raise gr.Error(f"steps / num_images: this request would take about {est:.0f} s here at worst{why}, over "
+                           f"the app's {self.max_seconds:.0f} s limit per request. Use fewer steps or images, "
                            f"or a sampler with fewer NFE per step.", title="Too much work", print_exception=False)
+        return est
 
     def check_time(self, elapsed: float):
         if elapsed > self.max_seconds:
             raise gr.Error(f"Stopped after {elapsed:.0f} s: the app's limit per request is {self.max_seconds:.0f} s. "
                            "Use fewer steps or images.", title="Time limit", print_exception=False)
+
+    def guard_nfe(self, module=None, args=None):
+        """Before every network evaluation (a forward pre-hook on every score network): inside an event, stop the
+        job if it was cancelled, its client went away (ui/limits.py's STOPS), or it has run past the time limit
+        since its first evaluation. So a job stops within one evaluation, whichever handler or tab runs it."""
+        from gradio.context import LocalContext
+
+        event_id = LocalContext.event_id.get(None)
+        if event_id is None or not LocalContext.in_event_listener.get(False):
+            return None
+        started = STOPS.start(event_id)
+        request = LocalContext.request.get(None)
+        why = STOPS.why_stop(event_id, getattr(request, "session_hash", None), started)
+        if why is not None:
+            raise gr.Error(f"Stopped: {why}.", title="Stopped", print_exception=False)
+        self.check_time(time.monotonic() - started)
+        return None
 
     # -- shared outputs ----------------------------------------------------------------------------
     def write_gif(self, frames, stem: str) -> str:

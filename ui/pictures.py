@@ -11,9 +11,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 from diffusion.images import grid
 
+from .drawings import open_drawing
 from .validation import bad
 
 GRID_PX, GIF_PX = 460, 230    # target edge of an upscaled grid on the page / in the GIF
+MAX_LAYERS = 16              # layers of a drawing looked at (the Sketchpads here have one)
 PREVIEW_FRAMES = 40           # previews decoded per run (every k-th step), and the GIF's frame budget
 
 
@@ -76,22 +78,25 @@ class FrameBuffer:
 def sketch_to_digit(payload, root: str | Path | None = None) -> torch.Tensor:
     """A Sketchpad value (raw EditorData dict) -> (28, 28) in [0, 1], MNIST-style: the ink's bounding box
     fitted into 20 x 20 and centred by its centre of mass (LeCun et al. 1998's preprocessing).
-    With `root`, the image must lie inside it (gradio's upload folder: gradio checks this too)."""
+    With `root`, the image must lie inside it (gradio's upload folder: gradio checks this too). The image is opened
+    by `drawings.open_drawing`: at most 2048 x 2048, PNG / JPEG / WebP, decoded at <= 280 px, a few at a time."""
     if not isinstance(payload, dict):
         raise bad("sketch", "must be a drawing (an image-editor value)", payload)
     composite = payload.get("composite") or {}
-    layers = [layer for layer in (payload.get("layers") or []) if layer]
+    layers = payload.get("layers") or []
+    if not isinstance(layers, list):
+        raise bad("sketch", "must be a drawing (an image-editor value)", layers)
+    layers = [layer for layer in layers[:MAX_LAYERS] if layer]
     path = composite.get("path") if isinstance(composite, dict) else None
     if not path and layers:
         path = layers[-1].get("path") if isinstance(layers[-1], dict) else None
+    if path and (not isinstance(path, str) or len(path) > 4096 or "\0" in path):
+        raise bad("sketch", "must be an image uploaded to this app", "a malformed path")
     if not path:
         raise bad("sketch", "is empty: draw a digit first (or choose 'test digit')", "nothing drawn")
     if root is not None and not Path(path).resolve().is_relative_to(Path(root).resolve()):
         raise bad("sketch", "must be an image uploaded to this app", "another path")
-    try:
-        img = np.asarray(Image.open(path).convert("RGBA"), dtype=np.float32) / 255.0
-    except Exception as e:  # noqa: BLE001 - any unreadable upload is the user's input error
-        raise bad("sketch", "could not be read as an image", type(e).__name__) from None
+    img = open_drawing(path)        # header checked first, PNG/JPEG/WebP only, decoded small (ui/drawings.py)
     # ink = how far each pixel is from the background colour (a corner), alpha included
     bg = np.median(np.stack([img[0, 0], img[0, -1], img[-1, 0], img[-1, -1]]), axis=0)
     rgb_a = img[..., :3] * img[..., 3:], bg[:3] * bg[3]

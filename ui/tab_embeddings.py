@@ -31,7 +31,7 @@ class EmbeddingsTab:
         alpha = check_float("alpha", alpha, 0.0, 1.0)
         sampler, steps, guidance, seed = lab.check_sampling(sampler, steps, guidance, seed)
         n = check_int("num_images", num_images, 1, MAX_IMAGES)
-        lab.refuse_runaway(model, sampler, steps, n + STRIP_ALPHAS, guidance)
+        lab.refuse_runaway(model, sampler, steps, n, guidance, runs_of_one=STRIP_ALPHAS)   # the grid, then the strip
         emb = pipe.score_model.label_embeddings()                                   # (11, D), null last
         kw = dict(sampler=sampler, num_steps=steps, guidance=guidance, seed=seed)
         start = time.perf_counter()

@@ -13,7 +13,7 @@ from .controls import IMG, Page, note
 from .lab import MODEL_NAMES, Lab
 from .pictures import sketch_to_digit
 from .plots import std_figure
-from .validation import MAX_SEED, check_choice, check_float, check_int
+from .validation import MAX_SEED, bad, check_choice, check_float, check_int
 
 
 class ForwardTab:
@@ -29,18 +29,26 @@ class ForwardTab:
         pipes = self.lab.pipelines
         return ["none"] + [n for n in MODEL_NAMES if n in pipes and not pipes[n].is_latent]
 
-    def pick_test_digit(self, evt: gr.SelectData):
-        """A click on the grid of test digits -> its index (the grid is 10 x 10, see test_grid)."""
-        x, y = (evt.index if isinstance(evt.index, (list, tuple)) else (0, 0))[:2]
-        cell = self.grid_cell
-        return min(int(y) // cell, 9) * 10 + min(int(x) // cell, 9), "test digit"
+    def pick_test_digit(self, evt: gr.EventData):
+        """A click on the grid of test digits -> its index (the grid is 10 x 10, see test_grid). The event data is
+        checked here (gr.EventData: gradio does not parse it): index = [x, y], pixel coordinates, finite numbers;
+        a click outside the grid picks the nearest digit."""
+        data = getattr(evt, "_data", None)
+        xy = data.get("index") if isinstance(data, dict) else None
+        if not isinstance(xy, (list, tuple)) or len(xy) != 2:
+            raise bad("index", "must be the [x, y] pixel position of a click on the grid", xy)
+        x, y = (check_float("index", v, -1e6, 1e6) for v in xy)
+        cell, last = self.grid_cell, 9
+        row, col = (min(max(int(v // cell), 0), last) for v in (y, x))
+        return row * 10 + col, "test digit"
 
     @staticmethod
     def use_drawing(sketch):
         """A stroke on the sketchpad ('input' fires for strokes, and once when the editor starts, empty):
-        switch the source to the drawing when there is ink."""
+        switch the source to the drawing when there is ink. Only gradio's upload folder is read; the drawing is
+        decoded under ui/drawings.py's concurrency limit and pixel cap."""
         try:
-            sketch_to_digit(sketch)
+            sketch_to_digit(sketch, root=gradio_utils.get_upload_folder())
         except gr.Error:
             return gr.skip()
         return "drawing"

@@ -11,7 +11,7 @@ import diffusion.pipeline as dp
 from diffusion.samplers import SAMPLERS, sampler_spec
 
 from .controls import DEFAULT_DIGIT, DEFAULT_IMAGES, DEFAULT_SEED, IMG, Page, note, sampling_controls
-from .lab import PREVIEW_INTERVAL, Lab, fmt_s, preview_every
+from .lab import MODEL_NAMES, PREVIEW_INTERVAL, Lab, fmt_s, preview_every
 from .pictures import GIF_PX, GRID_PX, FrameBuffer, captioned, show_grid
 from .validation import MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, MAX_STEPS, check_choice, check_float, check_int
 
@@ -104,7 +104,7 @@ class GenerateTab:
     @staticmethod
     def recommended_settings(model) -> tuple[str, int]:
         """The model's default sampler and step count (diffusion.pipeline.MODEL_DEFAULTS), set when the model changes."""
-        d = dp.defaults_for(str(model))
+        d = dp.defaults_for(check_choice("model", model, MODEL_NAMES))   # named, never echoing a long value
         return d.sampler, d.steps
 
     @staticmethod
@@ -150,7 +150,7 @@ class GenerateTab:
                         [xt, x0, status, final, gif, anim], api_name="generate", **page.heavy)
         stop.click(None, cancels=[gen])
         model.change(self.recommended_settings, model, [sampler, steps], api_name="recommended_settings",
-                     queue=False, show_progress="hidden")
+                     queue=False, show_progress="hidden", preprocess=False)
         gr.on([model.change, sampler.change, steps.change, n.change, guidance.change], self.estimate,
               [model, sampler, steps, n, guidance], cost, api_name="estimate_cost", queue=False,
               preprocess=False, show_progress="hidden")

@@ -12,7 +12,7 @@ MAX_IMAGES, MAX_STEPS, MAX_GUIDANCE, MAX_SEED = 64, 1000, 20.0, 2**31 - 1
 LABELS = {"model": "Model", "digit": "Digit", "sampler": "Sampler", "steps": "Steps", "guidance": "Guidance",
           "seed": "Seed", "num_images": "Number of images", "digit_a": "Digit A", "digit_b": "Digit B",
           "alpha": "alpha", "source": "Source", "test_index": "Test image", "sketch": "Drawing", "t": "t",
-          "noise_seed": "Noise seed", "denoiser": "Denoiser"}
+          "noise_seed": "Noise seed", "denoiser": "Denoiser", "index": "Click a test digit"}
 
 
 def bad(name: str, must: str, value) -> gr.Error:
