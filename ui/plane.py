@@ -110,3 +110,41 @@ def side_by_side(panels: list[np.ndarray], gap: int = 10) -> np.ndarray:
     out = [np.pad(p, ((0, h - p.shape[0]), (0, 0), (0, 0)), constant_values=255) for p in panels]
     spacer = np.full((h, gap, 3), 255, np.uint8)
     return np.concatenate([x for p in out for x in (p, spacer)][:-1], axis=1)
+
+
+def line_chart(xs: np.ndarray, ys: np.ndarray, title: str, xlabel: str, ylabel: str, mark: int | None = None,
+               size: tuple[int, int] = (520, 250)) -> np.ndarray:
+    """A line chart (H, W, 3) uint8 with ticks on both axes, labelled, and point `mark` (an index) ringed in red."""
+    w, h = size
+    img = Image.new("RGB", (w, h), "white")
+    d, f = ImageDraw.Draw(img), _font(10)
+    left, right, top, bottom = 56, 14, 36, 36
+    xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+    x_lo, x_hi = float(xs.min()), float(xs.max()) if xs.max() > xs.min() else float(xs.min()) + 1
+    y_lo, y_hi = float(ys.min()), float(ys.max())
+    pad = 0.06 * (y_hi - y_lo or abs(y_hi) or 1)
+    y_lo, y_hi = y_lo - pad, y_hi + pad
+    to = lambda x, y: (left + (x - x_lo) / (x_hi - x_lo) * (w - left - right),          # noqa: E731
+                       top + (y_hi - y) / (y_hi - y_lo) * (h - top - bottom))
+    d.text((left, 5), title, fill="black", font=_font(12))
+    d.rectangle([left, top, w - right, h - bottom], outline="black")
+    for frac in np.linspace(0, 1, 5):
+        xv, yv = x_lo + frac * (x_hi - x_lo), y_lo + frac * (y_hi - y_lo)
+        px, _ = to(xv, y_lo)
+        _, py = to(x_lo, yv)
+        d.line([(px, h - bottom), (px, h - bottom + 4)], fill="black")
+        d.text((px - 12, h - bottom + 5), f"{xv:.4g}", fill="black", font=f)
+        d.line([(left - 4, py), (left, py)], fill="black")
+        d.text((4, py - 6), f"{yv:.4g}", fill="black", font=f)
+    d.text(((left + w - right) // 2 - 20, h - 14), xlabel, fill="black", font=_font(11))
+    d.text((4, top - 18), ylabel, fill="black", font=_font(11))
+    pts = [to(x, y) for x, y in zip(xs, ys)]
+    if len(pts) > 1:
+        d.line(pts, fill=(31, 119, 180), width=2)
+    for p in pts:
+        d.ellipse([p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2], fill=(31, 119, 180))
+    if mark is not None:
+        x, y = pts[mark]
+        d.ellipse([x - 6, y - 6, x + 6, y + 6], outline=(214, 39, 40), width=2)
+        d.line([(x, top), (x, h - bottom)], fill=(214, 39, 40))
+    return np.asarray(img)
