@@ -17,10 +17,11 @@ from .tab_forward import ForwardTab
 from .tab_generate import GenerateTab
 from .tab_race import RaceTab
 from .tab_score_field import ScoreFieldTab
+from .tab_sdedit import SDEditTab
 from .tab_timelapse import TimelapseTab
 
 TABS = [GenerateTab, CompareTab, EmbeddingsTab, ForwardTab, AboutTab]
-TABS[-1:-1] = [ScoreFieldTab, TimelapseTab, RaceTab]   # issue 15's tabs, before About
+TABS[-1:-1] = [ScoreFieldTab, TimelapseTab, RaceTab, SDEditTab]   # issue 15's tabs, before About
 
 HERE = Path(__file__).resolve().parent
 INTRO = (HERE / "intro.md").read_text(encoding="utf-8")
