@@ -60,6 +60,20 @@ def test_score_field_rejects_bad_input(client, api, args, param):
         client.predict(*args, api_name=api)
 
 
+def test_score_train_mlp_streams_loss_and_fields(client):
+    outs = list(client.submit("two blobs", 40, 0.2, 0, api_name="/score_train_mlp"))
+    pic, chart, status = outs[-1]
+    assert "untrained: mean error" in outs[0][2] and "Done" in status and "loss" in status
+    assert _img(pic).shape[1] > 3 * 300 and _img(chart).shape[1] >= 400       # learned | exact | error
+
+
+@pytest.mark.parametrize("args, param", [(["two blobs", 5, 0.2, 0], "train_steps"), (["two blobs", 40, 0.0, 0], "t"),
+                                         (["moons", 40, 0.2, 0], "dataset")])
+def test_score_train_mlp_rejects_bad_input(client, args, param):
+    with pytest.raises(AppError, match=param):
+        client.predict(*args, api_name="/score_train_mlp")
+
+
 def test_score_particles_honour_the_time_limit(app_demo, monkeypatch):
     tab = app_demo.tabs["ScoreFieldTab"]
     monkeypatch.setattr(app_demo.lab, "max_seconds", 0.0)

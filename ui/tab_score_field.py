@@ -11,16 +11,16 @@ import numpy as np
 import torch
 
 from diffusion.samplers import sampler_spec
-from diffusion.toy2d import DATASETS, MixtureScore, to_points
+from diffusion.toy2d import DATASETS, MixtureScore, ToyScoreMLP, to_points, train_toy
 
 from .controls import IMG, Page, note
 from .lab import Lab, fmt_s
-from .plane import Panel, grid_points, side_by_side
+from .plane import Panel, grid_points, line_chart, side_by_side
 from .validation import LABELS, MAX_SEED, check_choice, check_float, check_int
 
 LABELS.update({"dataset": "Data set", "num_particles": "Particles", "nfe": "Network evaluations (NFE)",
                "train_steps": "Training steps"})
-MAX_PARTICLES, MAX_TOY_NFE = 2000, 1000
+MAX_PARTICLES, MAX_TOY_NFE, MAX_TRAIN_STEPS = 2000, 1000, 5000
 FRAMES, MAX_RATE = 30, 15.0          # streamed frames per run (every k-th step, the last always), updates / s at most
 VIEW = 1.4                           # half-width of the data's view: every data set lies inside [-1, 1]^2
 TRACKED = 12                         # particles whose whole path is drawn
@@ -145,6 +145,66 @@ class ScoreFieldTab:
         return (f"**Done** in {fmt_s(time.perf_counter() - start)}. The samples' moments against the data's "
                 f"(they agree up to sampling noise, ~1/sqrt(particles)):\n\n" + "\n".join(rows))
 
+    # -- a tiny MLP learning the field live ---------------------------------------------------------
+    @staticmethod
+    @torch.no_grad()
+    def _learned_vs_exact(mixture, model, sde, t: float) -> tuple[np.ndarray, float]:
+        """Three panels at time t: the MLP's field, the exact field (both over p_t), and the error
+        std(t) ||s_theta - s|| (the DSM loss's scale: 1 = as large as the noise itself); and its p_t-weighted mean."""
+        std = sde.marginal_std(t)
+        pos = grid_points(VIEW, 15)
+        exact = mixture.score(torch.from_numpy(pos), std).numpy()
+        learned = model(torch.from_numpy(pos).float(), torch.tensor(t)).double().numpy()
+        panels = []
+        for title, field in (("tiny MLP s_theta(x, t)", learned), ("exact score", exact)):
+            p = density_panel(mixture, std, VIEW, f"{title}, t = {t:.2f}", px=300, g=64)
+            p.arrows(pos, field)
+            panels.append(p.finish())
+        g = 48
+        pts = grid_points(VIEW, g)
+        err = std * np.linalg.norm(model(torch.from_numpy(pts).float(), torch.tensor(t)).double().numpy()
+                                   - mixture.score(torch.from_numpy(pts), std).numpy(), axis=1)
+        p = Panel(VIEW, 300, f"error std(t)|s_theta - s|, t = {t:.2f}", cmap="viridis")
+        p.heatmap(err.reshape(g, g), "error", gamma=1.0)
+        panels.append(p.finish())
+        weight = density(mixture, pts, std)
+        return side_by_side(panels), float((err * weight).sum() / weight.sum())
+
+    def train_mlp(self, dataset, train_steps, t, seed):
+        """Train ToyScoreMLP by DSM on the mixture, streaming the loss and the learned field against the exact one."""
+        lab = self.lab
+        mixture = self._mixture(dataset)
+        steps = check_int("train_steps", train_steps, 10, MAX_TRAIN_STEPS)
+        t = check_float("t", t, 0.01, 1.0)
+        seed = check_int("seed", seed, 0, MAX_SEED)
+        with torch.random.fork_rng():                       # the initial weights from the seed, global RNG untouched
+            torch.manual_seed(seed)
+            model = ToyScoreMLP()
+        gen, start = torch.Generator().manual_seed(seed), time.perf_counter()
+        over = lambda: time.perf_counter() - start > lab.max_seconds  # noqa: E731  (polled every step)
+        losses, last_emit, step = [], -1.0, -1
+        what = f"**{dataset}** · {steps} DSM steps (batch 256, Adam) · field shown at t = {t:g} · seed {seed}"
+        pic, err = self._learned_vs_exact(mixture, model, lab.sde, t)
+        yield pic, None, what + f"\n\nuntrained: mean error {err:.3f}"
+        for step, loss in train_toy(model, mixture, steps, generator=gen, should_stop=over):
+            losses.append(loss)
+            now = time.perf_counter()
+            if step < steps - 1 and now - last_emit >= 0.5:   # ~2 updates a second: drawing costs more than a step
+                last_emit = now
+                yield self._mlp_update(mixture, model, losses, t, what, step, steps, start)
+        lab.check_time(time.perf_counter() - start)
+        yield self._mlp_update(mixture, model, losses, t, what, step, steps, start, done=True)
+
+    def _mlp_update(self, mixture, model, losses, t, what, step, steps, start, done=False):
+        pic, err = self._learned_vs_exact(mixture, model, self.lab.sde, t)
+        k = max(1, len(losses) // 50)                        # running mean over ~2% of the steps
+        smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+        chart = line_chart(np.arange(len(smooth)) + k, smooth, "DSM loss E||std s_theta(x + std z, t) + z||^2 "
+                           "(running mean)", "training step", "loss")
+        head = "**Done**" if done else f"step {step + 1}/{steps}"
+        return pic, chart, (f"{what}\n\n{head} in {fmt_s(time.perf_counter() - start)} · loss {smooth[-1]:.3f} · "
+                            f"mean error std(t)·|s_theta - s| weighted by p_t: {err:.3f}")
+
     # -- layout and wiring -------------------------------------------------------------------------
     def layout(self, page: Page) -> None:
         note("A toy world where nothing is learned: the data are a mixture of small Gaussian blobs in the plane, so "
@@ -178,6 +238,23 @@ class ScoreFieldTab:
              "proportions: the two processes share every marginal p_t. The table compares the final clouds' "
              "moments with the mixture's.")
 
+        with gr.Accordion("Train a tiny score network live (optional, a few seconds)", open=False):
+            note("A small MLP (3 hidden layers of 128) learns this field from samples only, by the same denoising "
+                 "score matching loss as the MNIST models. Left: what it has learned so far; middle: the exact "
+                 "field; right: where it is still wrong (the error in units of the noise, 1 = as large as the noise).")
+            with gr.Row():
+                train_steps = gr.Slider(10, MAX_TRAIN_STEPS, 1500, step=10, label="Training steps")
+                t_view = gr.Slider(0.01, 1, 0.1, step=0.01, label="t (diffusion time) of the field shown")
+                train = gr.Button("Train", variant="primary", elem_id="sf-train")
+                stop_train = gr.Button("Stop", variant="stop")
+            mlp_view = gr.Image(label="learned | exact | error", height=380, elem_id="sf-mlp", **IMG)
+            with gr.Row():
+                loss_view = gr.Image(label="training loss", height=270, elem_id="sf-loss", **IMG)
+                mlp_status = gr.Markdown("", elem_id="sf-mlp-status")
+            note("The loss does not fall to 0: even a perfect score leaves the noise that cannot be predicted "
+                 "(DSM's minimum is the data's own entropy term). The error is largest far from the data, where no "
+                 "training sample ever lands, and at small t, where the field is sharpest.")
+
         fld = dict(preprocess=False, concurrency_id="score-field", concurrency_limit=2, trigger_mode="always_last",
                    show_progress="minimal")
         gr.on([dataset.change, t.change], self.field, [dataset, t], [view, status], api_name="score_field", **fld)
@@ -185,6 +262,10 @@ class ScoreFieldTab:
         go = run.click(self.particles, [dataset, n, nfe, seed], [movie, pstatus], api_name="score_particles",
                        preprocess=False, concurrency_id="score-field", concurrency_limit=2)
         stop.click(None, cancels=[go])
+        tr = train.click(self.train_mlp, [dataset, train_steps, t_view, seed], [mlp_view, loss_view, mlp_status],
+                         api_name="score_train_mlp", preprocess=False, concurrency_id="score-field",
+                         concurrency_limit=2)
+        stop_train.click(None, cancels=[tr])
 
 
 __all__ = ["ScoreFieldTab"]
