@@ -102,8 +102,8 @@ class SDEditTab:
                 preds = classify(self.lab.classifier, final[:, None])[0].tolist()
         else:
             preds = None
-        labels = [(f"reads {p} " if preds else "") + f"d={d:.2f}" for p, d in zip(preds or [None] * len(rms), rms)]
-        text = (f"Under each result: the evaluation classifier's reading and d, the RMS pixel distance to the input "
+        labels = [(f"{p} | " if preds else "") + f"{d:.2f}" for p, d in zip(preds or [None] * len(rms), rms)]
+        text = (f"Under each result: the evaluation classifier's reading | d, the RMS pixel distance to the input "
                 f"(0 = identical, ~0.3 = a different digit). Mean d = {rms.mean():.3f}.")
         if mask is not None:
             m = mask.cpu().bool()
@@ -111,7 +111,7 @@ class SDEditTab:
             text += f" Kept half: RMS {kept:.3g} (exactly the input); regenerated half: RMS {diff[:, ~m].mean().sqrt():.3f}."
         if preds is None:
             text += " (No evaluation classifier is loaded, so no readings.)"
-        return labelled_strip(final, labels, scale=4), text
+        return labelled_strip(final, labels, scale=5), text
 
     # -- layout and wiring -------------------------------------------------------------------------
     def layout(self, page: Page) -> None:
