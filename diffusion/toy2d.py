@@ -176,4 +176,4 @@ def train_toy(model: ToyScoreMLP, mixture: GaussianMixture2D, steps: int, batch_
         loss.backward()
         opt.step()
         sched.step()
-        yield step, float(loss)
+        yield step, float(loss.detach())

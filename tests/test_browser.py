@@ -137,3 +137,50 @@ def test_live_redraws_while_the_guidance_slider_is_dragged(page):
     assert after_src != before_src and after != before               # a new picture, not the same file again
     assert page.locator('[data-testid="toast-body"]').count() == 0, page.inner_text("body")[:300]
     page.screenshot(path=str(ARTIFACTS / "app_live.png"), full_page=True)
+
+
+def _shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(ARTIFACTS / f"app_{name}.png"), full_page=True)
+
+
+def _image_ready(page, elem_id: str, timeout: int = 60_000) -> None:
+    page.wait_for_function(f"() => {{ const i = document.querySelector('#{elem_id} img');"
+                           " return i && i.complete && i.naturalWidth > 0; }", timeout=timeout)
+
+
+def test_score_field_in_the_browser(page):
+    page.get_by_role("tab", name="Score field (2-D, exact)").click()
+    _image_ready(page, "sf-field")
+    page.click("#sf-run")
+    page.wait_for_function("() => (document.querySelector('#sf-pstatus') || {}).innerText?.includes('Done')",
+                           timeout=120_000)
+    _image_ready(page, "sf-particles")
+    _shot(page, "score_field")
+
+
+def test_timelapse_in_the_browser(page):
+    page.get_by_role("tab", name="Training time-lapse").click()
+    page.wait_for_function("() => (document.querySelector('#tl-status') || {}).innerText?.length > 0",
+                           timeout=30_000)
+    assert "time-lapse" in page.inner_text("#tl-status") or "checkpoint" in page.inner_text("#tl-status")
+    _shot(page, "training_time_lapse")
+
+
+def test_sampler_race_in_the_browser(page):
+    page.get_by_role("tab", name="Sampler race").click()
+    page.click("#race-run")
+    page.wait_for_function("() => (document.querySelector('#race-table') || {}).innerText?.includes('Fréchet')",
+                           timeout=120_000)
+    _image_ready(page, "race-board")
+    _shot(page, "sampler_race")
+
+
+def test_draw_and_denoise_in_the_browser(page):
+    page.get_by_role("tab", name="Draw and denoise").click()
+    page.click("#sde-run")
+    page.wait_for_function("() => (document.querySelector('#sde-status') || {}).innerText?.includes('Done')",
+                           timeout=120_000)
+    _image_ready(page, "sde-strip")
+    _shot(page, "draw_and_denoise")

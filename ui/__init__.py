@@ -17,8 +17,13 @@ from .tab_embeddings import EmbeddingsTab
 from .tab_forward import ForwardTab
 from .tab_generate import GenerateTab
 from .tab_live import LiveTab
+from .tab_race import RaceTab
+from .tab_score_field import ScoreFieldTab
+from .tab_sdedit import SDEditTab
+from .tab_timelapse import TimelapseTab
 
-TABS = [GenerateTab, LiveTab, CompareTab, EmbeddingsTab, ForwardTab, AboutTab]
+TABS = [GenerateTab, LiveTab, CompareTab, EmbeddingsTab, ForwardTab, ScoreFieldTab, TimelapseTab, RaceTab, SDEditTab,
+        AboutTab]
 
 HERE = Path(__file__).resolve().parent
 INTRO = (HERE / "intro.md").read_text(encoding="utf-8")
