@@ -55,21 +55,25 @@ def dsm_noise(x: torch.Tensor, generator: torch.Generator | None, eps: float = 1
 
 
 def dsm_loss(score_model, x: torch.Tensor, labels: torch.Tensor | None = None, noise: dict | None = None,
-             generator: torch.Generator | None = None, label_dropout: float = 0.0) -> torch.Tensor:
+             generator: torch.Generator | None = None, label_dropout: float = 0.0, *, model=None) -> torch.Tensor:
     """E lambda(std) std^2 || std(t) s(x + std(t) z, t) + z ||^2; `noise` from `dsm_noise` (drawn here when None).
 
     lambda = score_model.loss_weight(std) where the model has one (1 / c_out^2, see diffusion.score), so that
     lambda ||D - x||^2 = lambda std^2 ||std s + z||^2 is the network's own unit-scaled error; for the "song"
-    parameterisation (and a model without loss_weight) lambda std^2 = 1, the plain DSM loss above."""
+    parameterisation (and a model without loss_weight) lambda std^2 = 1, the plain DSM loss above.
+
+    `model` (default: score_model) supplies sde, null_label and loss_weight: under DDP, score_model is the wrapper that
+    is called and `model` the bare ScoreModel it wraps."""
+    model = score_model if model is None else model
     if noise is None:
-        noise = dsm_noise(x, generator, score_model.sde.eps, label_dropout)
+        noise = dsm_noise(x, generator, model.sde.eps, label_dropout)
     t, z = noise["t"].to(x.device), noise["z"].to(x.device, x.dtype)
-    std = score_model.sde.marginal_std(t)[:, None, None, None]
+    std = model.sde.marginal_std(t)[:, None, None, None]
     if labels is not None:
-        labels = torch.where(noise["drop"].to(x.device), torch.full_like(labels, score_model.null_label), labels)
+        labels = torch.where(noise["drop"].to(x.device), torch.full_like(labels, model.null_label), labels)
     score = score_model(x + std * z, t, labels)
     per_image = (std * score + z).square().flatten(1).sum(dim=1)
-    weight_fn = getattr(score_model, "loss_weight", None)
+    weight_fn = getattr(model, "loss_weight", None)
     if weight_fn is not None:
         sigma = std.flatten().double()
         per_image = per_image * (sigma ** 2 * weight_fn(sigma)).to(per_image.dtype)

@@ -59,23 +59,9 @@ class DSMTask:
                          self.p_mean, self.p_std)
 
     def loss(self, model, x, y, noise):
-        # DDP wraps the ScoreModel; dsm_loss needs .sde / .null_label from the bare module
+        # `model` may be the DDP wrapper (called); sde / null label / loss weight come from the bare ScoreModel
         bare = getattr(model, "module", model)
-        wrapped = _Call(model, bare)
-        return dsm_loss(wrapped, x, y if self.conditional else None, noise), {}
-
-
-class _Call:
-    """Calls the (possibly DDP-wrapped) module but exposes the bare ScoreModel's attributes."""
-
-    def __init__(self, model, bare):
-        self._model, self._bare = model, bare
-
-    def __call__(self, *a, **k):
-        return self._model(*a, **k)
-
-    def __getattr__(self, name):
-        return getattr(self._bare, name)
+        return dsm_loss(model, x, y if self.conditional else None, noise, model=bare), {}
 
 
 def build_model(cfg: ScoreConfig, in_channels: int, image_size: int) -> ScoreModel:
