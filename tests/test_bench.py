@@ -4,6 +4,7 @@ import json
 import pytest
 
 from bench import samplers as bs
+from diffusion.pipeline import DEFAULT_GUIDANCE
 
 
 def _run(sampler, steps, nfe, fd1000, fd200=None, n=1000, ms=10.0, note="", tol=None):
@@ -84,7 +85,7 @@ def test_end_to_end_on_tiny_models(tiny_weights, tmp_path):
     runs = {(r["sampler"], r["n"]): r for r in store["runs"]}
     assert set(runs) == {("dpmpp_2m", 20), ("euler_maruyama", 20), ("dpmpp_2m", 10), ("euler_maruyama", 10)}
     for (sampler, n), r in runs.items():
-        assert r["nfe"] == 3 and r["steps"] == 3 and r["guidance"] == 2.0 and r["note"] == "test"
+        assert r["nfe"] == 3 and r["steps"] == 3 and r["guidance"] == DEFAULT_GUIDANCE and r["note"] == "test"
         assert len(r["per_class"]) == 10 and 0 <= r["accuracy"] <= 1
         assert r["ms_per_image"] > 0 and r["fd"] > 0
     for sampler in ("dpmpp_2m", "euler_maruyama"):   # same images; FD ~1e-4 here is a difference of O(1) traces,
