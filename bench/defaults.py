@@ -18,6 +18,7 @@ import json
 import time
 from pathlib import Path
 
+from bench.tables import EVALUATOR_COLUMNS, EVALUATOR_RULE, evaluator_cells
 from diffusion.metrics import choose_setting, min_accuracy, worst_ratio
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -76,18 +77,11 @@ def report(rows: list[dict]) -> str:
         b = best["setting"]
         lines += [f"## {model}", "", f"**Pick: {b['sampler']}, {b['steps']} steps, w = {b['guidance']:g}** "
                   f"(N = {best['samples']}, worst FD ratio {worst_ratio(best['metrics']):.2f})", "",
-                  "| sampler | steps | w | N | FD ratio c | FD ratio r | KID c / r (x1e3) | precision c / r | recall c / r | "
-                  "accuracy c / r | confident | speck |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  f"| sampler | steps | w | N | {EVALUATOR_COLUMNS} |", "|---" * 4 + EVALUATOR_RULE + "|"]
         for r in sorted(mine, key=lambda r: (r["samples"], r["setting"]["sampler"], r["setting"]["steps"], r["setting"]["guidance"])):
-            s, m = r["setting"], r["metrics"]
-            ev = m["evaluators"]
-            c, q = ev["classifier"], ev.get("classifier-resnet", {})
-            f = lambda d, k, sc=1.0, fmt=".2f": format(d[k] * sc, fmt) if k in d else "n/a"  # noqa: E731
-            lines.append(f"| {s['sampler']} | {s['steps']} | {s['guidance']:g} | {r['samples']} | {f(c, 'frechet_ratio')} | "
-                         f"{f(q, 'frechet_ratio')} | {f(c, 'kid_mean', 1e3)} / {f(q, 'kid_mean', 1e3)} | "
-                         f"{f(c, 'precision')} / {f(q, 'precision')} | {f(c, 'recall')} / {f(q, 'recall')} | "
-                         f"{f(c, 'conditional_accuracy', 100, '.1f')} / {f(q, 'conditional_accuracy', 100, '.1f')} | "
-                         f"{100 * m.get('confident_rate', float('nan')):.1f}% | {100 * m['speck_rate']:.1f}% |")
+            s = r["setting"]
+            lines.append(f"| {s['sampler']} | {s['steps']} | {s['guidance']:g} | {r['samples']} | "
+                         f"{evaluator_cells(r['metrics'])} |")
         lines.append("")
     text = "\n".join(lines)
     (RESULTS / "defaults.md").write_text(text)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from bench.tables import EVALUATOR_COLUMNS, EVALUATOR_RULE, evaluator_cells
 from diffusion.images import save_grid
 from diffusion.pipeline import defaults_for
 from diffusion.registry import DISTILLED_NAMES
@@ -53,17 +54,11 @@ def report(rows: list[dict]) -> str:
              "FD ratio = FD / same-N real floor; c = weights/classifier, r = weights/classifier-resnet. 'image evals' counts "
              "network evaluations per image (a guided teacher call evaluates a doubled batch: 2 per step). Produced by "
              "`python -m bench.distill_quality`.", "",
-             "| model | sampler | steps | image evals | w | N | FD ratio c / r | KID c / r (x1e3) | precision c / r | "
-             "recall c / r | accuracy c / r | confident | speck | ms / image |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"| model | sampler | steps | image evals | w | N | {EVALUATOR_COLUMNS} | ms / image |",
+             "|---" * 6 + EVALUATOR_RULE + "|---|"]
     for r in rows:
-        m = r["metrics"]
-        c, q = m["evaluators"]["classifier"], m["evaluators"].get("classifier-resnet", {})
-        f = lambda d, k, sc=1.0, fmt=".2f": format(d[k] * sc, fmt) if k in d else "n/a"  # noqa: E731
-        lines.append(f"| {r['model']} | {r['sampler']} | {r['steps']} | {r['image_evaluations_per_sample']} | {r['guidance']:g} | "
-                     f"{r['samples']} | {f(c, 'frechet_ratio')} / {f(q, 'frechet_ratio')} | {f(c, 'kid_mean', 1e3)} / "
-                     f"{f(q, 'kid_mean', 1e3)} | {f(c, 'precision')} / {f(q, 'precision')} | {f(c, 'recall')} / "
-                     f"{f(q, 'recall')} | {f(c, 'conditional_accuracy', 100, '.1f')} / {f(q, 'conditional_accuracy', 100, '.1f')} | "
-                     f"{100 * m.get('confident_rate', float('nan')):.1f}% | {100 * m['speck_rate']:.1f}% | "
+        lines.append(f"| {r['model']} | {r['sampler']} | {r['steps']} | {r['image_evaluations_per_sample']} | "
+                     f"{r['guidance']:g} | {r['samples']} | {evaluator_cells(r['metrics'])} | "
                      f"{1000 * r['seconds_per_image']:.1f} |")
     text = "\n".join(lines) + "\n"
     (RESULTS / "distillation.md").write_text(text)

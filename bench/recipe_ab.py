@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from bench.tables import cell
 from diffusion.hub_mixin import check_safetensors_header, refuse_pickle
 from diffusion.pipeline import Pipeline
 from diffusion.score import ScoreModel
@@ -108,12 +109,11 @@ def report(rows: list[dict]) -> None:
         for r in sorted((r for r in rows if r["guidance"] == w), key=lambda r: (r["arm"], r["step"])):
             m = r["metrics"]
             c, rr = m["evaluators"]["classifier"], m["evaluators"].get("classifier-resnet", {})
-            g = lambda d, k, s=1.0, f=".2f": format(d[k] * s, f) if k in d else "n/a"  # noqa: E731
-            lines.append(f"| {r['arm']} | {r['step']} | {r['wall_s'] or 0:.0f} | {g(c, 'frechet_ratio')} | "
-                         f"{g(rr, 'frechet_ratio')} | {g(c, 'kid_mean', 1e3)} +- {g(c, 'kid_std', 1e3)} | "
-                         f"{g(rr, 'kid_mean', 1e3)} +- {g(rr, 'kid_std', 1e3)} | {g(c, 'precision')} / {g(rr, 'precision')} | "
-                         f"{g(c, 'recall')} / {g(rr, 'recall')} | {g(c, 'conditional_accuracy', 100, '.1f')} / "
-                         f"{g(rr, 'conditional_accuracy', 100, '.1f')} | {100 * m.get('confident_rate', float('nan')):.1f}% | "
+            lines.append(f"| {r['arm']} | {r['step']} | {r['wall_s'] or 0:.0f} | {cell(c, 'frechet_ratio')} | "
+                         f"{cell(rr, 'frechet_ratio')} | {cell(c, 'kid_mean', 1e3)} +- {cell(c, 'kid_std', 1e3)} | "
+                         f"{cell(rr, 'kid_mean', 1e3)} +- {cell(rr, 'kid_std', 1e3)} | {cell(c, 'precision')} / {cell(rr, 'precision')} | "
+                         f"{cell(c, 'recall')} / {cell(rr, 'recall')} | {cell(c, 'conditional_accuracy', 100, '.1f')} / "
+                         f"{cell(rr, 'conditional_accuracy', 100, '.1f')} | {100 * m.get('confident_rate', float('nan')):.1f}% | "
                          f"{100 * m['speck_rate']:.1f}% |")
         lines.append("")
     (RESULTS / "recipe_ab.md").write_text("\n".join(lines))

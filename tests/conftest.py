@@ -79,3 +79,12 @@ def client(app_url):
     from gradio_client import Client
 
     return Client(app_url, verbose=False, download_files=str(os.environ.get("TMPDIR", "/tmp")))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one thread is fastest, and stays fast on a machine busy with training runs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

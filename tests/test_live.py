@@ -22,13 +22,7 @@ from ui.tab_live import BUILD_COMMAND, FALLBACK_STEPS, student_messages
 LIVE = dict(api_name="/live")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is fastest, and stays fast on a machine busy with training runs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
