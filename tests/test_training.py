@@ -375,3 +375,23 @@ def test_ranks_take_their_slice_of_the_global_batch(tmp_path):
         assert noise.keys() == {"t", "z", "drop"}
         for k in noise:
             assert torch.equal(torch.cat([n0[k], n1[k]]), noise[k]), (step, k)
+
+
+def test_train_cli_dispatches_to_the_module_and_records_its_python_m_command(tmp_path, monkeypatch, capsys):
+    """`mnist-diffusion-train NAME flags` runs train.NAME's main with the flags; the record names `python -m`."""
+    import sys
+
+    import train.classifier
+    import train.cli
+    import train.common
+    seen = {}
+    monkeypatch.setattr(train.classifier, "main", lambda argv: seen.update(argv=argv, cmd=train.common.run_command()))
+    monkeypatch.setattr(train.common, "INVOKED_MODULE", None)
+    monkeypatch.setattr(sys, "argv", ["mnist-diffusion-train"])
+    assert train.cli.main(["classifier", "--steps", "3", "--out", "runs/x y"]) == 0
+    assert seen["argv"] == ["--steps", "3", "--out", "runs/x y"]
+    assert seen["cmd"] == "python -m train.classifier --steps 3 --out 'runs/x y'"
+    assert train.cli.main(["pixel-cnd"]) == 2 and "unknown model 'pixel-cnd'" in capsys.readouterr().err
+    assert train.cli.main([]) == 2 and "pixel-cond" in capsys.readouterr().out
+    for module in train.cli.SCRIPTS.values():                 # every subcommand's module has a main(argv)
+        assert callable(__import__(module, fromlist=["main"]).main), module

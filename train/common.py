@@ -25,6 +25,15 @@ def _module_name() -> str:
     return spec.name if spec is not None else Path(sys.argv[0]).stem
 
 
+INVOKED_MODULE: str | None = None   # set by train.cli: the module its subcommand runs
+
+
+def run_command() -> str:
+    """The command that reproduces this run, `python -m train.X flags`, whether it was launched that way or through
+    the `mnist-diffusion-train` console script (train.cli sets INVOKED_MODULE and leaves only the flags in argv)."""
+    return "python -m " + shlex.join([INVOKED_MODULE or _module_name(), *sys.argv[1:]])
+
+
 def setup(cfg: TrainConfig):
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -46,7 +55,7 @@ def finish(cfg: TrainConfig, ema_model, summary: dict | None = None, extra_files
             if f.is_file():
                 shutil.copy2(f, dest / f.name)
         (Path(cfg.out) / "train_summary.json").write_text(json.dumps(summary, indent=1))
-        record = {"command": "python -m " + shlex.join([_module_name(), *sys.argv[1:]]),
+        record = {"command": run_command(),
                   "config": {k: v for k, v in dataclasses.asdict(cfg).items() if not k.startswith("_")},
                   "parameters": sum(p.numel() for p in ema_model.parameters()),
                   "torch": torch.__version__, **summary}

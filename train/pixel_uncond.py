@@ -1,7 +1,7 @@
 """pixel-uncond: unconditional pixel-space score model. python -m train.pixel_uncond [flags]"""
 from dataclasses import dataclass
 
-from train.diffusion_models import ScoreConfig, main
+from train.diffusion_models import ScoreConfig, train_score_model
 
 
 @dataclass
@@ -13,5 +13,9 @@ class PixelUncondConfig(ScoreConfig):
     steps: int = 5000
 
 
+def main(argv=None):
+    train_score_model(argv, config_cls=PixelUncondConfig)
+
+
 if __name__ == "__main__":
-    main(config_cls=PixelUncondConfig)
+    main()
