@@ -58,6 +58,16 @@ def pickle_files(folder: str | os.PathLike) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.lower().endswith(PICKLE_SUFFIXES))
 
 
+def looks_like_pickle(head: bytes) -> bool:
+    """head: a file's first 9 bytes. A torch.save zip starts with PK\\x03\\x04; a pickle (protocol >= 2) with \\x80 and
+    its protocol byte. A safetensors file starts with its header length (u64 little-endian, so its first byte can be
+    0x80 and its second 2..5 too: header lengths of 0x0280 + k * 0x10000 ...) and then the JSON header's '{' at
+    byte 8, which no pickle has there (byte 8 is inside the frame length of protocol 4/5, and '{' is not an opcode)."""
+    if head[:4] == b"PK\x03\x04":
+        return True
+    return head[:1] == b"\x80" and head[8:9] != b"{"
+
+
 def check_safetensors_header(path: str | os.PathLike) -> dict:
     """Validate a safetensors file's framing before any parser sees it; returns the JSON header.
 
@@ -72,14 +82,15 @@ def check_safetensors_header(path: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"{path} not found{hint}")
     size = path.stat().st_size
     with open(path, "rb") as f:
-        head = f.read(8)
-        if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
+        head = f.read(9)
+        if looks_like_pickle(head):
             raise UnsafeWeightsError(
                 f"refusing to open {path}: it is a pickle / torch.save archive, not safetensors "
                 "(pickles can run code when loaded)")
         if len(head) < 8:
             raise CorruptWeightsError(f"{path} is not a safetensors file: only {size} bytes")
-        (n,) = struct.unpack("<Q", head)
+        (n,) = struct.unpack("<Q", head[:8])
+        f.seek(8)
         if n > MAX_HEADER_BYTES:
             raise CorruptWeightsError(f"{path} has an oversized safetensors header: it claims {n} bytes "
                                       f"(limit {MAX_HEADER_BYTES}); the file is corrupt or not safetensors")

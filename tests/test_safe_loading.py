@@ -67,6 +67,29 @@ def test_pickle_renamed_to_safetensors_is_sniffed_and_refused(tmp_path, marker, 
         ScoreModel.from_pretrained(folder)
 
 
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_pickles_of_every_framed_protocol_are_sniffed(tmp_path, marker, protocol):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(pickle.dumps({"net.weight": [1.0] * 10}, protocol=protocol))
+    with pytest.raises(UnsafeWeightsError, match="pickle / torch.save archive"):
+        check_safetensors_header(path)
+
+
+@pytest.mark.parametrize("header_len", [0x80, 0x0280, 0x0380, 0x0580])
+def test_safetensors_whose_length_byte_is_0x80_is_not_mistaken_for_a_pickle(tmp_path, header_len):
+    """A real checkpoint was refused as a pickle: its header length 0x14680 begins (little-endian) with 0x80, the
+    pickle PROTO opcode; lengths 0x0280 ... even spell PROTO 2..5. The JSON header's '{' at byte 8 tells them apart."""
+    from safetensors.torch import load_file
+    path = tmp_path / "state.safetensors"
+    for pad in range(4096):                                   # metadata padding until the header has that length
+        save_file({"w": torch.arange(3.0)}, path, metadata={"pad": "x" * pad})
+        if path.read_bytes()[:8] == header_len.to_bytes(8, "little"):
+            break
+    assert path.read_bytes()[:8] == header_len.to_bytes(8, "little"), "no padding gave that header length"
+    check_safetensors_header(path)                            # no exception
+    assert load_file(path)["w"].tolist() == [0.0, 1.0, 2.0]
+
+
 def _ckpt_parts(seed=0):
     model = tiny_model("pixel-cond", seed)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
