@@ -23,7 +23,7 @@ def test_deploy_uploads_exactly_the_files_the_space_needs(hub):
     assert set(files) == set(expected) | {".gitattributes"}
     # what a Space needs
     for path in ("app.py", "README.md", "LICENSE", "requirements.txt", "diffusion/hub.py", "diffusion/pipeline.py",
-                 "app_assets/mnist_test_sample.npz", "weights/pixel-cond/model.safetensors",
+                 "ui/assets/mnist_test_sample.npz", "weights/pixel-cond/model.safetensors",
                  "weights/pixel-cond/config.json", "weights/classifier/model.safetensors"):
         assert path in files, path
     if (ROOT / "ui").is_dir():

@@ -136,7 +136,10 @@ def test_pyproject_packages_scripts_and_tools():
     assert {"diffusion", "train"} <= set(found) and not any(p.startswith(("tests", "bench")) for p in found)
     assert "ui*" in tool["setuptools"]["packages"]["find"]["include"]
     import importlib
-    for target in project["scripts"].values():
+    scripts = project["scripts"]
+    assert scripts["mnist-diffusion-lab"] == "ui.server:main"                  # the app, sampling, training
+    assert {"mnist-diffusion-sample", "mnist-diffusion-train"} <= set(scripts)
+    for target in scripts.values():
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func)), target
     assert tool["pytest"]["ini_options"]["testpaths"] == ["tests"]
@@ -153,6 +156,18 @@ def test_the_wheel_holds_the_packages(tmp_path):
     names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
     assert "diffusion/hub.py" in names and "train/deploy_space.py" in names and "train/records/pixel-cond.json" in names
     assert not any(n.startswith(("tests/", "weights/", "bench/")) for n in names)
+    # the app runs from an installed wheel: its server, prose, style and the test-digit sample travel with it
+    assert {"ui/server.py", "ui/about.md", "ui/style.css", "ui/assets/mnist_test_sample.npz"} <= set(names)
+
+
+def test_the_app_console_script_and_app_py_are_one_server(capsys):
+    import app
+    from ui import server
+    assert (app.main, app.create_demo, app.launch_kwargs) == (server.main, server.create_demo, server.launch_kwargs)
+    with pytest.raises(SystemExit) as done:
+        server.main(["--help"])
+    usage = capsys.readouterr().out
+    assert done.value.code == 0 and usage.startswith("usage: mnist-diffusion-lab") and "--weights-dir" in usage
 
 
 # ------------------------------------------------------------------ two commands and the lock file

@@ -5,7 +5,7 @@
 
 Uploaded: README.md (the Space card: its front matter is checked first, and `models:` names the
 weights repo when one is given), LICENSE, .gitattributes, space/requirements.txt *as* requirements.txt
-(CPU torch), app.py, the `diffusion` and `ui` packages (sources and prose), app_assets/*.npz, the images
+(CPU torch), app.py, the `diffusion` and `ui` packages (sources and prose), ui/assets/*.npz, the images
 the README shows, and weights/<name>/ (config.json, model.safetensors, README.md, timelapse.safetensors)
 for every model folder present (with weights/metrics.json and hub.json), so the Space starts without the
 Hub. Not uploaded: tests, training scripts and records, benchmarks and their grids, run directories. Files a previous deploy left in the
@@ -38,7 +38,7 @@ SPACE_FILES: tuple[tuple[str, str | None], ...] = (
     (SPACE_REQUIREMENTS, "requirements.txt"),
     ("diffusion/**/*.py", None),
     ("ui/**/*.py", None), ("ui/**/*.md", None), ("ui/**/*.css", None), ("ui/**/*.js", None),
-    ("app_assets/*.npz", None),
+    ("ui/assets/*.npz", None),
     ("weights/*/config.json", None), ("weights/*/model.safetensors", None), ("weights/*/README.md", None),
     ("weights/*/timelapse.safetensors", None), ("weights/hub.json", None), ("weights/metrics.json", None),
 )

@@ -24,7 +24,7 @@ from .limits import STOPS
 from .pictures import PREVIEW_FRAMES
 from .validation import MAX_GUIDANCE, MAX_SEED, MAX_STEPS, bad, check_choice, check_float, check_int
 
-ASSETS = Path(__file__).resolve().parent.parent / "app_assets"
+ASSETS = Path(__file__).resolve().parent / "assets"
 SAMPLE_PATH = ASSETS / "mnist_test_sample.npz"
 MODEL_NAMES = PIPELINE_NAMES                   # ("pixel-uncond", "pixel-cond", "latent-cond")
 DEFAULT_MAX_SECONDS = 120.0   # a request that runs longer is stopped (bounded work on a shared CPU)

@@ -1,8 +1,8 @@
-"""Rebuild app_assets/mnist_test_sample.npz: the first 10 MNIST *test* images of each digit (100 in all),
+"""Rebuild ui/assets/mnist_test_sample.npz: the first 10 MNIST *test* images of each digit (100 in all),
 as uint8 (100, 28, 28) `images` with int64 `labels`, sorted by digit. The app ships this file so the
 forward-diffusion tab works without the dataset.
 
-    python app_assets/make_mnist_sample.py
+    python ui/assets/make_mnist_sample.py
 """
 from __future__ import annotations
 
