@@ -37,6 +37,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def examples_cache(tmp_path_factory):
+    """Cached presets (gr.Examples, ui/presets.py) go to a temporary folder, never into the repository's .gradio/.
+    Session-wide: the app's file route reads the same variable while it serves them."""
+    folder = tmp_path_factory.mktemp("gradio-examples")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRADIO_EXAMPLES_CACHE", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory):
     """weights/<name>/ for every model the app loads, tiny and random (seeded); a model card for pixel-cond; the

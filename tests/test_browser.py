@@ -52,6 +52,23 @@ def test_generate_in_the_browser(page):
     page.screenshot(path=str(ARTIFACTS / "app_generate.png"), full_page=True)
 
 
+def test_a_generate_preset_in_the_browser(page):
+    """A preset click sets the controls (the cost line follows them) and shows its pictures, computed on this first
+    click by the Generate button's handler and cached (ui/presets.py)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#generate-presets").get_by_text("one step", exact=False).click()
+    page.wait_for_function("() => { const s = document.querySelector('#status-line');"
+                           " return s && s.innerText.includes('digit 5') && s.innerText.includes('1 steps')"
+                           " && s.innerText.includes('Done'); }", timeout=60_000)
+    page.wait_for_function("() => { const i = document.querySelector('#gen-final img');"
+                           " return i && i.complete && i.naturalWidth > 0; }", timeout=30_000)
+    assert _natural_width(page, "#gen-final img") >= 400
+    body = page.inner_text("body")
+    assert "Cost: 1 steps × 1 = 1 network evaluations" in body          # the estimate saw the preset's steps
+    page.screenshot(path=str(ARTIFACTS / "app_generate_preset.png"), full_page=True)
+
+
 @pytest.mark.parametrize("tab", ["Pixel vs latent", "Digit embeddings", "Forward diffusion", "About"])
 def test_other_tabs_render(page, tab):
     page.get_by_role("tab", name=tab).click()

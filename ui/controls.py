@@ -1,5 +1,5 @@
-"""Pieces every tab builds with: the page settings they read, a panel note, picture settings, and the
-sampling-controls row (sampler, steps, guidance)."""
+"""Pieces every tab builds with: the page settings they read, a panel note, picture settings, the event setting of
+the UI's plumbing, and the sampling-controls row (sampler, steps, guidance)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,17 +10,22 @@ import diffusion.pipeline as dp  # defaults read at build time, never copied
 from diffusion.samplers import SAMPLERS
 
 from .lab import MODEL_NAMES, Lab
+from .presets import cache_key
 from .validation import MAX_GUIDANCE, MAX_STEPS
 
 DEFAULT_IMAGES, DEFAULT_DIGIT, DEFAULT_SEED = 16, 3, 0
 # images: never editable, crisp pixels when upscaled by the browser, downloadable
 IMG = dict(format="png", interactive=False, elem_classes=["pixelated"], buttons=["download", "fullscreen"])
+# events that only move the page along (seed dice, cost line, recommended settings, grid clicks, the drawing switch,
+# first draws on load): still callable by name, left off the API page, which lists what the app computes
+PLUMBING = dict(api_visibility="undocumented")
 
 
 @dataclass
 class Page:
     """Build-time settings the tabs read: the shared state, the Blocks being built, the models on offer and the
-    default sampling settings (those of the default model), and the event settings of the sampling events."""
+    default sampling settings (those of the default model), the event settings of the sampling events, and the key
+    of the presets' cache (ui/presets.py: a hash of the weights in use)."""
     lab: Lab
     demo: gr.Blocks
     concurrency: int
@@ -35,6 +40,7 @@ class Page:
         self.defaults = dp.defaults_for(self.default_model)     # each model's own, set again when it changes
         # sampling: raw values to the handlers, one concurrency group shared by every tab that samples
         self.heavy = dict(preprocess=False, concurrency_id="sampling", concurrency_limit=self.concurrency)
+        self.presets_key = cache_key(self.lab)
 
 
 def note(text: str) -> gr.Markdown:

@@ -6,6 +6,7 @@ import time
 
 import gradio as gr
 
+from . import presets
 from .controls import DEFAULT_DIGIT, DEFAULT_IMAGES, DEFAULT_SEED, IMG, Page, note, sampling_controls
 from .lab import PREVIEW_INTERVAL, Lab, fmt_s, param_count, preview_every
 from .pictures import show_grid
@@ -19,6 +20,7 @@ class CompareTab:
 
     def __init__(self, lab: Lab):
         self.lab = lab
+        self.presets = None                 # the gr.Examples, once laid out
 
     def compare(self, digit, sampler, steps, guidance, seed, num_images):
         """pixel-cond and latent-cond, same digit/seed/sampler, stepped in lockstep; each one's own time."""
@@ -91,6 +93,7 @@ class CompareTab:
             seed = gr.Number(DEFAULT_SEED, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
             n = gr.Slider(1, MAX_IMAGES, DEFAULT_IMAGES, step=1, label="Number of images")
         sampler, steps, guidance = sampling_controls(page, "cmp")
+        presets_box = gr.Column()                  # filled below, once the outputs exist
         with gr.Row():
             run = gr.Button("Compare", variant="primary", elem_id="cmp-run",
                             interactive=set(NAMES) <= set(page.available))
@@ -111,6 +114,11 @@ class CompareTab:
              "smooth. Decoding each preview counts in the autoencoder's share; a run without previews "
              "decodes only once.")
 
-        cmp = run.click(self.compare, [digit, sampler, steps, guidance, seed, n],
-                        [pix_xt, pix_x0, lat_xt, lat_x0, table], api_name="compare", **page.heavy)
+        inputs, outputs = [digit, sampler, steps, guidance, seed, n], [pix_xt, pix_x0, lat_xt, lat_x0, table]
+        with presets_box:
+            self.presets = presets.examples(
+                page, "compare", presets.COMPARE if set(NAMES) <= set(page.available) else (),
+                dict(zip(("digit", "sampler", "steps", "guidance", "seed", "num_images"), inputs)), outputs,
+                self.compare)
+        cmp = run.click(self.compare, inputs, outputs, api_name="compare", **page.heavy)
         stop.click(None, cancels=[cmp])

@@ -9,7 +9,8 @@ import torch
 
 from diffusion.images import grid
 
-from .controls import IMG, Page, note
+from . import presets
+from .controls import IMG, PLUMBING, Page, note
 from .lab import MODEL_NAMES, Lab
 from .pictures import sketch_to_digit
 from .plots import std_figure
@@ -23,6 +24,7 @@ class ForwardTab:
 
     def __init__(self, lab: Lab):
         self.lab = lab
+        self.presets = None                 # the gr.Examples, once laid out
 
     def denoisers(self) -> list[str]:
         """'none' and the loaded pixel-space models (a latent model's D works on codes, not on these pixels)."""
@@ -106,6 +108,11 @@ class ForwardTab:
                 denoisers = self.denoisers()
                 denoiser = gr.Radio(denoisers, value=denoisers[-1] if len(denoisers) > 1 else "none",
                                     label="Denoiser (one network evaluation)")
+                # not cached: setting the controls redraws the tab (a few ms)
+                self.presets = presets.examples(
+                    page, "forward", [presets.Preset(p.label, {**p.values, "denoiser": denoiser.value})
+                                      for p in presets.FORWARD],
+                    dict(source=source, test_index=index, t=t, noise_seed=seed, denoiser=denoiser))
             with gr.Column(scale=1):
                 picker = gr.Image(self.test_grid(), label="Click a test digit", height=400, elem_id="fwd-grid",
                                   **{**IMG, "buttons": []})
@@ -132,6 +139,8 @@ class ForwardTab:
                    show_progress="minimal")
         gr.on([source.change, index.change, t.change, seed.change, denoiser.change, sketch.input],
               self.forward, inputs, outputs, api_name="forward_diffusion", **fwd)
-        picker.select(self.pick_test_digit, None, [index, source], api_name="pick_test_digit", queue=False)
-        sketch.input(self.use_drawing, sketch, source, api_name="use_drawing", queue=False, preprocess=False)
-        page.demo.load(self.forward, inputs, outputs, api_name="forward_initial", **fwd)
+        picker.select(self.pick_test_digit, None, [index, source], api_name="pick_test_digit", queue=False,
+                      **PLUMBING)
+        sketch.input(self.use_drawing, sketch, source, api_name="use_drawing", queue=False, preprocess=False,
+                     **PLUMBING)
+        page.demo.load(self.forward, inputs, outputs, api_name="forward_initial", **fwd, **PLUMBING)

@@ -10,7 +10,8 @@ import numpy as np
 import diffusion.pipeline as dp
 from diffusion.samplers import SAMPLERS, sampler_spec
 
-from .controls import DEFAULT_DIGIT, DEFAULT_IMAGES, DEFAULT_SEED, IMG, Page, note, sampling_controls
+from . import presets
+from .controls import DEFAULT_DIGIT, DEFAULT_IMAGES, DEFAULT_SEED, IMG, PLUMBING, Page, note, sampling_controls
 from .lab import MODEL_NAMES, PREVIEW_INTERVAL, Lab, fmt_s, preview_every
 from .pictures import GIF_PX, GRID_PX, FrameBuffer, captioned, show_grid
 from .validation import MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, MAX_STEPS, check_choice, check_float, check_int
@@ -25,6 +26,7 @@ class GenerateTab:
 
     def __init__(self, lab: Lab):
         self.lab = lab
+        self.presets = None                 # the gr.Examples, once laid out
 
     # -- handlers ----------------------------------------------------------------------------------
     def generate(self, model, digit, sampler, steps, guidance, seed, num_images):
@@ -103,7 +105,8 @@ class GenerateTab:
 
     @staticmethod
     def recommended_settings(model) -> tuple[str, int]:
-        """The model's default sampler and step count (diffusion.pipeline.MODEL_DEFAULTS), set when the model changes."""
+        """The model's default sampler and step count (diffusion.pipeline.MODEL_DEFAULTS), set when a person picks a
+        model (not when a preset sets one along with its own sampler and steps)."""
         d = dp.defaults_for(check_choice("model", model, MODEL_NAMES))   # named, never echoing a long value
         return d.sampler, d.steps
 
@@ -129,6 +132,7 @@ class GenerateTab:
             n = gr.Slider(1, MAX_IMAGES, DEFAULT_IMAGES, step=1, label="Number of images")
         cost = gr.Markdown(self.estimate(page.default_model, d.sampler, d.steps, DEFAULT_IMAGES, d.guidance)
                            if page.default_model else "", elem_classes=["panel-note"])
+        presets_box = gr.Column()                  # filled below, once the outputs exist
         with gr.Row():
             run = gr.Button("Generate", variant="primary", interactive=bool(page.available), elem_id="gen-run")
             stop = gr.Button("Stop", variant="stop")
@@ -146,12 +150,18 @@ class GenerateTab:
                                 buttons=["fullscreen"])
                 gif = gr.File(label="Trajectory GIF (download)", interactive=False, elem_id="gen-gif")
 
-        gen = run.click(self.generate, [model, digit, sampler, steps, guidance, seed, n],
-                        [xt, x0, status, final, gif, anim], api_name="generate", **page.heavy)
+        inputs, outputs = [model, digit, sampler, steps, guidance, seed, n], [xt, x0, status, final, gif, anim]
+        with presets_box:
+            self.presets = presets.examples(
+                page, "generate", [p for p in presets.GENERATE if p.values["model"] in page.available],
+                dict(zip(("model", "digit", "sampler", "steps", "guidance", "seed", "num_images"), inputs)),
+                outputs, self.generate)
+        gen = run.click(self.generate, inputs, outputs, api_name="generate", **page.heavy)
         stop.click(None, cancels=[gen])
-        model.change(self.recommended_settings, model, [sampler, steps], api_name="recommended_settings",
-                     queue=False, show_progress="hidden", preprocess=False)
+        # .input: a person's pick only; a preset setting the model (and its own sampler and steps) does not fire it
+        model.input(self.recommended_settings, model, [sampler, steps], api_name="recommended_settings",
+                    queue=False, show_progress="hidden", preprocess=False, **PLUMBING)
         gr.on([model.change, sampler.change, steps.change, n.change, guidance.change], self.estimate,
               [model, sampler, steps, n, guidance], cost, api_name="estimate_cost", queue=False,
-              preprocess=False, show_progress="hidden")
-        dice.click(self.random_seed, None, seed, api_name="random_seed", queue=False)
+              preprocess=False, show_progress="hidden", **PLUMBING)
+        dice.click(self.random_seed, None, seed, api_name="random_seed", queue=False, **PLUMBING)

@@ -13,14 +13,14 @@ import torch
 from diffusion.samplers import sampler_spec
 from diffusion.toy2d import DATASETS, MixtureScore, ToyScoreMLP, to_points, train_toy
 
-from .controls import IMG, Page, note
+from .controls import IMG, PLUMBING, Page, note
 from .lab import Lab, fmt_s
 from .plane import Panel, grid_points, line_chart, side_by_side
 from .validation import LABELS, MAX_SEED, check_choice, check_float, check_int
 
 LABELS.update({"dataset": "Data set", "num_particles": "Particles", "nfe": "Network evaluations (NFE)",
                "train_steps": "Training steps"})
-MAX_PARTICLES, MAX_TOY_NFE, MAX_TRAIN_STEPS = 2000, 1000, 5000
+MIN_PARTICLES, MAX_PARTICLES, MAX_TOY_NFE, MAX_TRAIN_STEPS = 10, 2000, 1000, 5000
 FRAMES, MAX_RATE = 30, 15.0          # streamed frames per run (every k-th step, the last always), updates / s at most
 VIEW = 1.4                           # half-width of the data's view: every data set lies inside [-1, 1]^2
 TRACKED = 12                         # particles whose whole path is drawn
@@ -95,7 +95,7 @@ class ScoreFieldTab:
         """Stream both runs in lockstep by NFE; end with the samples' moments against the mixture's."""
         lab = self.lab
         mixture = self._mixture(dataset)
-        n = check_int("num_particles", num_particles, 1, MAX_PARTICLES)
+        n = check_int("num_particles", num_particles, MIN_PARTICLES, MAX_PARTICLES)
         nfe = check_int("nfe", nfe, 3, MAX_TOY_NFE)
         seed = check_int("seed", seed, 0, MAX_SEED)
         sde, start = lab.sde, time.perf_counter()
@@ -224,7 +224,7 @@ class ScoreFieldTab:
              "(Heun: the score's pull only, deterministic), at the same number of score evaluations. Paths of 12 "
              "particles are drawn; the view zooms in as they gather.")
         with gr.Row():
-            n = gr.Slider(10, MAX_PARTICLES, 300, step=10, label="Particles")
+            n = gr.Slider(MIN_PARTICLES, MAX_PARTICLES, 300, step=10, label="Particles")
             nfe = gr.Slider(3, MAX_TOY_NFE, 100, step=1, label="Network evaluations (NFE)",
                             info="exact score: one evaluation is cheap here")
             seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
@@ -258,7 +258,7 @@ class ScoreFieldTab:
         fld = dict(preprocess=False, concurrency_id="score-field", concurrency_limit=2, trigger_mode="always_last",
                    show_progress="minimal")
         gr.on([dataset.change, t.change], self.field, [dataset, t], [view, status], api_name="score_field", **fld)
-        page.demo.load(self.field, [dataset, t], [view, status], api_name="score_field_initial", **fld)
+        page.demo.load(self.field, [dataset, t], [view, status], api_name="score_field_initial", **fld, **PLUMBING)
         go = run.click(self.particles, [dataset, n, nfe, seed], [movie, pstatus], api_name="score_particles",
                        preprocess=False, concurrency_id="score-field", concurrency_limit=2)
         stop.click(None, cancels=[go])

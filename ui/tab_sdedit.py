@@ -13,7 +13,8 @@ import torch
 from diffusion.editing import half_mask, sdedit
 from diffusion.images import grid
 
-from .controls import DEFAULT_DIGIT, IMG, Page, note
+from . import presets
+from .controls import DEFAULT_DIGIT, IMG, PLUMBING, Page, note
 from .lab import PREVIEW_INTERVAL, Lab, fmt_s
 from .tab_forward import ForwardTab
 from .pictures import labelled_strip, show_grid, sketch_to_digit
@@ -36,6 +37,7 @@ class SDEditTab:
 
     def __init__(self, lab: Lab):
         self.lab = lab
+        self.presets = None                 # the gr.Examples, once laid out
 
     def _input(self, source, test_index, sketch) -> tuple[torch.Tensor, str]:
         source = check_choice("source", source, ["test digit", "drawing"])
@@ -92,6 +94,11 @@ class SDEditTab:
         yield (up_in, show_grid(final, 300), show_grid(final, 300), strip,
                f"{what}\n\n**Done** in {fmt_s(time.perf_counter() - start)}: {step.nfe} NFE. {summary}")
 
+    def edit_preset(self, source, test_index, model, digit, guidance, t0, steps, seed, num_images, region):
+        """`edit` for a preset: the same handler and checks, with no drawing (a preset starts from a test digit and
+        leaves the visitor's drawing alone; gradio 6.31 cannot cache examples that leave an input out)."""
+        yield from self.edit(source, test_index, None, model, digit, guidance, t0, steps, seed, num_images, region)
+
     def readings(self, final: torch.Tensor, x_in: torch.Tensor, mask) -> tuple[np.ndarray, str]:
         """Each result with the evaluation classifier's reading and its RMS distance to the input."""
         diff = (final - x_in[None]) ** 2                                    # (n, 28, 28)
@@ -140,6 +147,7 @@ class SDEditTab:
             region = gr.Radio(REGIONS, value=REGIONS[0], label="Inpainting")
             seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
             n = gr.Slider(1, MAX_EDIT_IMAGES, 4, step=1, label="Number of images")
+        presets_box = gr.Column()                  # filled below, once the outputs exist
         with gr.Row():
             run = gr.Button("Denoise", variant="primary", elem_id="sde-run", interactive=bool(page.available))
             stop = gr.Button("Stop", variant="stop")
@@ -154,8 +162,14 @@ class SDEditTab:
              "current guess of the clean result. d is the root-mean-square pixel difference from the input.")
         if page.lab.classifier is None:
             note("(No evaluation classifier is loaded: results are shown without readings.)")
+        outputs = [x_in, xt, x0, strip, status]
+        with presets_box:
+            self.presets = presets.examples(
+                page, "sdedit", [p for p in presets.SDEDIT if p.values["model"] in page.available],
+                dict(source=source, test_index=index, model=model, digit=digit, guidance=guidance, t0=t0,
+                     steps=steps, seed=seed, num_images=n, region=region), outputs, self.edit_preset)
         go = run.click(self.edit, [source, index, sketch, model, digit, guidance, t0, steps, seed, n, region],
-                       [x_in, xt, x0, strip, status], api_name="sdedit", **page.heavy)
+                       outputs, api_name="sdedit", **page.heavy)
         stop.click(None, cancels=[go])
         sketch.input(ForwardTab.use_drawing, sketch, source, api_name="sdedit_use_drawing", queue=False,
-                     preprocess=False)
+                     preprocess=False, **PLUMBING)

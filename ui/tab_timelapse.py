@@ -14,7 +14,7 @@ from diffusion import timelapse as tl
 from diffusion.images import grid
 from diffusion.registry import DEFAULT_WEIGHTS_DIR
 
-from .controls import IMG, Page, note
+from .controls import IMG, PLUMBING, Page, note
 from .lab import MODEL_NAMES, Lab
 from .plane import line_chart
 from .validation import LABELS, check_choice, check_int
@@ -132,7 +132,8 @@ class TimelapseTab:
 
         quick = dict(preprocess=False, concurrency_id="timelapse", concurrency_limit=2, show_progress="minimal")
         model.change(self.open, model, [frame, pic, chart, status], api_name="timelapse_open", **quick)
-        page.demo.load(self.open, model, [frame, pic, chart, status], api_name="timelapse_initial", **quick)
+        page.demo.load(self.open, model, [frame, pic, chart, status], api_name="timelapse_initial", **quick,
+                       **PLUMBING)
         frame.input(self.frame, [model, frame], [pic, chart, status], api_name="timelapse_frame",
                     trigger_mode="always_last", **quick)
         go = play.click(self.play, [model, frame], [frame, pic, chart, status], api_name="timelapse_play", **quick)
