@@ -190,6 +190,8 @@ def main(argv=None) -> None:
     parser.add_argument("--storm", type=int, default=18, help="jobs per cancel storm (queue 16 + 1 running + 1)")
     parser.add_argument("--images", type=int, default=16, help="images in the timed normal generation (default: the "
                         "app's default, 16; fewer on a loaded machine, where 16 may pass the time limit)")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment for the server, e.g. MALLOC_ARENA_MAX=2 (allocator A/B)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "soak.json"))
     args = parser.parse_args(argv)
     NORMAL[-1] = args.images
@@ -198,7 +200,9 @@ def main(argv=None) -> None:
     cmd = [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(args.port)]
     if args.weights_dir:
         cmd += ["--weights-dir", args.weights_dir]
-    server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    extra_env = dict(kv.split("=", 1) for kv in args.env)
+    server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              env={**os.environ, **extra_env})
     url = f"http://127.0.0.1:{args.port}/"
     log_bytes = [0]
     threading.Thread(target=lambda: [log_bytes.__setitem__(0, log_bytes[0] + len(line)) for line in server.stderr],
@@ -242,7 +246,7 @@ def main(argv=None) -> None:
         time.sleep(5)
         final = rss_mib(server.pid)
         report = dict(
-            minutes=args.minutes, rounds=rounds, normal_request=dict(zip(
+            minutes=args.minutes, rounds=rounds, server_env=extra_env, normal_request=dict(zip(
                 ("model", "digit", "sampler", "steps", "guidance", "seed", "num_images"), NORMAL)), load_avg_start=load_start, load_avg_end=os.getloadavg(),
             cpu_count=os.cpu_count(), rss_baseline_mib=round(baseline, 1), rss_peak_mib=round(max(rss), 1),
             rss_final_mib=round(final, 1), final_vs_baseline_pct=round(100 * (final - baseline) / baseline, 1),

@@ -362,3 +362,30 @@ def test_a_malformed_drawing_request_logs_a_bounded_excerpt(live, capfd):
     time.sleep(0.5)
     out, err = capfd.readouterr()
     assert len(out) + len(err) < max(20_000, size // 4), f"{len(out) + len(err)} bytes logged for a {size}-byte request"
+
+
+def test_a_session_keeps_one_slot_per_block_however_often_it_generates(live):
+    """gradio answers gr.skip() (an empty prop update) with a fresh component under a fresh id, and files the
+    next real value under that id too: without the fix a session grew by one slot per skipped output per event."""
+    from gradio_client import Client
+
+    holder = live.demo.server_app.state_holder
+    client = Client(live.url, verbose=False)
+    args = ["pixel-cond", 3, "euler_maruyama", 4, 1.0, 0, 1]
+    slots = []
+    for _ in range(4):
+        client.predict(*args, api_name="/generate")
+        slots.append(len(holder.session_data[client.session_hash].blocks_config.blocks))
+    assert slots[-1] == slots[0] <= len(live.demo.blocks), slots
+
+
+def test_a_dropped_session_leaves_no_undelivered_messages(live):
+    from gradio_client import Client
+
+    holder, queue = live.demo.server_app.state_holder, live.demo._queue
+    client = Client(live.url, verbose=False)
+    client.predict("pixel-cond", 3, "euler_maruyama", 4, 1.0, 0, 1, api_name="/generate")
+    assert client.session_hash in holder.session_data
+    holder.prune(now=time.time() + 10 * 86400)
+    assert client.session_hash not in holder.session_data
+    assert client.session_hash not in queue.pending_messages_per_session

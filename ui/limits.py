@@ -25,6 +25,7 @@ import threading
 import time
 from collections import OrderedDict
 
+from gradio.blocks import Block
 from gradio.state_holder import SessionState, StateHolder
 
 BODY_LIMIT = 1 * 2**20            # bytes: a JSON request (every value this app takes is small)
@@ -307,6 +308,14 @@ class LeanSessionState(SessionState):
     def _update_value_in_config(self, key, value):
         pass
 
+    def __setitem__(self, key, value):
+        # gradio answers a prop update (gr.skip() is an empty one) with a fresh component, which takes a fresh id;
+        # the next real value would then be filed under that id as well: one more slot per output per event.
+        # The replacement keeps its slot's id, so a session holds one slot per block however long it lives.
+        if isinstance(value, Block) and getattr(value, "_id", key) != key:
+            value._id = key
+        super().__setitem__(key, value)
+
 
 class BoundedStateHolder(StateHolder):
     """At most `capacity` sessions (least recently used dropped first), each dropped after `idle_s` unused."""
@@ -334,9 +343,12 @@ class BoundedStateHolder(StateHolder):
         cutoff = (now or time.time()) - self.idle_s
         with self.lock:
             stale = [s for s, t in self.time_last_used.items() if t.timestamp() < cutoff]
+            queue = getattr(self.blocks, "_queue", None)
             for s in stale:
                 self.session_data.pop(s, None)
                 self.time_last_used.pop(s, None)
+                if queue is not None:                   # a session idle this long has no stream reading these
+                    queue.pending_messages_per_session.pop(s, None)
         return len(stale)
 
 
