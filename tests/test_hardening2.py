@@ -389,3 +389,12 @@ def test_a_dropped_session_leaves_no_undelivered_messages(live):
     holder.prune(now=time.time() + 10 * 86400)
     assert client.session_hash not in holder.session_data
     assert client.session_hash not in queue.pending_messages_per_session
+
+
+def test_the_allocator_cap_is_set_unless_the_environment_sets_it(monkeypatch):
+    from ui import limits
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert limits.tune_allocator(limits.MALLOC_ARENAS) is True          # glibc accepted M_ARENA_MAX
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
+    assert limits.tune_allocator(limits.MALLOC_ARENAS) is False         # the operator's setting stands
