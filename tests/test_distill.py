@@ -417,3 +417,17 @@ def test_guidance_distillation_learns_the_guided_teacher(tmp_path):
     before = error(student.eval())
     after = error(_train(student, GuidanceTask(teacher, DistillConfig()), tmp_path))
     assert after < 0.6 * before, (before, after)
+
+
+def test_auto_precision_keeps_a_student_in_fp32_and_its_teacher_in_bf16(monkeypatch):
+    """Under bf16 autocast the shipped 2-step student's digits blurred (a 1-4 step sampler has no later step to
+    correct the rounding); "auto" therefore runs students in fp32, while an explicit "bf16" is honoured."""
+    import diffusion.pipeline as dp
+    from factories import tiny_model, tiny_students
+
+    monkeypatch.setattr(dp, "cpu_has_bf16", lambda: True)
+    teacher = tiny_model("pixel-cond")
+    student = tiny_students(teacher, names=["pixel-cond-distilled-2step"])["pixel-cond-distilled-2step"]
+    assert Pipeline(teacher, precision="auto").compute_precision == "bf16"
+    assert Pipeline(student, precision="auto").compute_precision == "fp32"
+    assert Pipeline(student, precision="bf16").compute_precision == "bf16"
