@@ -33,10 +33,11 @@ MODEL_DEFAULTS = {
     "latent-cond": SamplingDefaults("dpmpp_2m", 10, 2.0),
     "pixel-uncond": SamplingDefaults("dpmpp_2m_sde", 10, 2.0),
     # distilled students of pixel-cond (diffusion/distill.py, train/distill.py): the step count is the one each was
-    # distilled for (the only one it runs), guidance that of its teacher; no benchmark choice to make
+    # distilled for (the only one it runs); w by the same two-evaluator rule (diffusion.metrics.choose_setting) over
+    # the students' sweep in bench/results/distillation.json (tests/test_distill.py checks it)
     "pixel-cond-distilled": SamplingDefaults("ddim", 4, 1.5),
     "pixel-cond-distilled-2step": SamplingDefaults("ddim", 2, 1.5),
-    "pixel-cond-distilled-1step": SamplingDefaults("ddim", 1, 1.5),
+    "pixel-cond-distilled-1step": SamplingDefaults("ddim", 1, 1.75),
 }
 # the project-wide defaults: those of the flagship model, also used for a pipeline of any other name
 DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE = (MODEL_DEFAULTS["pixel-cond"].sampler,

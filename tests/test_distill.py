@@ -431,3 +431,17 @@ def test_auto_precision_keeps_a_student_in_fp32_and_its_teacher_in_bf16(monkeypa
     assert Pipeline(teacher, precision="auto").compute_precision == "bf16"
     assert Pipeline(student, precision="auto").compute_precision == "fp32"
     assert Pipeline(student, precision="bf16").compute_precision == "bf16"
+
+
+def test_students_guidance_defaults_follow_the_two_evaluator_rule_on_the_shipped_sweep():
+    """Each student's default w is diffusion.metrics.choose_setting's pick over its rows in
+    bench/results/distillation.json (largest N): changing the sweep or a default without the other fails here."""
+    from diffusion.metrics import choose_setting
+
+    rows = json.loads((Path(__file__).resolve().parent.parent / "bench" / "results" / "distillation.json").read_text())
+    for name in ("pixel-cond-distilled", "pixel-cond-distilled-2step", "pixel-cond-distilled-1step"):
+        mine = [r for r in rows if r["model"] == name]
+        n = max(r["samples"] for r in mine)
+        swept = [{"setting": {"guidance": r["guidance"]}, "metrics": r["metrics"]} for r in mine if r["samples"] == n]
+        assert len(swept) >= 3, f"{name}: too few guidance values swept"
+        assert choose_setting(swept)["setting"]["guidance"] == MODEL_DEFAULTS[name].guidance, name
