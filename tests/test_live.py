@@ -137,6 +137,31 @@ def test_the_time_limit_stops_a_run(live, monkeypatch):
 
 # ---------------------------------------------------------------- without students
 
+def test_the_default_step_count_is_the_most_that_meets_the_speed_target_here(teacher):
+    """Live opens at the most steps whose 16 images take <= LIVE_TARGET_S of network time by the start-up timing:
+    4 on a fast machine, fewer on a slow one, the fewest when none is fast enough; untimed students count as fast."""
+    from ui import tab_live
+
+    tab = _live_tab(teacher)                                   # calibrate=False: nothing timed
+    assert tab.default_steps == 4
+    per_image = {"pixel-cond-distilled": 0.006, "pixel-cond-distilled-2step": 0.006,
+                 "pixel-cond-distilled-1step": 0.006}          # s per NFE per image: 4 x 16 x 0.006 = 0.38 s
+    tab.lab.cost.rates.update(per_image)
+    assert tab_live.LIVE_TARGET_S == 0.25 and tab.default_steps == 2          # 2 x 16 x 0.006 = 0.19 s
+    tab.lab.cost.rates.update({n: 0.05 for n in per_image})                   # even 1 step: 0.8 s
+    assert tab.default_steps == 1
+    tab.lab.cost.rates.update({n: 0.001 for n in per_image})
+    assert tab.default_steps == 4
+
+
+def test_a_calibrated_app_times_its_students_at_start(teacher):
+    made = tiny_students(teacher.score_model, names=("pixel-cond-distilled",))
+    demo = build_demo({"pixel-cond": teacher}, [], calibrate=True,
+                      students={n: Pipeline(s, name=n) for n, s in made.items()})
+    rate = demo.lab.cost.rates.get("pixel-cond-distilled")
+    assert rate is not None and 0 < rate < 1.0
+
+
 def test_without_students_the_teacher_runs_and_the_page_says_so(teacher):
     tab = _live_tab(teacher, students=())
     banner = tab.banner()

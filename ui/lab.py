@@ -61,6 +61,7 @@ class Lab:
         atexit.register(shutil.rmtree, self.tmp, ignore_errors=True)
         self.cost = CostModel()
         self.call_floor: dict[str, float] = {}    # images a batch-of-one call costs as (per-call overhead)
+        self.calibrated = bool(calibrate)         # the Live tab times its students too
         if calibrate:
             for name, pipe in self.pipelines.items():
                 decode = pipe.autoencoder.decode if pipe.is_latent else None

@@ -12,7 +12,7 @@ from pathlib import Path
 import gradio as gr
 import torch
 
-from diffusion.cost import work_batch
+from diffusion.cost import seconds_per_nfe, work_batch
 from diffusion.registry import DISTILLED_NAMES
 from diffusion.samplers import sampler_spec
 
@@ -22,6 +22,7 @@ from .pictures import GRID_PX, show_grid
 from .validation import MAX_SEED, bad, check_float, check_int
 
 MAX_LIVE_IMAGES, DEFAULT_LIVE_IMAGES = 16, 16
+LIVE_TARGET_S = 0.25                  # network seconds for DEFAULT_LIVE_IMAGES: what "live" means (issue 16)
 ALL_DIGITS = "all"                    # the digit choice that draws 0-9 in turn
 TEACHER, FALLBACK_SAMPLER, FALLBACK_STEPS = "pixel-cond", "dpmpp_2m", 5   # FD 7.94 at w = 2 (bench/results/samplers.md)
 FALLBACK_GUIDANCE_RANGE = (0.0, 4.0)  # train.distill's default w range: the page is the same once students arrive
@@ -91,6 +92,9 @@ class LiveTab:
                                                    FALLBACK_GUIDANCE_RANGE, False)}
         ranges = [r.guidance_range for r in self.runners.values()] or [FALLBACK_GUIDANCE_RANGE]
         self.guidance_range = (max(lo for lo, _ in ranges), min(hi for _, hi in ranges))   # what every runner takes
+        if getattr(lab, "calibrated", False) and not self.fallback:
+            for r in self.runners.values():     # seconds per NFE per image at the live batch (also a warm-up)
+                lab.cost.rates[r.name] = seconds_per_nfe(r.pipe.score_model, DEFAULT_LIVE_IMAGES, reps=3)
 
     # -- handlers ----------------------------------------------------------------------------------
     def check(self, digit, steps, guidance, seed, num_images):
@@ -168,8 +172,19 @@ class LiveTab:
 
     @property
     def default_steps(self) -> int:
-        """The most steps offered up to 4: the best student that meets the speed target."""
-        return max((s for s in self.runners if s <= 4), default=max(self.runners, default=FALLBACK_STEPS))
+        """The most steps (up to 4) whose DEFAULT_LIVE_IMAGES images take at most LIVE_TARGET_S of network time on
+        this machine, by the start-up timing (a student never timed counts as fast enough); the fewest otherwise.
+        On the build machine: 4 steps on a quiet day, 2 on a slow one (bench/results/live_latency.md)."""
+        if not self.runners:
+            return FALLBACK_STEPS
+        if self.fallback:
+            return max(self.runners)
+
+        def fast_enough(steps: int) -> bool:
+            r = self.runners[steps]
+            est = self.lab.cost.estimate(r.name, r.nfe, r.batch(DEFAULT_LIVE_IMAGES, self.default_guidance))
+            return est is None or est <= LIVE_TARGET_S
+        return max((s for s in self.runners if s <= 4 and fast_enough(s)), default=min(self.runners))
 
     @property
     def default_guidance(self) -> float:
