@@ -391,10 +391,11 @@ def test_a_dropped_session_leaves_no_undelivered_messages(live):
     assert client.session_hash not in queue.pending_messages_per_session
 
 
-def test_the_allocator_cap_is_set_unless_the_environment_sets_it(monkeypatch):
+def test_the_allocator_settings_are_applied_unless_the_environment_sets_them(monkeypatch):
     from ui import limits
 
-    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
-    assert limits.tune_allocator(limits.MALLOC_ARENAS) is True          # glibc accepted M_ARENA_MAX
+    for env in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_"):
+        monkeypatch.delenv(env, raising=False)
+    assert limits.tune_allocator() == {"MALLOC_ARENA_MAX": True, "MALLOC_MMAP_THRESHOLD_": True}   # glibc took both
     monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
-    assert limits.tune_allocator(limits.MALLOC_ARENAS) is False         # the operator's setting stands
+    assert limits.tune_allocator() == {"MALLOC_ARENA_MAX": False, "MALLOC_MMAP_THRESHOLD_": True}  # operator's stands

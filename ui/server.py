@@ -82,7 +82,7 @@ def main(argv=None) -> None:
                         help="score network precision: auto = bf16 autocast on a CPU with bf16 hardware "
                              "(AVX512-BF16/AMX, measured 1.2-1.5x at equal quality), else fp32")
     args = parser.parse_args(argv)
-    limits.tune_allocator()                     # before any thread: fewer malloc arenas (MALLOC_ARENA_MAX wins)
+    limits.tune_allocator()         # before any thread: 2 malloc arenas, 1 MiB mmap threshold (the env wins)
     app = create_demo(args.weights_dir, args.hub_repo, args.revision, max_seconds=args.max_seconds,
                       max_queue=args.max_queue, precision=args.precision)
     app.launch(**launch_kwargs(args.host, args.port))
