@@ -44,11 +44,11 @@ from bench.samplers_report import (CHUNK, DEFAULT_NFE, REFERENCE, RESULTS, cheap
 def feature_cache(classifier, n_floor: int) -> Path:
     """Cache file for the test/train features, keyed by a hash of the classifier's weights."""
     import hashlib
-    h = hashlib.sha256()
-    for k, v in sorted(classifier.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+
+    from diffusion.hub_mixin import hash_state_dict
     from train.data import CACHE
+    h = hashlib.sha256()
+    hash_state_dict(h, classifier)
     return CACHE / "bench" / f"features-{h.hexdigest()[:16]}-{n_floor}.npz"
 
 

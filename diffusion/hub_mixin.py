@@ -245,3 +245,16 @@ def _download_repo_folder(repo_id: str, subfolder: str | None, *, cache_dir=None
                  if filename == WEIGHTS_NAME else "")
         raise FileNotFoundError(f"{where} has no {filename}.{extra}") from None
     return folder
+
+
+def hash_tensor(h, name: str, t: torch.Tensor) -> None:
+    """Feed `name`, dtype, shape and the raw bytes of `t` into the hashlib object `h` (any dtype, bf16 included)."""
+    t = t.detach().cpu().contiguous()
+    h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def hash_state_dict(h, module: torch.nn.Module) -> None:
+    """Feed every tensor of module.state_dict() (sorted by key) into `h`: a fingerprint of the weights themselves."""
+    for key, t in sorted(module.state_dict().items()):
+        hash_tensor(h, key, t)

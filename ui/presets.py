@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 import gradio.utils as gradio_utils
-import torch
 
 import diffusion.pipeline as dp
+from diffusion.hub_mixin import hash_state_dict, hash_tensor
 from diffusion.sde import VESDE
 
 if TYPE_CHECKING:
@@ -102,12 +102,6 @@ def _models(lab: Lab) -> dict:
     return mods
 
 
-def _tensor(h, name: str, t: torch.Tensor) -> None:
-    t = t.detach().cpu().contiguous()
-    h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-
-
 def cache_key(lab: Lab) -> str:
     """12 hex digits of a sha256 over every loaded model's config and weights (all their bytes: a few MB, hashed
     once at startup), each pipeline's precision and device, the shipped test digits and the source of ui/ and
@@ -116,11 +110,10 @@ def cache_key(lab: Lab) -> str:
     for name, module in _models(lab).items():
         config = getattr(module, "_hub_mixin_config", None)
         h.update(f"model {name} {type(module).__name__} {json.dumps(config, sort_keys=True, default=str)}\n".encode())
-        for key, t in module.state_dict().items():
-            _tensor(h, key, t)
+        hash_state_dict(h, module)
     for name, pipe in sorted(lab.pipelines.items()):
         h.update(f"run {name} {pipe.compute_precision} {pipe.device.type}\n".encode())
-    _tensor(h, "test_images", lab.test_images)
+    hash_tensor(h, "test_images", lab.test_images)
     for package in CODE:
         for path in sorted((ROOT / package).rglob("*.py")):
             h.update(f"code {path.relative_to(ROOT).as_posix()}\n".encode())
