@@ -22,10 +22,8 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from bench.tables import cell
-from diffusion.hub_mixin import check_safetensors_header, refuse_pickle
 from diffusion.pipeline import Pipeline
 from diffusion.score import ScoreModel
 
@@ -50,16 +48,8 @@ def train(arms, steps: int, ckpt_every: int, threads: int) -> None:
 
 def ema_model(run_dir: Path, ckpt: Path) -> ScoreModel:
     """The EMA weights of a training checkpoint in the run's architecture."""
-    from train.diffusion_models import ScoreConfig, build_model
-    cfg = json.loads((run_dir / "config.json").read_text())
-    known = ScoreConfig.__dataclass_fields__
-    model = build_model(ScoreConfig(**{k: v for k, v in cfg.items() if k in known}), 1, 28)
-    st = ckpt / "state.safetensors"
-    refuse_pickle(st)
-    check_safetensors_header(st)
-    tensors = load_file(str(st))
-    model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, strict=True)
-    return model.eval()
+    from train.diffusion_models import ema_from_checkpoint
+    return ema_from_checkpoint(run_dir, ckpt)
 
 
 def evaluate(arms, samples: int, guidances, steps: int = 10, at_steps=None) -> list[dict]:

@@ -28,7 +28,7 @@ def seconds_per_nfe(score_model, batch: int = 8, *, guidance: float = 1.0, decod
     device = next(score_model.parameters()).device
     x = torch.randn(batch, *score_model.sample_shape, device=device)             # (B, C, H, W)
     labels = (torch.arange(batch, device=device) % 10) if score_model.conditional else None
-    w = guidance if score_model.conditional else 1.0
+    w = guidance if score_model.conditional or getattr(score_model, "autoguided", False) else 1.0
     t = torch.full((batch,), 0.5, device=device)
 
     def call():
@@ -48,9 +48,10 @@ def seconds_per_nfe(score_model, batch: int = 8, *, guidance: float = 1.0, decod
     return statistics.median(times) / batch
 
 
-def work_batch(n: int, conditional: bool, guidance: float) -> int:
-    """Images per network evaluation: n, doubled by classifier-free guidance (w != 1) on a conditional model."""
-    return n * (2 if conditional and guidance != 1.0 else 1)
+def work_batch(n: int, guided: bool, guidance: float) -> int:
+    """Images per network evaluation: n, doubled by guidance (w != 1) on a model that has it: classifier-free on a
+    conditional model (one call on 2n), autoguidance on an unconditional one (two networks' calls on n)."""
+    return n * (2 if guided and guidance != 1.0 else 1)
 
 
 class CostModel:

@@ -22,7 +22,7 @@ from .hub_mixin import CONFIG_NAME, WEIGHTS_NAME, UnsafeWeightsError, pickle_fil
 from .pinning import PIN_FILE, hub_pin, pin_note, record_pin, resolve_revision  # noqa: F401
 from .pipeline import Pipeline
 from .publish import push_folder, push_root_files, verify_folder  # noqa: F401
-from .registry import (CARD_NAME, DEFAULT_WEIGHTS_DIR, FOLDER_FILES, LOAD_FILES, MODEL_CLASSES,  # noqa: F401
+from .registry import (CARD_NAME, DEFAULT_WEIGHTS_DIR, FOLDER_FILES, GUIDE_NAMES, LOAD_FILES, MODEL_CLASSES,  # noqa: F401
                        PIPELINE_NAMES, REQUIRED_FILES, SAMPLEABLE_NAMES, DISTILLED_NAMES, check_name, model_folders, shown_path)
 from .registry import weights_dir as _weights_dir
 
@@ -151,7 +151,25 @@ def load_pipeline(name: str, **kwargs) -> Pipeline:
         raise ValueError(f"{name!r} is not a diffusion model; choose one of {', '.join(SAMPLEABLE_NAMES)}")
     score = load_model(name, **kwargs)
     autoencoder = load_model("autoencoder", **kwargs) if score.in_channels != 1 else None
+    if getattr(score, "autoguide", None):
+        score = _with_guide(name, score, kwargs)
     return Pipeline(score, autoencoder, name=name)
+
+
+def _with_guide(name: str, score, kwargs: dict):
+    """`score` guided by the weaker model its config names (`autoguide`, diffusion.autoguidance) when that loads;
+    else `score` alone, with a message saying why (the model still samples; its guidance does nothing)."""
+    from .autoguidance import AutoGuided
+    messages = kwargs.get("messages")
+    try:
+        if score.autoguide not in GUIDE_NAMES:
+            raise ValueError(f"{score.autoguide!r} is not a guide model ({', '.join(GUIDE_NAMES)})")
+        return AutoGuided(score, load_model(score.autoguide, **kwargs))
+    except Exception as e:  # noqa: BLE001 - optional: the model works without it
+        if messages is not None:
+            messages.append(f"{score.autoguide}: unavailable, {name} samples without autoguidance "
+                            f"({type(e).__name__}: {first_line(e, 200)})")
+        return score
 
 
 def load_pipelines(names=PIPELINE_NAMES, **kwargs) -> tuple[dict, list[str]]:

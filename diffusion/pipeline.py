@@ -127,6 +127,12 @@ class Pipeline:
         return self.score_model.conditional
 
     @property
+    def guided(self) -> bool:
+        """Whether `guidance` means anything: classifier-free guidance (labels) or autoguidance (an unconditional
+        model paired with a weaker version of itself, diffusion.autoguidance)."""
+        return self.conditional or bool(getattr(self.score_model, "autoguided", False))
+
+    @property
     def device(self) -> torch.device:
         return next(self.score_model.parameters()).device
 
@@ -182,7 +188,7 @@ class Pipeline:
         x = sde.prior_sample((n, *self.score_model.sample_shape), generator, device=self.device,
                              dtype=next(self.score_model.parameters()).dtype)
         decode_time = 0.0
-        guidance = guidance if self.conditional else 1.0
+        guidance = guidance if self.guided else 1.0
         model = _Autocast(self.score_model) if self.compute_precision == "bf16" else self.score_model
         for step in spec.fn(model, x, labels, num_steps=num_steps, generator=generator, guidance=guidance, **extras):
             if not (step.final or (preview_every and step.i % preview_every == 0)):

@@ -21,6 +21,10 @@ PIPELINE_NAMES = ("pixel-uncond", "pixel-cond", "latent-cond")
 DISTILLED_NAMES = ("pixel-cond-distilled", "pixel-cond-distilled-2step", "pixel-cond-distilled-1step")
 MODEL_CLASSES |= {name: ScoreModel for name in DISTILLED_NAMES}
 SAMPLEABLE_NAMES = PIPELINE_NAMES + DISTILLED_NAMES   # what load_pipeline and the sampling CLI accept
+# autoguidance (diffusion/autoguidance.py): weaker versions of a model (an early checkpoint of its own training run)
+# that a model names in its config (`autoguide`); load_pipeline loads the pair, and w then means D_bad + w (D_good - D_bad)
+GUIDE_NAMES = ("pixel-uncond-guide",)
+MODEL_CLASSES |= {guide: ScoreModel for guide in GUIDE_NAMES}
 CARD_NAME = "README.md"
 FOLDER_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, TIMELAPSE_NAME)  # what a published folder may hold
 LOAD_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)                   # what loading a model downloads

@@ -39,7 +39,7 @@ class ScoreModel(nn.Module, SafeHubMixin, library_name="mnist-diffusion-lab", ta
                  channels=(16, 32, 64), attention_levels=(2,), num_classes: int | None = None,
                  embed_dim: int = 128, context_dim: int = 64, skip: str = "concat", heads: int = 4,
                  precond: str = "song", sigma_data: float = 0.31, guidance_embed: bool = False,
-                 distilled: dict | None = None):
+                 distilled: dict | None = None, autoguide: str | None = None):
         super().__init__()
         if precond not in PRECONDITIONINGS:
             raise ValueError(f"precond must be one of {', '.join(PRECONDITIONINGS)}, got {precond!r}")
@@ -49,6 +49,7 @@ class ScoreModel(nn.Module, SafeHubMixin, library_name="mnist-diffusion-lab", ta
         self.sde = VESDE(sigma, eps)
         self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
         self.guidance_embed, self.distilled = bool(guidance_embed), (dict(distilled) if distilled else None)
+        self.autoguide = autoguide or None   # weights folder of a weaker version of this model (diffusion.autoguidance)
         self.net = UNet(in_channels, channels, attention_levels, num_classes, embed_dim, context_dim, skip, heads,
                         guidance_embed=self.guidance_embed)
 
@@ -139,3 +140,9 @@ class ScoreModel(nn.Module, SafeHubMixin, library_name="mnist-diffusion-lab", ta
         """D(x; sigma) = E[x0 | x_t = x], the Tweedie estimate x + sigma^2 s(x, t(sigma)): x (B, C, H, W),
         sigma (B,), a scalar tensor or a float (the noise std, not t)."""
         return self._guided(self._denoise_at, x, self._batch_sigma(x, sigma), labels, guidance)
+
+
+def networks(model: nn.Module) -> list[nn.Module]:
+    """The U-Nets a score model evaluates: its one `net`, both of an autoguided pair (diffusion.autoguidance);
+    [model] for a module that holds no ScoreModel. For hooks that must see every network evaluation."""
+    return [m.net for m in model.modules() if isinstance(m, ScoreModel)] or [model]

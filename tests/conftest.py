@@ -49,13 +49,15 @@ def examples_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory):
-    """weights/<name>/ for every model the app loads, tiny and random (seeded); a model card for pixel-cond; the
-    distilled 4-, 2- and 1-step students of the tiny pixel-cond (untrained: valid, if poor, images)."""
-    from factories import tiny_model, tiny_students
+    """weights/<name>/ for every model the app loads, tiny and random (seeded), pixel-uncond with its autoguidance
+    guide (another seed); a model card for pixel-cond; the distilled 4-, 2- and 1-step students of the tiny pixel-cond (untrained: valid, if poor, images)."""
+    from factories import tiny_model, tiny_score, tiny_students
 
     root = tmp_path_factory.mktemp("weights")
     models = {name: tiny_model(name) for name in ("pixel-cond", "pixel-uncond", "latent-cond", "autoencoder",
                                                   "classifier")}
+    models["pixel-uncond"] = tiny_score(0, autoguide="pixel-uncond-guide")   # guided, as the shipped one is
+    models["pixel-uncond-guide"] = tiny_model("pixel-uncond", seed=1)
     for name, model in models.items():
         model.save_pretrained(root / name)
     for name, student in tiny_students(models["pixel-cond"]).items():

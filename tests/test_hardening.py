@@ -25,6 +25,7 @@ from PIL import Image
 import app
 import gradio.utils as gradio_utils
 from conftest import _free_port
+from diffusion.score import networks
 from ui.lab import PREVIEW_INTERVAL
 from ui.pictures import show_grid
 
@@ -58,7 +59,7 @@ def hard(tiny_weights, tmp_path_factory):
     def log(module, inputs, output):
         calls.append((time.perf_counter(), bool(torch.isfinite(output).all())))
 
-    hooks = [p.score_model.net.register_forward_hook(log) for p in demo.lab.pipelines.values()]
+    hooks = [net.register_forward_hook(log) for p in demo.lab.pipelines.values() for net in networks(p.score_model)]
     port = _free_port()
     demo.launch(prevent_thread_lock=True, quiet=True, **app.launch_kwargs("127.0.0.1", port))
     url = f"http://127.0.0.1:{port}/"

@@ -17,6 +17,7 @@ from PIL import Image
 import app
 import gradio as gr
 from conftest import _free_port
+from diffusion.score import networks
 from ui import drawings
 from ui.pictures import sketch_to_digit
 
@@ -99,8 +100,8 @@ def live(tiny_weights):
     """The tiny app launched as `python app.py` launches it; `calls` logs each score-network evaluation."""
     demo = app.create_demo(weights_dir=tiny_weights, device=torch.device("cpu"), max_seconds=60, max_queue=4)
     calls: list[float] = []
-    hooks = [p.score_model.net.register_forward_hook(lambda *a: calls.append(time.perf_counter()))
-             for p in demo.lab.pipelines.values()]
+    hooks = [net.register_forward_hook(lambda *a: calls.append(time.perf_counter()))
+             for p in demo.lab.pipelines.values() for net in networks(p.score_model)]
     port = _free_port()
     demo.launch(prevent_thread_lock=True, quiet=True, **app.launch_kwargs("127.0.0.1", port))
     try:

@@ -58,8 +58,11 @@ def _tab_presets(app_demo, cls: str):
 
 
 @pytest.mark.parametrize("cls", sorted(PRESET_TABS))
-def test_each_preset_is_a_valid_request(app_demo, cls, one_thread):
-    """3-4 presets a tab; each value one the browser control accepts; each passes every server check."""
+def test_each_preset_is_a_valid_request(app_demo, cls, one_thread, monkeypatch):
+    """3-4 presets a tab; each value one the browser control accepts; each passes every server check but the time
+    budget, a property of the machine rather than of the preset (on a loaded machine the tiny models' start-up
+    timing once put the 100-step preset's estimate over the fixture's 60 s)."""
+    monkeypatch.setattr(app_demo.lab, "max_seconds", 10_000.0)
     tab, ex, declared, handler = _tab_presets(app_demo, cls)
     assert isinstance(ex, gr.helpers.Examples) and 3 <= len(ex.examples) <= 4
     assert ex.example_labels == [p.label for p in declared]

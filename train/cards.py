@@ -33,7 +33,13 @@ DESCRIPTIONS = {
     "pixel-cond": "Class-conditional score model on 28x28 MNIST pixels (VE SDE, sigma = 25). Digits condition the "
                   "U-Net through cross-attention to a learned label embedding; 10% of training labels were replaced "
                   "by a null class, so the same network also gives the unconditional score for classifier-free guidance.",
-    "pixel-uncond": "Unconditional score model on 28x28 MNIST pixels (VE SDE, sigma = 25).",
+    "pixel-uncond": "Unconditional score model on 28x28 MNIST pixels (VE SDE, sigma = 25). With no labels to guide "
+                    "by, it is sampled with autoguidance (Karras et al. 2024): D_w = D_guide + w (D - D_guide), the "
+                    "guide being `pixel-uncond-guide`, an early checkpoint of this model's own run, named in "
+                    "config.json (`autoguide`); `load_pipeline` loads the pair.",
+    "pixel-uncond-guide": "The weaker model that guides pixel-uncond (autoguidance, Karras et al. 2024): an early "
+                          "checkpoint of pixel-uncond's own training run, whose errors are pixel-uncond's, only larger. "
+                          "Not meant to be sampled on its own.",
     "latent-cond": "Class-conditional score model on the autoencoder's 4x10x10 latents, scaled to unit variance by the "
                    "autoencoder's latent_scale (latent diffusion, Rombach et al. 2022), with cross-attention to the label "
                    "embedding and a null class for classifier-free guidance. Decode samples with the `autoencoder` model.",
@@ -46,7 +52,8 @@ DESCRIPTIONS = {
                          "features give a second Frechet distance, KID and precision/recall.",
 }
 ROLES = {"pixel-cond": "class-conditional score model, 28x28 pixels",
-         "pixel-uncond": "unconditional score model, 28x28 pixels",
+         "pixel-uncond": "unconditional score model, 28x28 pixels (autoguided by `pixel-uncond-guide`)",
+         "pixel-uncond-guide": "autoguidance guide of pixel-uncond: an early checkpoint of its run",
          "latent-cond": "class-conditional score model, 4x10x10 latents (decode with `autoencoder`)",
          "autoencoder": "conv autoencoder 28x28 <-> 4x10x10",
          "classifier": "evaluation CNN (conditional accuracy, FD features)",
@@ -253,6 +260,13 @@ def use_snippet(name: str | None, weights_dir) -> str:
 def _training_lines(name: str, rec: dict) -> list[str]:
     if not rec:
         return []
+    if "checkpoint_step" in rec:                    # an autoguidance guide (train/export_guide.py)
+        c = rec.get("config", {})
+        return [f"an early checkpoint of {rec.get('guides')}'s own training run: its EMA weights at step "
+                f"{rec['checkpoint_step']} of {c.get('steps')} (batch {c.get('batch_size')}), after "
+                f"{(rec.get('total_wall_s') or 0) / 60:.1f} min of training on a 2-core CPU",
+                f"exported by `{rec.get('command', 'n/a')}`",
+                "used as the weaker model of autoguidance (diffusion.autoguidance): D_w = D_guide + w (D - D_guide)"]
     cfg = rec.get("config", {})
     if name.startswith("classifier"):
         loss = rec.get("loss") or "cross-entropy (see the command)"

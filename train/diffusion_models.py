@@ -71,6 +71,27 @@ def build_model(cfg: ScoreConfig, in_channels: int, image_size: int) -> ScoreMod
                       context_dim=cfg.context_dim, skip=cfg.skip, precond=cfg.precond, sigma_data=cfg.sigma_data)
 
 
+def ema_from_checkpoint(run_dir: Path, ckpt: Path) -> ScoreModel:
+    """The EMA weights of a training checkpoint (run_dir/ckpt-NNNNNNNN/state.safetensors, or a copy of that folder
+    elsewhere) in the architecture of run_dir/config.json; loaded with the project's safetensors-only checks."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from diffusion.hub_mixin import check_safetensors_header, refuse_pickle
+    cfg = json.loads((Path(run_dir) / "config.json").read_text())
+    known = ScoreConfig.__dataclass_fields__
+    cfg = ScoreConfig(**{k: v for k, v in cfg.items() if k in known})
+    in_channels, size = (1, 28) if cfg.space == "pixel" else AutoEncoder.from_pretrained(cfg.autoencoder).latent_shape[:2]
+    model = build_model(cfg, in_channels, size)
+    st = Path(ckpt) / "state.safetensors"
+    refuse_pickle(st)
+    check_safetensors_header(st)
+    tensors = load_file(str(st))
+    model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, strict=True)
+    return model.eval()
+
+
 def train_score_model(argv=None, config_cls=ScoreConfig):
     """Parse flags into config_cls, train, save the EMA weights and the record (each model script's main)."""
     cfg = parse_config(config_cls, argv)

@@ -56,5 +56,5 @@ def sampling_controls(page: Page, prefix: str):
         sampler = gr.Dropdown(choices, value=d.sampler, label="Sampler", key=f"{prefix}-sampler")
         steps = gr.Number(d.steps, label="Steps", precision=0, minimum=1, maximum=MAX_STEPS, key=f"{prefix}-steps")
         guidance = gr.Slider(0, MAX_GUIDANCE, d.guidance, step=0.25, label="Guidance w",
-                             info="1 = plain conditional, 0 = ignore the digit", key=f"{prefix}-guidance")
+                             info="1 = plain conditional, 0 = ignore the digit (pixel-uncond: autoguidance, 1 = off)", key=f"{prefix}-guidance")
     return sampler, steps, guidance

@@ -18,6 +18,7 @@ from diffusion.cost import CostModel, seconds_per_nfe, work_batch
 from diffusion.hub import PIPELINE_NAMES
 from diffusion.images import gif_bytes
 from diffusion.samplers import SAMPLERS, sampler_spec
+from diffusion.score import networks
 from diffusion.sde import VESDE
 
 from .limits import STOPS
@@ -68,7 +69,8 @@ class Lab:
                 rate = self.cost.measure(name, pipe.score_model, decode)
                 self.call_floor[name] = max(1.0, seconds_per_nfe(pipe.score_model, 1, decoder=decode, reps=3) / rate)
         for pipe in self.pipelines.values():       # every network evaluation, in every handler, runs the guard
-            getattr(pipe.score_model, "net", pipe.score_model).register_forward_pre_hook(self.guard_nfe)
+            for net in networks(pipe.score_model):    # both networks of an autoguided pair
+                net.register_forward_pre_hook(self.guard_nfe)
 
     # -- guards ------------------------------------------------------------------------------------
     def pipeline(self, name: str, *, conditional: bool | None = None, param: str = "model"):
@@ -88,7 +90,15 @@ class Lab:
                 check_float("guidance", guidance, 0.0, MAX_GUIDANCE), check_int("seed", seed, 0, MAX_SEED))
 
     def work_batch(self, pipe, n: int, guidance: float) -> int:
-        return work_batch(n, pipe.conditional, guidance)
+        return work_batch(n, pipe.guided, guidance)
+
+    @staticmethod
+    def guidance_note(pipe, guidance: float) -> str:
+        """How a status line names w: classifier-free guidance, autoguidance (an unconditional model with a guide,
+        diffusion.autoguidance), or n/a."""
+        if pipe.conditional:
+            return f"guidance {guidance:g}"
+        return f"autoguidance {guidance:g}" if pipe.guided else f"guidance {guidance:g} (n/a)"
 
     def estimate_seconds(self, name: str, sampler: str, steps: int, n: int, guidance: float, *,
                          worst: bool = False, runs_of_one: int = 0) -> float | None:

@@ -41,7 +41,7 @@ class GenerateTab:
         labels = [digit] * n if pipe.conditional else None
         what = (f"**{model}** · {f'digit {digit}' if pipe.conditional else 'unconditional (digit ignored)'} · "
                 f"{sampler} · {'adaptive steps' if adaptive else f'{steps} steps'} · "
-                f"guidance {guidance:g}{'' if pipe.conditional else ' (n/a)'} · seed {seed} · {n} images")
+                f"{lab.guidance_note(pipe, guidance)} · seed {seed} · {n} images")
         frames, last_emit, step = FrameBuffer(), -1.0, None
         yield None, None, what + "\n\nstarting…", None, None, None
         try:
@@ -73,7 +73,7 @@ class GenerateTab:
         decode = f" (autoencoder decoding: {fmt_s(step.decode_time)})" if pipe.is_latent else ""
         label_arg = f"[{digit}] * {n}" if pipe.conditional else f"None, num_images={n}"
         summary = (f"{what}\n\n**Done** in {fmt_s(step.elapsed)} wall time{decode}: {step.nfe} NFE, each on a batch "
-                   f"of {batch}{' (images × 2 for guidance)' if batch == 2 * n else ''}"
+                   f"of {batch}{' (images × 2 for guidance: two network calls)' if batch == 2 * n else ''}"
                    f"{lab.classifier_line(step.x, digit if pipe.conditional else None)}.\n\n"
                    f"Reproduce: `load_pipeline('{model}').generate({label_arg}, sampler='{sampler}', "
                    f"num_steps={steps}, guidance={guidance:g}, seed={seed})`")

@@ -92,7 +92,7 @@ class RaceTab:
                            f"{lab.max_seconds:.0f} s limit per request. Use a smaller budget or fewer images.",
                            title="Too much work", print_exception=False)
         labels = [digit] * n if pipe.conditional else None
-        w = guidance if pipe.conditional else None
+        w = guidance if pipe.guided else None       # the bench ran unconditional models unguided (None)
         runs = []
         for name, steps in entrants:
             extras = dict(rtol=RK45_TOL, atol=RK45_TOL, max_nfe=budget) if name == "rk45" else {}
@@ -101,7 +101,7 @@ class RaceTab:
             runs.append(dict(name=name, steps=steps, stream=stream, step=None, own=0.0, done=False, dnf="",
                              bench=self.bench_for(model, name, steps, w, budget)))
         what = (f"**{model}** · {f'digit {digit}' if pipe.conditional else 'unconditional'} · budget {budget} NFE · "
-                f"guidance {guidance:g}{'' if pipe.conditional else ' (n/a)'} · seed {seed} · {n} image(s) each, "
+                f"{lab.guidance_note(pipe, guidance)} · seed {seed} · {n} image(s) each, "
                 f"the same prior noise for every sampler")
         yield self.board(runs, budget), self.table(runs, budget) + "\n\nstarting…", what
         last_emit = time.perf_counter()

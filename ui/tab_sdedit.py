@@ -72,8 +72,8 @@ class SDEditTab:
         mask = half_mask(region.split()[1]).to(dev) if region != REGIONS[0] else None
         show = lambda z: to_image(pipe, z)  # noqa: E731
         what = (f"**{model}** · SDEdit from {what_in} at t0 = {t0:g} (std {sde.marginal_std(t0):.3g}) · "
-                f"{f'towards digit {digit}' if pipe.conditional else 'unconditional (digit ignored)'} · guidance "
-                f"{guidance:g} · {steps} steps · seed {seed} · {n} image(s)"
+                f"{f'towards digit {digit}' if pipe.conditional else 'unconditional (digit ignored)'} · "
+                f"{lab.guidance_note(pipe, guidance)} · {steps} steps · seed {seed} · {n} image(s)"
                 + (f" · inpainting: {region}" if mask is not None else ""))
         up_in = grid(x_in[None], scale=8)
         yield up_in, None, None, None, what + "\n\nstarting…"
