@@ -135,3 +135,29 @@ def test_export_guide_writes_the_checkpoints_ema_weights_and_names_them_in_the_m
         assert torch.equal(pipe.score_model.bad.state_dict()[name], p)
     with pytest.raises(SystemExit, match="named one of"):
         export_guide(run, run / "ckpt-00000500", weights / "pixel-uncond", weights / "elsewhere")
+
+
+def test_a_training_run_with_guide_step_ships_the_guide_beside_the_model(tmp_path, monkeypatch):
+    import json
+
+    import train.common
+    from diffusion.hub import load_pipeline
+    from train import diffusion_models
+
+    g = torch.Generator().manual_seed(0)
+    monkeypatch.setattr(train.common, "load_mnist", lambda *a, **k: (torch.rand(32, 1, 8, 8, generator=g),
+                                                                     torch.randint(0, 10, (32,), generator=g)))
+    weights, run = tmp_path / "weights" / "pixel-uncond", tmp_path / "run"
+    args = ["--out", str(run), "--weights-dir", str(weights), "--no-conditional", "--steps", "4", "--batch-size", "8",
+            "--channels", "8,16", "--attention-levels", "1", "--embed-dim", "16", "--context-dim", "8",
+            "--ckpt-every", "2", "--sample-every", "2", "--warmup", "1", "--threads", "1"]
+    with pytest.raises(SystemExit, match="multiple of --sample-every"):
+        diffusion_models.main([*args, "--guide-step", "3"])
+    diffusion_models.main([*args, "--guide-step", "2"])
+    assert json.loads((weights / "config.json").read_text())["autoguide"] == "pixel-uncond-guide"
+    pipe = load_pipeline("pixel-uncond", weights_dir=weights.parent)
+    assert pipe.guided
+    at_2 = diffusion_models.ema_from_checkpoint(run, run / "ckpt-00000002").state_dict()
+    assert all(torch.equal(v, at_2[k]) for k, v in pipe.score_model.bad.state_dict().items())
+    at_4 = diffusion_models.ema_from_checkpoint(run, run / "ckpt-00000004").state_dict()
+    assert all(torch.equal(v, at_4[k]) for k, v in pipe.score_model.good.state_dict().items())

@@ -6,6 +6,7 @@ train/latent_cond.py. Every flag below can be overridden on the command line.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,8 @@ class ScoreConfig(TrainConfig):
     sample_every: int = 500           # a sample grid and a time-lapse frame every N steps
     timelapse_per_digit: int = 4      # time-lapse samples per digit (conditional) / total / 10 (unconditional)
     channels_last: bool = True
+    guide_step: int = 0               # unconditional: keep the EMA weights at this step (a multiple of sample_every) as
+                                      # the autoguidance guide, shipped as <weights_dir>-guide (diffusion.autoguidance)
 
 
 def _ints(s: str) -> tuple[int, ...]:
@@ -74,8 +77,6 @@ def build_model(cfg: ScoreConfig, in_channels: int, image_size: int) -> ScoreMod
 def ema_from_checkpoint(run_dir: Path, ckpt: Path) -> ScoreModel:
     """The EMA weights of a training checkpoint (run_dir/ckpt-NNNNNNNN/state.safetensors, or a copy of that folder
     elsewhere) in the architecture of run_dir/config.json; loaded with the project's safetensors-only checks."""
-    import json
-
     from safetensors.torch import load_file
 
     from diffusion.hub_mixin import check_safetensors_header, refuse_pickle
@@ -104,6 +105,10 @@ def train_score_model(argv=None, config_cls=ScoreConfig):
         print(f"latents {tuple(x_train.shape)}, std {x_train.std():.3f} (latent_scale {autoencoder.latent_scale:.3f})")
     elif cfg.space != "pixel":
         raise SystemExit(f"--space must be 'pixel' or 'latent', got {cfg.space!r}")
+    if cfg.guide_step and (cfg.conditional or not cfg.sample_every or cfg.guide_step % cfg.sample_every
+                           or cfg.guide_step >= cfg.steps):
+        raise SystemExit(f"--guide-step {cfg.guide_step}: autoguidance is for unconditional models, at a multiple of "
+                         f"--sample-every ({cfg.sample_every}) below --steps ({cfg.steps})")
     model = build_model(cfg, x_train.shape[1], x_train.shape[-1])
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -123,6 +128,9 @@ def train_score_model(argv=None, config_cls=ScoreConfig):
         recent = [h["loss"] for h in history[-10:]]
         wall = history[-1]["wall_s"] if history else 0.0
         timelapse.record(run_dir / timelapse.FILENAME, frame, labels, step, wall, sum(recent) / max(1, len(recent)))
+        if cfg.guide_step and step == cfg.guide_step:      # the autoguidance guide: this step's EMA weights
+            ema_model.save_pretrained(run_dir / "guide")
+            (run_dir / "guide" / "step.json").write_text(json.dumps({"step": step, "wall_s": wall}))
 
     task = DSMTask(model, cfg.label_dropout, cfg.conditional, cfg.t_sampling, cfg.p_mean, cfg.p_std)
     ema, history = train_loop(cfg, model, task, x_train, y_train, on_sample=on_sample, device=device, rank=rank, world=world)
@@ -131,6 +139,16 @@ def train_score_model(argv=None, config_cls=ScoreConfig):
         finish(cfg, ema, {"final_loss": history[-1]["loss"] if history else None,
                           "total_wall_s": history[-1]["wall_s"] if history else None},
                extra_files=[Path(cfg.out) / timelapse.FILENAME])
+        guide_dir = Path(cfg.out) / "guide"
+        if cfg.guide_step and cfg.weights_dir and (guide_dir / "model.safetensors").is_file():
+            from train.common import run_command
+            from train.export_guide import guide_record, install_guide
+            guide = ScoreModel.from_pretrained(str(guide_dir)).eval()
+            at = json.loads((guide_dir / "step.json").read_text())
+            weights = Path(cfg.weights_dir)
+            install_guide(guide, weights, weights.parent / f"{weights.name}-guide",
+                          guide_record(Path(cfg.out), at["step"], at["wall_s"], weights.name, run_command(),
+                                       sum(p.numel() for p in guide.parameters())))
 
 
 def main(argv=None):

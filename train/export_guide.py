@@ -25,26 +25,40 @@ from train.loop import save_weights
 from train.diffusion_models import ema_from_checkpoint
 
 
-def export_guide(run: Path, ckpt: Path, model_dir: Path, out: Path) -> dict:
+def install_guide(guide, model_dir: Path, out: Path, record: dict) -> Path:
+    """Save `guide` (a ScoreModel) to `out`, name it in model_dir/config.json (`autoguide`) and keep `record` beside
+    the other training records when `out` is under weights/."""
     if out.name not in GUIDE_NAMES:
-        raise SystemExit(f"--out must be a folder named one of {', '.join(GUIDE_NAMES)}, got {out.name!r}")
-    state = json.loads((ckpt / "state.json").read_text())
-    guide = ema_from_checkpoint(run, ckpt)
+        raise SystemExit(f"the guide's folder must be named one of {', '.join(GUIDE_NAMES)}, got {out.name!r}")
     config_path = model_dir / CONFIG_NAME
     config = json.loads(config_path.read_text())
-    mine = json.loads((run / "config.json").read_text())
     AutoGuided(ScoreModel.from_pretrained(str(model_dir)), guide)    # unconditional, same shape and SDE, or an error
     dest = save_weights(guide, out)
     config["autoguide"] = out.name
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    record = {"command": f"python -m train.export_guide --run {run} --ckpt {ckpt} --model {model_dir} --out {out}",
-              "source_run": str(run), "checkpoint_step": state["step"],
-              "total_wall_s": state.get("wall_s"), "guides": model_dir.name,
-              "config": mine, "parameters": sum(p.numel() for p in guide.parameters()),
-              "exported": time.strftime("%Y-%m-%d")}
     if dest.resolve().parent == DEFAULT_WEIGHTS_DIR.resolve():
+        RECORDS.mkdir(parents=True, exist_ok=True)
         (RECORDS / f"{dest.name}.json").write_text(json.dumps(record, indent=1) + "\n")
-    print(f"{dest}: EMA weights of {ckpt.name} (step {state['step']}); {config_path} now names it as its guide")
+    print(f"{dest}: the guide (step {record.get('checkpoint_step')}); {config_path} now names it")
+    return dest
+
+
+def guide_record(run: Path, step: int, wall_s, guides: str, command: str, parameters: int) -> dict:
+    return {"command": command, "source_run": str(run), "checkpoint_step": step, "total_wall_s": wall_s,
+            "guides": guides, "config": json.loads((run / "config.json").read_text()), "parameters": parameters,
+            "exported": time.strftime("%Y-%m-%d")}
+
+
+def export_guide(run: Path, ckpt: Path, model_dir: Path, out: Path) -> dict:
+    """The EMA weights of checkpoint `ckpt` of `run` as `model_dir`'s guide in `out`; returns the record."""
+    if out.name not in GUIDE_NAMES:
+        raise SystemExit(f"--out must be a folder named one of {', '.join(GUIDE_NAMES)}, got {out.name!r}")
+    state = json.loads((ckpt / "state.json").read_text())
+    guide = ema_from_checkpoint(run, ckpt)
+    record = guide_record(run, state["step"], state.get("wall_s"), model_dir.name,
+                          f"python -m train.export_guide --run {run} --ckpt {ckpt} --model {model_dir} --out {out}",
+                          sum(p.numel() for p in guide.parameters()))
+    install_guide(guide, model_dir, out, record)
     return record
 
 
