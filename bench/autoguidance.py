@@ -48,10 +48,12 @@ def run_sweep(run: Path, good: str, bads: list[str], guidances: list[float], sam
     rows = json.loads(STORE.read_text()) if STORE.is_file() else []
     evaluator = load_evaluator()
     good_model = _model(run, good)
-    for bad in bads:
+    for k, bad in enumerate(bads):
         bad_model = _model(run, bad)
         pipe = Pipeline(AutoGuided(good_model, bad_model), name=label)
         for w in guidances:
+            if w == 1.0 and k:                          # w = 1 is the good model alone, whichever the guide
+                continue
             t0 = time.perf_counter()
             images, _, nfe, _ = generate(pipe, samples, sampler, steps, w, seed)
             m = evaluator.evaluate(images, None)
@@ -65,7 +67,7 @@ def run_sweep(run: Path, good: str, bads: list[str], guidances: list[float], sam
     return rows
 
 
-def report(rows: list[dict]) -> str:
+def report(rows: list[dict], out: Path | None = RESULTS / "autoguidance.md") -> str:
     lines = ["# Autoguidance for the unconditional model", "",
              "D_w = D_bad + w (D_good - D_bad) (Karras et al. 2024), the bad model an early checkpoint of the good "
              "model's own run; w = 1 is the good model alone. FD ratio = FD / same-N real floor in the feature spaces "
@@ -75,16 +77,22 @@ def report(rows: list[dict]) -> str:
         mine = [r for r in rows if r["label"] == label]
         n = max(r["samples"] for r in mine)
         best = choose_setting([dict(r, setting={"guidance": r["guidance"]}) for r in mine if r["samples"] == n])
-        lines += [f"## {label}", "", f"Good model: `{mine[0]['good']}`; {mine[0]['cpu']}. "
-                  f"**Pick at N = {n}: guide {best['bad']}, w = {best['guidance']:g}** "
+        lines += [f"## {label}", "", f"Good model: `{Path(mine[0]['good']).name}`; {mine[0]['cpu']}. "
+                  f"**Pick at N = {n}: guide {Path(best['bad']).name}, w = {best['guidance']:g}** "
                   f"(worst FD ratio {worst_ratio(best['metrics']):.2f})", "",
                   f"| guide (bad) | sampler | steps | w | N | {EVALUATOR_COLUMNS} |", "|---" * 5 + EVALUATOR_RULE + "|"]
-        for r in sorted(mine, key=lambda r: (r["samples"], r["bad"], r["guidance"])):
-            lines.append(f"| {r['bad']} | {r['sampler']} | {r['steps']} | {r['guidance']:g} | {r['samples']} | "
+        seen = set()
+        for r in sorted(mine, key=lambda r: (r["samples"], r["guidance"] != 1.0, r["bad"], r["guidance"])):
+            if r["guidance"] == 1.0 and (r["samples"], r["sampler"]) in seen:
+                continue                                 # the same images under every guide
+            seen.add((r["samples"], r["sampler"])) if r["guidance"] == 1.0 else None
+            guide = "(none: w = 1 is the model alone)" if r["guidance"] == 1.0 else Path(r["bad"]).name
+            lines.append(f"| {guide} | {r['sampler']} | {r['steps']} | {r['guidance']:g} | {r['samples']} | "
                          f"{evaluator_cells(r['metrics'])} |")
         lines.append("")
     text = "\n".join(lines)
-    (RESULTS / "autoguidance.md").write_text(text)
+    if out is not None:
+        out.write_text(text)
     return text
 
 

@@ -139,3 +139,21 @@ def test_defaults_follow_the_two_evaluator_rule_on_the_shipped_sweep():
         best = bd.pick(rows, model)["setting"]
         d = MODEL_DEFAULTS[model]
         assert (best["sampler"], best["steps"], best["guidance"]) == (d.sampler, d.steps, d.guidance), model
+
+
+def test_autoguidance_report_picks_the_rules_best_and_lists_the_unguided_images_once():
+    from bench import autoguidance as ag
+
+    def r(bad, w, ratios):
+        ev = {name: {"frechet_ratio": x, "kid_mean": 0.001, "precision": 0.8, "recall": 0.8,
+                     "conditional_accuracy": float("nan")} for name, x in zip(("classifier", "classifier-resnet"), ratios)}
+        return {"label": "m", "good": "/runs/x/ckpt-00009000", "bad": f"/runs/x/{bad}", "sampler": "dpmpp_2m_sde",
+                "steps": 10, "guidance": w, "samples": 1000, "cpu": "cpu", "metrics": {
+                    "evaluators": ev, "confident_rate": 0.8, "speck_rate": 0.01}}
+    rows = [r("ckpt-00000500", 1.0, [3.0, 4.0]), r("ckpt-00001000", 1.0, [3.0, 4.0]),   # the same images twice
+            r("ckpt-00000500", 2.0, [2.0, 3.5]), r("ckpt-00001000", 2.0, [3.0, 2.0]),   # worse-of-two 3.5 / 3.0
+            r("ckpt-00001000", 3.0, [1.0, 3.2])]
+    text = ag.report(rows, out=None)
+    assert "**Pick at N = 1000: guide ckpt-00001000, w = 2** (worst FD ratio 3.00)" in text
+    assert text.count("(none: w = 1 is the model alone)") == 1 and text.count("| ckpt-0000") == 3
+    assert "/runs/x" not in text.split("## m")[1]                   # folder names, not the machine's paths
