@@ -53,7 +53,7 @@ def positive_int(v: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     samplers = "\n".join(f"  {name:<20} {spec.description}" for name, spec in SAMPLERS.items())
     defaults = "\n".join(f"  {name:<13} --sampler {d.sampler} --steps {d.steps}"
-                         + (f" --guidance {d.guidance:g}" if name != "pixel-uncond" else "")
+                         + f" --guidance {d.guidance:g}"
                          for name, d in MODEL_DEFAULTS.items())
     p = argparse.ArgumentParser(
         prog="python -m diffusion.sample", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=list(SAMPLERS), default=None, help="default: the model's (below)")
     p.add_argument("--steps", type=positive_int, default=None, help="default: the model's (below)")
     p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance weight w; default: the model's (below)")
+                   help="guidance weight w (classifier-free; pixel-uncond: autoguidance by its guide); "
+                        "default: the model's (below)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=positive_int, default=500)
     p.add_argument("--out", default="samples.npz")
@@ -124,7 +125,7 @@ def main(argv=None) -> int:
         nrow = args.per_digit if labels is not None and args.per_digit <= 20 else None
         save_grid(torch.from_numpy(images), args.grid, nrow=nrow)
     print(f"wrote {total} images to {args.out} ({args.model}, {args.sampler}, {args.steps} steps, NFE {nfe}/batch, "
-          f"guidance {args.guidance if pipe.conditional else 'n/a'}, seed {args.seed}, {pipe.compute_precision}, "
+          f"guidance {args.guidance if pipe.guided else 'n/a'}, seed {args.seed}, {pipe.compute_precision}, "
           f"{time.perf_counter() - t0:.1f}s)")
     return 0
 

@@ -187,7 +187,8 @@ def mixin_tags(name: str) -> list[str]:
 def _sampling_config(m: dict) -> str:
     parts = [f"{m['sampler']}, {m.get('steps')} steps ({m.get('nfe')} NFE)"] if m.get("sampler") else []
     if m.get("guidance") is not None:
-        parts.append(f"guidance w = {m['guidance']}")
+        parts.append(f"autoguidance w = {m['guidance']} (guide: `{m['autoguide']}`)" if m.get("autoguide")
+                     else f"guidance w = {m['guidance']}")
     if m.get("samples"):
         parts.append(f"{m['samples']} samples")
     if m.get("seed") is not None:

@@ -23,11 +23,13 @@ from diffusion.hub import DEFAULT_WEIGHTS_DIR, load_model, load_pipeline
 from diffusion.images import save_grid
 from diffusion.metrics import (Evaluator, ResNetClassifier, classify, conditional_accuracy,
                                feature_stats, frechet_distance)
-from diffusion.pipeline import defaults_for
+from diffusion.pipeline import Pipeline, defaults_for
+from diffusion.registry import GUIDE_NAMES
 from train.cards import write_card
 from train.data import load_mnist
 
-ORDER = ("classifier", "classifier-resnet", "autoencoder", "pixel-cond", "latent-cond", "pixel-uncond")
+ORDER = ("classifier", "classifier-resnet", "autoencoder", "pixel-cond", "latent-cond", "pixel-uncond",
+         "pixel-uncond-guide")
 EVALUATORS = ("classifier", "classifier-resnet")
 
 
@@ -105,13 +107,18 @@ def evaluate(names, samples: int, sampler: str | None, steps: int | None, guidan
             m["latent_scale"] = ae.latent_scale
             save_grid(torch.cat([x_test[:10, 0], recon[:10, 0]]), Path("docs") / f"samples-{name}.png", nrow=10, scale=3)
         else:
-            pipe = load_pipeline(name, weights_dir=weights_dir)
-            d = defaults_for(name)
+            if name in GUIDE_NAMES:     # an autoguidance guide, alone: how much weaker than the model it guides
+                pipe = Pipeline(load_model(name, weights_dir=weights_dir), name=name)
+                d = defaults_for(name.removesuffix("-guide"))
+            else:
+                pipe = load_pipeline(name, weights_dir=weights_dir)
+                d = defaults_for(name)
             s_name, s_steps = sampler or d.sampler, steps or d.steps
-            g = (d.guidance if guidance is None else guidance) if pipe.conditional else 1.0
+            g = (d.guidance if guidance is None else guidance) if pipe.guided else 1.0
             images, labels, nfe, wall = generate(pipe, samples, s_name, s_steps, g, seed)
             m.update({"sampler": s_name, "steps": s_steps, "nfe": nfe,
-                      "guidance": g if pipe.conditional else None, "seed": seed,
+                      "guidance": g if pipe.guided else None, "seed": seed,
+                      **({"autoguide": pipe.score_model.good.autoguide} if pipe.guided and not pipe.conditional else {}),
                       "sampling_seconds_per_image": wall / samples})
             m.update(score_model_metrics(evaluator, images, labels))
             order = torch.argsort(labels, stable=True) if pipe.conditional else torch.arange(len(labels))
