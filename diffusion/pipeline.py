@@ -31,7 +31,9 @@ class SamplingDefaults:
 MODEL_DEFAULTS = {
     "pixel-cond": SamplingDefaults("dpmpp_2m", 10, 1.5),
     "latent-cond": SamplingDefaults("dpmpp_2m", 10, 2.0),
-    "pixel-uncond": SamplingDefaults("dpmpp_2m_sde", 10, 2.0),
+    # pixel-uncond: w is the autoguidance weight (its guide, pixel-uncond-guide: diffusion/autoguidance.py), chosen by
+    # the two-evaluator rule (bench/results/defaults.md)
+    "pixel-uncond": SamplingDefaults("dpmpp_2m_sde", 10, 1.75),
     # distilled students of pixel-cond (diffusion/distill.py, train/distill.py): the step count is the one each was
     # distilled for (the only one it runs); w by the same two-evaluator rule (diffusion.metrics.choose_setting) over
     # the students' sweep in bench/results/distillation.json (tests/test_distill.py checks it)

@@ -316,8 +316,9 @@ def _headline(name: str, m: dict) -> tuple[str, list[str], list[tuple[str, list[
             how = f"sampler `{m['sampler']}`, {m.get('steps')} steps = {m.get('nfe')} network evaluations" \
                 if m.get("sampler") else "the default sampler"
             setup = (f"Measured on {m['samples']} samples ("
-                     f"{'100 per digit' if m.get('guidance') is not None else 'unconditional'}), {how}"
-                     + (f", guidance w = {m['guidance']}" if m.get("guidance") is not None else "")
+                     f"{'unconditional' if m.get('guidance') is None or m.get('autoguide') else '100 per digit'}), {how}"
+                     + (f", autoguidance w = {m['guidance']} by `{m['autoguide']}`" if m.get("autoguide") else
+                        f", guidance w = {m['guidance']}" if m.get("guidance") is not None else "")
                      + (f", seed {m['seed']}" if m.get("seed") is not None else "") + ".")
         evaluators = m.get("evaluators") if isinstance(m.get("evaluators"), dict) else {"classifier": m}
         for ev, em in evaluators.items():
