@@ -4,6 +4,7 @@ import torch
 
 from diffusion.autoguidance import AutoGuided
 from diffusion.pipeline import Pipeline
+from diffusion.score import networks
 from tests.factories import tiny_score
 
 
@@ -161,3 +162,20 @@ def test_a_training_run_with_guide_step_ships_the_guide_beside_the_model(tmp_pat
     assert all(torch.equal(v, at_2[k]) for k, v in pipe.score_model.bad.state_dict().items())
     at_4 = diffusion_models.ema_from_checkpoint(run, run / "ckpt-00000004").state_dict()
     assert all(torch.equal(v, at_4[k]) for k, v in pipe.score_model.good.state_dict().items())
+
+
+def test_the_generate_tab_runs_the_autoguided_model_and_says_what_it_did(app_demo, one_thread):
+    tab = app_demo.tabs["GenerateTab"]
+    pipe = app_demo.lab.pipelines["pixel-uncond"]
+    assert pipe.guided
+    calls = []
+    hooks = [net.register_forward_hook(lambda *a: calls.append(1)) for net in networks(pipe.score_model)]
+    try:
+        *_, (_, _, status, final, _, _) = list(tab.generate("pixel-uncond", 3, "dpmpp_2m", 3, 2.0, 0, 2))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert final is not None and len(calls) == 6                        # 3 steps x (model + guide)
+    assert "autoguidance 2" in status and "each two network calls on 2 images (the model and its guide)" in status
+    est_guided = app_demo.lab.estimate_seconds("pixel-uncond", "dpmpp_2m", 3, 2, 2.0)
+    assert est_guided == pytest.approx(2 * app_demo.lab.estimate_seconds("pixel-uncond", "dpmpp_2m", 3, 2, 1.0))

@@ -72,8 +72,10 @@ class GenerateTab:
         final = show_grid(step.x)
         decode = f" (autoencoder decoding: {fmt_s(step.decode_time)})" if pipe.is_latent else ""
         label_arg = f"[{digit}] * {n}" if pipe.conditional else f"None, num_images={n}"
-        summary = (f"{what}\n\n**Done** in {fmt_s(step.elapsed)} wall time{decode}: {step.nfe} NFE, each on a batch "
-                   f"of {batch}{' (images × 2 for guidance: two network calls)' if batch == 2 * n else ''}"
+        per_nfe = (f"each on a batch of {batch}" if batch == n else
+                   f"each on a batch of {batch} (images × 2 for guidance)" if pipe.conditional else
+                   f"each two network calls on {n} images (the model and its guide)")
+        summary = (f"{what}\n\n**Done** in {fmt_s(step.elapsed)} wall time{decode}: {step.nfe} NFE, {per_nfe}"
                    f"{lab.classifier_line(step.x, digit if pipe.conditional else None)}.\n\n"
                    f"Reproduce: `load_pipeline('{model}').generate({label_arg}, sampler='{sampler}', "
                    f"num_steps={steps}, guidance={guidance:g}, seed={seed})`")
