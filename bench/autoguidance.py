@@ -85,7 +85,8 @@ def report(rows: list[dict], out: Path | None = RESULTS / "autoguidance.md") -> 
         for r in sorted(mine, key=lambda r: (r["samples"], r["guidance"] != 1.0, r["bad"], r["guidance"])):
             if r["guidance"] == 1.0 and (r["samples"], r["sampler"]) in seen:
                 continue                                 # the same images under every guide
-            seen.add((r["samples"], r["sampler"])) if r["guidance"] == 1.0 else None
+            if r["guidance"] == 1.0:
+                seen.add((r["samples"], r["sampler"]))
             guide = "(none: w = 1 is the model alone)" if r["guidance"] == 1.0 else Path(r["bad"]).name
             lines.append(f"| {guide} | {r['sampler']} | {r['steps']} | {r['guidance']:g} | {r['samples']} | "
                          f"{evaluator_cells(r['metrics'])} |")

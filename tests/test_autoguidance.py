@@ -136,6 +136,10 @@ def test_export_guide_writes_the_checkpoints_ema_weights_and_names_them_in_the_m
         assert torch.equal(pipe.score_model.bad.state_dict()[name], p)
     with pytest.raises(SystemExit, match="named one of"):
         export_guide(run, run / "ckpt-00000500", weights / "pixel-uncond", weights / "elsewhere")
+    with pytest.raises(SystemExit, match="--ckpt: not a checkpoint folder"):
+        export_guide(run, run / "ckpt-00000999", weights / "pixel-uncond", weights / "pixel-uncond-guide")
+    with pytest.raises(SystemExit, match="--model: not a weights folder"):
+        export_guide(run, run / "ckpt-00000500", weights / "nope", weights / "pixel-uncond-guide")
 
 
 def test_a_training_run_with_guide_step_ships_the_guide_beside_the_model(tmp_path, monkeypatch):

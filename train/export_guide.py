@@ -53,6 +53,12 @@ def export_guide(run: Path, ckpt: Path, model_dir: Path, out: Path) -> dict:
     """The EMA weights of checkpoint `ckpt` of `run` as `model_dir`'s guide in `out`; returns the record."""
     if out.name not in GUIDE_NAMES:
         raise SystemExit(f"--out must be a folder named one of {', '.join(GUIDE_NAMES)}, got {out.name!r}")
+    for path, what in ((run / "config.json", "--run: not a training run directory (no config.json)"),
+                       (ckpt / "state.json", "--ckpt: not a checkpoint folder (no state.json)"),
+                       (ckpt / "state.safetensors", "--ckpt: not a checkpoint folder (no state.safetensors)"),
+                       (model_dir / CONFIG_NAME, "--model: not a weights folder (no config.json)")):
+        if not path.is_file():
+            raise SystemExit(f"{what}: {path}")
     state = json.loads((ckpt / "state.json").read_text())
     guide = ema_from_checkpoint(run, ckpt)
     record = guide_record(run, state["step"], state.get("wall_s"), model_dir.name,
