@@ -10,6 +10,7 @@ import torch
 
 from .controls import Page
 from .lab import DEFAULT_MAX_SECONDS, Lab
+from .image_cache import write_images_once
 from .limits import cap_editor_blobs
 from .tab_about import AboutTab
 from .tab_compare import CompareTab
@@ -72,6 +73,7 @@ def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | N
                 tab.layout(page)
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
     cap_editor_blobs(demo)                     # every Sketchpad's blob route, whichever tab made it
+    write_images_once()                        # a re-sent image is never rewritten while a browser reads it
     demo.lab, demo.tabs = lab, tabs
     return demo
 
