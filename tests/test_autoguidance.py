@@ -166,6 +166,10 @@ def test_a_training_run_with_guide_step_ships_the_guide_beside_the_model(tmp_pat
     assert all(torch.equal(v, at_2[k]) for k, v in pipe.score_model.bad.state_dict().items())
     at_4 = diffusion_models.ema_from_checkpoint(run, run / "ckpt-00000004").state_dict()
     assert all(torch.equal(v, at_4[k]) for k, v in pipe.score_model.good.state_dict().items())
+    raw_4 = diffusion_models.ema_from_checkpoint(run, run / "ckpt-00000004", which="model").state_dict()
+    assert raw_4.keys() == at_4.keys() and not all(torch.equal(raw_4[k], at_4[k]) for k in at_4)  # raw != EMA
+    with pytest.raises(ValueError, match="which must be 'ema' or 'model'"):
+        diffusion_models.ema_from_checkpoint(run, run / "ckpt-00000004", which="opt")
 
 
 def test_the_generate_tab_runs_the_autoguided_model_and_says_what_it_did(app_demo, one_thread):

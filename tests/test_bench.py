@@ -157,3 +157,35 @@ def test_autoguidance_report_picks_the_rules_best_and_lists_the_unguided_images_
     assert "**Pick at N = 1000: guide ckpt-00001000, w = 2** (worst FD ratio 3.00)" in text
     assert text.count("(none: w = 1 is the model alone)") == 1 and text.count("| ckpt-0000") == 3
     assert "/runs/x" not in text.split("## m")[1]                   # folder names, not the machine's paths
+
+
+def test_batch_size_arms_see_the_same_images_at_the_same_checkpoints():
+    from bench import batch_size as bsz
+
+    def flag(flags, name):
+        return flags[flags.index(name) + 1]
+    for arm, (batch, lr) in bsz.ARMS.items():
+        flags = bsz.arm_flags(arm, 128_000, 16_000)
+        steps, every, warmup = (int(flag(flags, f)) for f in ("--steps", "--ckpt-every", "--warmup"))
+        assert steps * batch == 128_000 and every * batch == 16_000 and warmup * batch == 200 * 64
+        assert float(flag(flags, "--lr")) == pytest.approx(lr, rel=1e-5)
+        assert flag(flags, "--guide-step") == "0" and int(flag(flags, "--keep")) == steps // every + 1
+    assert bsz.ARMS["b128-sqrt-lr"][1] == pytest.approx(2e-3 * 2 ** 0.5)
+    with pytest.raises(ValueError, match="multiple of every arm's batch size"):
+        bsz.arm_flags("b128", 1000, 256)
+
+
+def test_held_out_loss_is_the_fixed_draw_dsm_loss_in_any_chunking():
+    import torch
+
+    from bench import batch_size as bsz
+    from diffusion.losses import dsm_loss, dsm_noise
+    from diffusion.score import ScoreModel
+    torch.manual_seed(0)
+    model = ScoreModel(channels=(8, 16, 16), attention_levels=(), precond="edm").eval()
+    x = torch.rand(12, 1, 28, 28)
+    noise = dsm_noise(x, torch.Generator().manual_seed(3), t_sampling="edm", sde=model.sde)
+    with torch.no_grad():
+        whole = float(dsm_loss(model, x, noise=noise))
+    assert bsz.held_out_loss(model, x, noise, chunk=4) == pytest.approx(whole, rel=1e-5)
+    assert bsz.held_out_loss(model, x, noise, chunk=12) == pytest.approx(whole, rel=1e-5)

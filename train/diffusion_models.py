@@ -74,9 +74,12 @@ def build_model(cfg: ScoreConfig, in_channels: int, image_size: int) -> ScoreMod
                       context_dim=cfg.context_dim, skip=cfg.skip, precond=cfg.precond, sigma_data=cfg.sigma_data)
 
 
-def ema_from_checkpoint(run_dir: Path, ckpt: Path) -> ScoreModel:
+def ema_from_checkpoint(run_dir: Path, ckpt: Path, which: str = "ema") -> ScoreModel:
     """The EMA weights of a training checkpoint (run_dir/ckpt-NNNNNNNN/state.safetensors, or a copy of that folder
-    elsewhere) in the architecture of run_dir/config.json; loaded with the project's safetensors-only checks."""
+    elsewhere) in the architecture of run_dir/config.json; loaded with the project's safetensors-only checks.
+    which="model": the raw (optimised) weights of the same checkpoint instead."""
+    if which not in ("ema", "model"):
+        raise ValueError(f"which must be 'ema' or 'model', got {which!r}")
     from safetensors.torch import load_file
 
     from diffusion.hub_mixin import check_safetensors_header, refuse_pickle
@@ -89,7 +92,8 @@ def ema_from_checkpoint(run_dir: Path, ckpt: Path) -> ScoreModel:
     refuse_pickle(st)
     check_safetensors_header(st)
     tensors = load_file(str(st))
-    model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, strict=True)
+    prefix = f"{which}."
+    model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
     return model.eval()
 
 
