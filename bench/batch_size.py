@@ -14,6 +14,7 @@ for the per-image comparison). Training wall time gives each arm's images/s, all
 
     python -m bench.batch_size --train --images 128000     # runs under ~/.cache/mnist-diffusion-lab/runs/bs-*
     python -m bench.batch_size --eval                      # bench/results/batch_size.{json,md,png}
+    python -m bench.batch_size --report-only
 """
 from __future__ import annotations
 
@@ -121,7 +122,6 @@ def report(rows: list[dict], cpu: str) -> None:
     axes[0].set(xlabel="training images seen", ylabel="held-out loss (raw weights)", title="per image")
     axes[1].set(xlabel="training wall time (min, 1 thread)", title="per CPU minute")
     for ax in axes:
-        ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[1].legend()
     fig.tight_layout()
@@ -136,9 +136,13 @@ def main(argv=None):
     p.add_argument("--images", type=int, default=128_000, help="training images per arm")
     p.add_argument("--ckpt-images", type=int, default=16_000, help="a checkpoint every this many images")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--report-only", action="store_true", help="rewrite the table and plot from batch_size.json")
     args = p.parse_args(argv)
+    if args.report_only:
+        stored = json.loads((RESULTS / "batch_size.json").read_text())
+        return report(stored["rows"], stored["cpu"])
     if not (args.train or args.eval):
-        p.error("pass --train and/or --eval")
+        p.error("pass --train, --eval or --report-only")
     if args.train:
         train(args.arms, args.images, args.ckpt_images, args.threads)
     if args.eval:
