@@ -14,7 +14,9 @@ bench/results/defaults.md. tests/test_bench.py checks that diffusion.pipeline.MO
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 import time
 from pathlib import Path
 
@@ -32,6 +34,18 @@ def load_rows(path: Path = STORE) -> list[dict]:
 def setting_key(r: dict) -> tuple:
     s = r["setting"]
     return (r["model"], s["sampler"], s["steps"], s["guidance"], r["samples"])
+
+
+def store_row(row: dict, path: Path = STORE) -> list[dict]:
+    """Add `row` to the store (replacing the same setting at the same N) and return all rows. The read-modify-write
+    holds an exclusive lock and the file is replaced atomically, so sweeps run side by side keep each other's rows."""
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = [r for r in load_rows(path) if setting_key(r) != setting_key(row)] + [row]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rows, indent=1) + "\n")
+        os.replace(tmp, path)
+    return rows
 
 
 def pick(rows: list[dict], model: str, samples: int | None = None) -> dict:
@@ -59,8 +73,7 @@ def run(model: str, weights_dir: Path, settings: list[tuple[str, int, float]], s
         row = {"model": label or model, "samples": samples, "seed": seed, "nfe": nfe, "seconds": round(time.perf_counter() - t0, 1),
                "setting": {"sampler": sampler, "steps": steps, "guidance": w}, "metrics": m,
                "weights": str(weights_dir)}
-        rows = [r for r in rows if setting_key(r) != setting_key(row)] + [row]
-        STORE.write_text(json.dumps(rows, indent=1) + "\n")
+        rows = store_row(row)
         print(model, sampler, steps, w, f"worst FD ratio {worst_ratio(m):.2f}",
               f"min accuracy {min_accuracy(m):.4f}" if pipe.conditional else "", flush=True)
     return rows

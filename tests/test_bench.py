@@ -189,3 +189,19 @@ def test_held_out_loss_is_the_fixed_draw_dsm_loss_in_any_chunking():
         whole = float(dsm_loss(model, x, noise=noise))
     assert bsz.held_out_loss(model, x, noise, chunk=4) == pytest.approx(whole, rel=1e-5)
     assert bsz.held_out_loss(model, x, noise, chunk=12) == pytest.approx(whole, rel=1e-5)
+
+
+def test_defaults_store_keeps_rows_written_by_a_concurrent_sweep(tmp_path):
+    """Two sweeps side by side: each write re-reads the store under a lock, so neither drops the other's rows."""
+    from bench import defaults as bd
+
+    def row(model, w, fd):
+        return {"model": model, "samples": 1000, "setting": {"sampler": "dpmpp_2m", "steps": 10, "guidance": w},
+                "metrics": {"fd": fd}}
+    store = tmp_path / "defaults.json"
+    bd.store_row(row("a", 1.0, 3.0), store)
+    bd.store_row(row("b", 2.0, 4.0), store)         # the other sweep, started before "a" wrote
+    rows = bd.store_row(row("a", 1.0, 2.5), store)  # a rerun of the same point replaces it
+    assert sorted((r["model"], r["setting"]["guidance"], r["metrics"]["fd"]) for r in rows) == [
+        ("a", 1.0, 2.5), ("b", 2.0, 4.0)]
+    assert bd.load_rows(store) == rows and not store.with_suffix(".tmp").exists()
