@@ -4,7 +4,7 @@ import torch
 
 from diffusion.autoguidance import AutoGuided
 from diffusion.pipeline import Pipeline
-from diffusion.score import networks
+from diffusion.score import ScoreModel, networks
 from tests.factories import tiny_score
 
 
@@ -134,6 +134,9 @@ def test_export_guide_writes_the_checkpoints_ema_weights_and_names_them_in_the_m
     assert pipe.guided
     for name, p in early.state_dict().items():
         assert torch.equal(pipe.score_model.bad.state_dict()[name], p)
+    kept = ScoreModel.from_pretrained(str(run / "guide"))                  # the run remembers its guide
+    assert json.loads((run / "guide" / "step.json").read_text())["step"] == 500
+    assert all(torch.equal(kept.state_dict()[k], v) for k, v in early.state_dict().items())
     with pytest.raises(SystemExit, match="named one of"):
         export_guide(run, run / "ckpt-00000500", weights / "pixel-uncond", weights / "elsewhere")
     with pytest.raises(SystemExit, match="--ckpt: not a checkpoint folder"):
@@ -170,6 +173,34 @@ def test_a_training_run_with_guide_step_ships_the_guide_beside_the_model(tmp_pat
     assert raw_4.keys() == at_4.keys() and not all(torch.equal(raw_4[k], at_4[k]) for k in at_4)  # raw != EMA
     with pytest.raises(ValueError, match="which must be 'ema' or 'model'"):
         diffusion_models.ema_from_checkpoint(run, run / "ckpt-00000004", which="opt")
+
+
+
+def test_an_extended_run_reinstalls_its_guide_or_says_why_it_cannot(tmp_path, monkeypatch, capsys):
+    """Resuming a run with more --steps (past its guide step): the guide the run keeps (RUN/guide, also written by
+    train.export_guide) is installed again; a run without one says so and how to fix it, never silently unguided."""
+    import json
+    import shutil
+
+    import train.common
+    from train import diffusion_models
+
+    g = torch.Generator().manual_seed(0)
+    monkeypatch.setattr(train.common, "load_mnist", lambda *a, **k: (torch.rand(32, 1, 8, 8, generator=g),
+                                                                     torch.randint(0, 10, (32,), generator=g)))
+    weights, run = tmp_path / "weights" / "pixel-uncond", tmp_path / "run"
+    args = ["--out", str(run), "--weights-dir", str(weights), "--no-conditional", "--batch-size", "8",
+            "--channels", "8,16", "--attention-levels", "1", "--embed-dim", "16", "--context-dim", "8",
+            "--ckpt-every", "2", "--sample-every", "2", "--warmup", "1", "--threads", "1", "--guide-step", "2"]
+    diffusion_models.main([*args, "--steps", "4"])
+    diffusion_models.main([*args, "--steps", "6", "--resume"])              # extended: the kept guide goes back
+    assert json.loads((weights / "config.json").read_text())["autoguide"] == "pixel-uncond-guide"
+    shutil.rmtree(run / "guide")
+    capsys.readouterr()
+    diffusion_models.main([*args, "--steps", "8", "--resume"])
+    assert json.loads((weights / "config.json").read_text())["autoguide"] is None
+    out = capsys.readouterr().out
+    assert "holds no guide" in out and "python -m train.export_guide --run" in out
 
 
 def test_the_generate_tab_runs_the_autoguided_model_and_says_what_it_did(app_demo, one_thread):

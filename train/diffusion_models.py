@@ -144,7 +144,11 @@ def train_score_model(argv=None, config_cls=ScoreConfig):
                           "total_wall_s": history[-1]["wall_s"] if history else None},
                extra_files=[Path(cfg.out) / timelapse.FILENAME])
         guide_dir = Path(cfg.out) / "guide"
-        if cfg.guide_step and cfg.weights_dir and (guide_dir / "model.safetensors").is_file():
+        if cfg.guide_step and cfg.weights_dir and not (guide_dir / "model.safetensors").is_file():
+            print(f"--guide-step {cfg.guide_step}: {guide_dir} holds no guide (this run reached that step without "
+                  f"saving one), so {cfg.weights_dir} is unguided. Install one with: python -m train.export_guide "
+                  f"--run {cfg.out} --ckpt <a checkpoint of this run> --model {cfg.weights_dir}")
+        elif cfg.guide_step and cfg.weights_dir:
             from train.common import run_command
             from train.export_guide import guide_record, install_guide
             guide = ScoreModel.from_pretrained(str(guide_dir)).eval()

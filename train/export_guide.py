@@ -5,8 +5,9 @@
         --model weights/pixel-uncond --out weights/pixel-uncond-guide
 
 Writes the checkpoint's EMA weights to --out (save_pretrained layout), names the guide in --model's config.json
-(`autoguide`, which load_pipeline reads), and records the step and training time of the checkpoint beside the
-other training records when --out is under weights/. The run's checkpoints rotate (--keep): copy the one you want
+(`autoguide`, which load_pipeline reads), records the step and training time of the checkpoint beside the
+other training records when --out is under weights/, and keeps a copy in the run (RUN/guide), so that resuming the
+run later (e.g. to extend it) installs the same guide again at its end. The run's checkpoints rotate (--keep): copy the one you want
 to keep before the run passes it, or train with a larger --keep.
 """
 from __future__ import annotations
@@ -65,6 +66,8 @@ def export_guide(run: Path, ckpt: Path, model_dir: Path, out: Path) -> dict:
                           f"python -m train.export_guide --run {run} --ckpt {ckpt} --model {model_dir} --out {out}",
                           sum(p.numel() for p in guide.parameters()))
     install_guide(guide, model_dir, out, record)
+    guide.save_pretrained(run / "guide")       # the run remembers its guide: a resumed run's finish reinstalls it
+    (run / "guide" / "step.json").write_text(json.dumps({"step": state["step"], "wall_s": state.get("wall_s")}))
     return record
 
 
