@@ -285,11 +285,21 @@ def min_accuracy(metrics: dict) -> float:
     return min(acc)
 
 
-def choose_setting(rows: list[dict], min_acc: float = 0.99) -> dict:
-    """The project's rule for sampling defaults: among rows {"setting": ..., "metrics": Evaluator output}, the lowest
-    worse-of-two Frechet ratio (FD / same-N real floor, in both feature spaces) among rows whose lower conditional
-    accuracy is >= min_acc (unconditional rows: no accuracy constraint). Ties: the first row (order rows cheapest first)."""
+# Real MNIST test digits' speck rate under `speck_mask` (bench/results/real_rates.json, Evaluator.real_rates), and
+# how far above it a default may go: the issue's target, "within 1 point of real digits'".
+REAL_SPECK_RATE = 0.0069
+SPECK_MARGIN = 0.01
+
+
+def choose_setting(rows: list[dict], min_acc: float = 0.99, max_speck: float = REAL_SPECK_RATE + SPECK_MARGIN) -> dict:
+    """The project's rule for sampling defaults, over rows {"setting": ..., "metrics": Evaluator output}:
+    1. the lower conditional accuracy of the two evaluators is >= min_acc (unconditional rows: no constraint);
+    2. among those, only rows whose speck rate is <= max_speck, where any row reaches it (otherwise step 2 is skipped:
+       a model that specks at every setting still gets its best-FD default);
+    3. the lowest worse-of-two Frechet ratio (FD / same-N real floor, in both feature spaces).
+    Ties: the first row (order rows cheapest first). A row without a speck rate counts as clean."""
     ok = [r for r in rows if not (min_accuracy(r["metrics"]) < min_acc)]  # nan (unconditional) passes
     if not ok:
         raise ValueError(f"no setting reaches conditional accuracy {min_acc:.3f} in both evaluators")
-    return min(ok, key=lambda r: worst_ratio(r["metrics"]))
+    clean = [r for r in ok if not (r["metrics"].get("speck_rate", float("nan")) > max_speck)]
+    return min(clean or ok, key=lambda r: worst_ratio(r["metrics"]))

@@ -95,24 +95,16 @@ def test_end_to_end_on_tiny_models(tiny_weights, tmp_path):
     assert (tmp_path / "samplers.md").is_file() and (tmp_path / "quality_vs_nfe.png").is_file()
 
 
-def test_shipped_defaults_follow_the_rule_on_the_shipped_results():
-    """diffusion.pipeline.MODEL_DEFAULTS is what `cheapest_within` picks from bench/results/samplers.json, per model,
-    at the default guidance: rerunning the benchmark and changing a default without the other fails here. Models
-    retrained since (swept by bench/defaults.py) and distilled students are checked by the tests below/in test_distill."""
+def test_every_score_models_default_is_checked_against_a_sweep():
+    """Every non-student entry of MODEL_DEFAULTS was chosen by the two-evaluator sweep (bench/defaults.py), so the test
+    below checks it; the students' are checked in test_distill. (bench/results/samplers.json, the v1-era
+    one-classifier benchmark, no longer sets a default: its rule, `cheapest_within`, is tested above on its own.)"""
     from bench import defaults as bd
     from diffusion.pipeline import MODEL_DEFAULTS
 
-    store = bs.load_store(bs.RESULTS / "samplers.json")
-    swept = {r["model"] for r in bd.load_rows()}   # retrained models: guidance by the two-evaluator sweep (below)
-    for model, d in MODEL_DEFAULTS.items():
-        if model in swept or d.sampler == "ddim":   # a student's step count is fixed by training, not by the bench
-            continue
-        runs = [r for r in store["runs"] if r["model"] == model and r["guidance"] in (d.guidance, None)]
-        ref = bs.reference_run(runs, 1000)
-        assert ref is not None, f"no 1000-sample EM-500 reference for {model}"
-        best, ratio, _ = bs.cheapest_within(runs, ref)
-        assert (best["sampler"], best["steps"]) == (d.sampler, d.steps), (model, best["sampler"], best["steps"])
-        assert ratio <= 1.10
+    swept = {r["model"] for r in bd.load_rows()}
+    unchecked = [m for m, d in MODEL_DEFAULTS.items() if d.sampler != "ddim" and m not in swept]
+    assert not unchecked, f"defaults with no sweep in bench/results/defaults.json: {unchecked}"
 
 
 def test_a_larger_run_of_the_same_point_supersedes_the_smaller():

@@ -103,6 +103,29 @@ def test_choose_setting_takes_the_best_worse_of_two_ratio_subject_to_accuracy():
         choose_setting(rows, min_acc=0.9999)
 
 
+def test_choose_setting_prefers_settings_that_speck_no_more_than_real_digits_plus_one_point():
+    def specked(r, rate):
+        r["metrics"]["speck_rate"] = rate
+        return r
+    rows = [specked(row("ode w=1.5", [1.6, 1.2], [0.995, 0.993]), 0.023),   # best FD, 2.3% specks: too many
+            specked(row("sde w=1.375", [2.0, 1.2], [0.996, 0.996]), 0.004),  # the pick
+            specked(row("sde w=1.5", [2.6, 1.5], [0.998, 0.997]), 0.002),
+            specked(row("sde w=1.25", [1.5, 0.9], [0.992, 0.989]), 0.003)]  # clean, but below 99% accuracy
+    assert choose_setting(rows)["setting"] == "sde w=1.375"
+    assert choose_setting(rows, max_speck=1.0)["setting"] == "ode w=1.5"    # without the speck limit: FD alone
+    all_specked = [specked(row(f"w={w}", [r, r], [0.999, 0.999]), 0.03) for w, r in ((1, 2.0), (2, 1.7))]
+    assert choose_setting(all_specked)["setting"] == "w=2"                  # none clean: the best FD still wins
+
+
+def test_the_rules_real_speck_rate_is_the_measured_one():
+    import json
+    from pathlib import Path
+
+    from diffusion.metrics import REAL_SPECK_RATE
+    measured = json.loads((Path(__file__).resolve().parent.parent / "bench" / "results" / "real_rates.json").read_text())
+    assert REAL_SPECK_RATE == pytest.approx(measured["speck_rate"], abs=5e-5)
+
+
 def test_evaluator_on_real_digits_gives_floor_like_figures():
     """Untrained networks still define feature spaces: real images scored against themselves must give a
     ratio of ~1 to the same-N floor drawn from the same source, and full precision/recall."""

@@ -15,7 +15,7 @@ sample_cli = importlib.import_module("diffusion.sample")   # the package also ex
 
 def test_defaults_are_per_model_with_a_project_wide_fallback():
     assert defaults_for("pixel-uncond").sampler == "dpmpp_2m_sde"       # its ODE samples are poor (samplers.md)
-    assert defaults_for("pixel-cond").sampler == DEFAULT_SAMPLER == "dpmpp_2m"
+    assert defaults_for("pixel-cond").sampler == DEFAULT_SAMPLER == "dpmpp_2m_sde"     # specks: bench/results/defaults.md
     assert defaults_for("some-new-model") == MODEL_DEFAULTS["pixel-cond"]
     assert all(d.steps <= 20 for d in MODEL_DEFAULTS.values())           # the target: <= 20 NFE
 
@@ -44,7 +44,7 @@ def test_cli_writes_images_and_labels_with_the_models_defaults(tiny_weights, tmp
     assert sample_cli.main(["--model", "pixel-cond", "--digits", "3,7", "--per-digit", "2", "--steps", "2",
                             "--out", str(out), "--weights-dir", str(tiny_weights), "--device", "cpu"]) == 0
     assert list(np.load(out)["labels"]) == [3, 3, 7, 7]
-    assert "dpmpp_2m, 2 steps" in capsys.readouterr().out
+    assert "dpmpp_2m_sde, 2 steps" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv,match", [(["--guidance", "nan"], "guidance"), (["--n", "4"], "--n is for"),

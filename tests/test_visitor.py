@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import diffusion.pipeline as dp
 from diffusion import hub
 from ui import presets
 from ui.controls import PLUMBING
@@ -166,13 +167,15 @@ def test_the_cache_folder_follows_the_weights(tiny_weights, tmp_path):
 
 # ---------------------------------------------------------------- recommended settings
 
-def test_recommended_settings_follow_a_persons_pick_only(app_demo):
+def test_recommended_settings_follow_a_persons_pick_only(app_demo, monkeypatch):
     """Wired to the model radio's `input` (a person's pick), not `change`, which a preset setting the model and
     its own sampler and steps would fire too."""
     fn = next(f for f in app_demo.fns.values() if f.api_name == "recommended_settings")
     assert [event for _, event in fn.targets] == ["input"]
     assert fn.outputs[0].label == "Sampler" and fn.outputs[1].label == "Steps"
-    assert fn.fn("latent-cond") == ("dpmpp_2m", 10)
+    assert fn.fn("latent-cond") == ("dpmpp_2m_sde", 10)
+    monkeypatch.setitem(dp.MODEL_DEFAULTS, "latent-cond", dp.SamplingDefaults("heun", 20, 2.0))
+    assert fn.fn("latent-cond") == ("heun", 20)                       # read per model, at the moment of the pick
 
 
 # ---------------------------------------------------------------- browser ranges = server checks
