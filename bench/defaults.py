@@ -37,9 +37,10 @@ def setting_key(r: dict) -> tuple:
     return (r["model"], s["sampler"], s["steps"], s["guidance"], r["samples"])
 
 
-def store_row(row: dict, path: Path = STORE) -> list[dict]:
+def store_row(row: dict, path: Path | None = None) -> list[dict]:
     """Add `row` to the store (replacing the same setting at the same N) and return all rows. The read-modify-write
     holds an exclusive lock and the file is replaced atomically, so sweeps run side by side keep each other's rows."""
+    path = path or STORE
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         rows = [r for r in load_rows(path) if setting_key(r) != setting_key(row)] + [row]
@@ -59,7 +60,7 @@ def pick(rows: list[dict], model: str, samples: int | None = None) -> dict:
 
 
 def run(model: str, weights_dir: Path, settings: list[tuple[str, int, float]], samples: int, seed: int = 1234,
-        label: str | None = None) -> list[dict]:
+        label: str | None = None, precision: str = "auto") -> list[dict]:
     """Sample and score each setting of `model` (from weights_dir); rows are stored under `label` (default: the
     model name; e.g. "pixel-cond-v1" for superseded weights measured for comparison)."""
     from diffusion.hub import load_pipeline
@@ -67,13 +68,14 @@ def run(model: str, weights_dir: Path, settings: list[tuple[str, int, float]], s
     rows = load_rows()
     evaluator = load_evaluator()
     pipe = load_pipeline(model, weights_dir=weights_dir)
+    pipe.precision = precision          # "auto": bf16 autocast on a CPU with bf16 hardware (as the app), else fp32
     for sampler, steps, w in settings:
         t0 = time.perf_counter()
         images, labels, nfe, wall = generate(pipe, samples, sampler, steps, w, seed)
         m = evaluator.evaluate(images, labels if pipe.conditional else None)
         row = {"model": label or model, "samples": samples, "seed": seed, "nfe": nfe, "seconds": round(time.perf_counter() - t0, 1),
                "setting": {"sampler": sampler, "steps": steps, "guidance": w}, "metrics": m,
-               "weights": str(weights_dir)}
+               "weights": str(weights_dir), "precision": pipe.compute_precision}
         rows = store_row(row)
         print(model, sampler, steps, w, f"worst FD ratio {worst_ratio(m):.2f}",
               f"min accuracy {min_accuracy(m):.4f}" if pipe.conditional else "", flush=True)
@@ -123,12 +125,15 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--label", default=None, help="store rows under this name (default: --model)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="sampling precision (rows record the one used; give a --label to keep both)")
     a = p.parse_args(argv)
     if not a.report_only:
         rows = load_rows()
         for steps in a.steps:
             ws = refine_grid(rows, a.label or a.model, a.sampler, steps, a.samples) if a.refine else a.guidance
-            rows = run(a.model, Path(a.weights_dir), [(a.sampler, steps, w) for w in ws], a.samples, label=a.label)
+            rows = run(a.model, Path(a.weights_dir), [(a.sampler, steps, w) for w in ws], a.samples, label=a.label,
+                       precision=a.precision)
     print(report(load_rows()))
 
 

@@ -197,3 +197,20 @@ def test_defaults_store_keeps_rows_written_by_a_concurrent_sweep(tmp_path):
     assert sorted((r["model"], r["setting"]["guidance"], r["metrics"]["fd"]) for r in rows) == [
         ("a", 1.0, 2.5), ("b", 2.0, 4.0)]
     assert bd.load_rows(store) == rows and not store.with_suffix(".tmp").exists()
+
+
+def test_defaults_sweep_samples_at_the_asked_precision_and_records_it(tiny_weights, tmp_path, monkeypatch):
+    import train.evaluate
+    from bench import defaults as bd
+
+    class StubEvaluator:                      # the real one needs the shipped classifiers' 10k-image features
+        def evaluate(self, images, labels):
+            assert images.shape == (4, 1, 28, 28) and labels.tolist() == [0, 1, 2, 3]
+            return {"evaluators": {"c": {"frechet_ratio": 1.0, "conditional_accuracy": 1.0}}, "speck_rate": 0.0}
+    monkeypatch.setattr(train.evaluate, "load_evaluator", StubEvaluator)
+    monkeypatch.setattr(bd, "STORE", tmp_path / "defaults.json")
+    for precision in ("fp32", "bf16"):
+        rows = bd.run("pixel-cond", tiny_weights, [("euler_maruyama", 2, 1.5)], samples=4, label=f"tiny-{precision}",
+                      precision=precision)
+        assert rows[-1]["precision"] == precision and rows[-1]["model"] == f"tiny-{precision}"
+    assert len(bd.load_rows(tmp_path / "defaults.json")) == 2

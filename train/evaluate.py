@@ -116,7 +116,7 @@ def evaluate(names, samples: int, sampler: str | None, steps: int | None, guidan
             s_name, s_steps = sampler or d.sampler, steps or d.steps
             g = (d.guidance if guidance is None else guidance) if pipe.guided else 1.0
             images, labels, nfe, wall = generate(pipe, samples, s_name, s_steps, g, seed)
-            m.update({"sampler": s_name, "steps": s_steps, "nfe": nfe,
+            m.update({"sampler": s_name, "steps": s_steps, "nfe": nfe, "precision": pipe.compute_precision,
                       "guidance": g if pipe.guided else None, "seed": seed,
                       **({"autoguide": pipe.score_model.good.autoguide} if pipe.guided and not pipe.conditional else {}),
                       "sampling_seconds_per_image": wall / samples})
