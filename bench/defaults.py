@@ -6,7 +6,7 @@ Frechet ratio (FD / same-N real floor) among settings whose lower conditional ac
 setting reaches it, whose speck rate is within 1 point of real digits'.
 The guidance grid is coarse over 0-4 first, then 0.25 around the coarse optimum (`--refine`).
 Rows accumulate in bench/results/defaults.json (one per model/setting/N, replaced on rerun); the report is
-bench/results/defaults.md. tests/test_bench.py checks that diffusion.pipeline.MODEL_DEFAULTS is the rule's pick.
+bench/results/defaults.md. tests/bench/test_bench.py checks that diffusion.pipeline.MODEL_DEFAULTS is the rule's pick.
 
     python -m bench.defaults --model pixel-cond --weights-dir weights --guidance 0 1 2 3 4 --samples 1000
     python -m bench.defaults --model pixel-cond --refine --samples 1000       # the 0.25 grid around the optimum

@@ -30,7 +30,7 @@ class SamplingDefaults:
 # solver, at the same 10 NFE, lands below EM-500.
 # Since Quality v2 the score models' defaults are the two-evaluator rule's pick (diffusion.metrics.choose_setting:
 # accuracy >= 99% in both evaluators, specks within 1 point of real digits' where reachable, then the lowest
-# worse-of-two FD ratio) over bench/results/defaults.json (tests/test_bench.py checks it). For both conditional models
+# worse-of-two FD ratio) over bench/results/defaults.json (tests/bench/test_bench.py checks it). For both conditional models
 # that is the SDE form of DPM-Solver++(2M): its noise removes the isolated specks the ODE carries to the end (pixel-cond:
 # 0.35% against 2.3% with dpmpp_2m at w = 1.5, real digits 0.69%).
 MODEL_DEFAULTS = {
@@ -41,7 +41,7 @@ MODEL_DEFAULTS = {
     "pixel-uncond": SamplingDefaults("dpmpp_2m_sde", 10, 1.75),
     # distilled students of pixel-cond (diffusion/distill.py, train/distill.py): the step count is the one each was
     # distilled for (the only one it runs); w by the same two-evaluator rule (diffusion.metrics.choose_setting) over
-    # the students' sweep in bench/results/distillation.json (tests/test_distill.py checks it)
+    # the students' sweep in bench/results/distillation.json (tests/train/test_distill.py checks it)
     "pixel-cond-distilled": SamplingDefaults("ddim", 4, 1.5),
     "pixel-cond-distilled-2step": SamplingDefaults("ddim", 2, 1.5),
     "pixel-cond-distilled-1step": SamplingDefaults("ddim", 1, 1.75),

@@ -19,7 +19,7 @@ from diffusion.score import ScoreModel
 from diffusion.sde import VESDE
 
 MU, S = 0.4, 0.3
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
@@ -438,7 +438,7 @@ def test_students_guidance_defaults_follow_the_two_evaluator_rule_on_the_shipped
     bench/results/distillation.json (largest N): changing the sweep or a default without the other fails here."""
     from diffusion.metrics import choose_setting
 
-    rows = json.loads((Path(__file__).resolve().parent.parent / "bench" / "results" / "distillation.json").read_text())
+    rows = json.loads((Path(__file__).resolve().parents[2] / "bench" / "results" / "distillation.json").read_text())
     for name in ("pixel-cond-distilled", "pixel-cond-distilled-2step", "pixel-cond-distilled-1step"):
         mine = [r for r in rows if r["model"] == name]
         n = max(r["samples"] for r in mine)

@@ -14,7 +14,7 @@ from diffusion.metrics import ResNetClassifier
 from hub_helpers import make_weights
 from train.cards import check_card, render_card, root_card, use_snippet, write_card
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "weights"
 METRICS = json.loads((SHIPPED / "metrics.json").read_text())
 REPO = "lab/mnist-diffusion-lab"

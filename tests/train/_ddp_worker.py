@@ -1,6 +1,6 @@
-"""One rank of a torchrun-style CPU run for tests/test_training.py (not a test module itself).
+"""One rank of a torchrun-style CPU run for tests/train/test_training.py (not a test module itself).
 
-    RANK=r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=p python tests/_ddp_worker.py RUN_DIR RESULT.safetensors
+    RANK=r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=p python tests/train/_ddp_worker.py RUN_DIR RESULT.safetensors
 
 Also imported by the tests for the shared tiny setup, so the 1-process reference is built identically.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

@@ -5,7 +5,7 @@ import torch
 from diffusion.autoguidance import AutoGuided
 from diffusion.pipeline import Pipeline
 from diffusion.score import ScoreModel, networks
-from tests.factories import tiny_score
+from factories import tiny_score
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from hub_helpers import make_weights
 from train.deploy_space import check_space_card, deploy, front_matter, main, space_files
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SPACE = "lab/mnist-diffusion-lab"
 KEY = f"spaces/{SPACE}"  # how the fake Hub keys a Space
 

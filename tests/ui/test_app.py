@@ -341,7 +341,7 @@ def test_frame_buffer_is_bounded_and_keeps_the_last_frame():
 
 # ---------------------------------------------------------------- real weights
 
-REAL = Path(__file__).resolve().parent.parent / "weights"
+REAL = Path(__file__).resolve().parents[2] / "weights"
 
 
 @pytest.mark.slow

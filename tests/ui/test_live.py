@@ -239,7 +239,7 @@ def test_live_latency_bench_against_the_running_app(app_url, tmp_path):
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     out = tmp_path / "live.md"
     proc = subprocess.run([sys.executable, str(root / "bench" / "live_latency.py"), "--url", app_url, "--repeats", "2",
                            "--warmup", "0", "--steps", "1,4", "--out", str(out)], capture_output=True, text=True,

@@ -12,7 +12,7 @@ import pytest
 
 from train.deploy_space import check_space_card, front_matter, lfs_patterns, lfs_tracked
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 BINARY_SUFFIXES = {".safetensors", ".png", ".npz", ".npy", ".gif", ".jpg", ".jpeg", ".webp", ".bin", ".pt", ".pth",
                    ".ckpt", ".pkl", ".gz", ".zip", ".mp4", ".webm"}
