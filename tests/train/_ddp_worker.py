@@ -12,11 +12,12 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "tests"):          # the project, and tests/ for factories.py
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 from diffusion.score import ScoreModel  # noqa: E402
-from factories import tiny_score  # noqa: E402  (tests/ is this script's folder)
+from factories import tiny_score  # noqa: E402
 from train.diffusion_models import DSMTask  # noqa: E402
 from train.loop import TrainConfig  # noqa: E402
 
