@@ -21,7 +21,7 @@ from diffusion.samplers import SAMPLERS, sampler_spec
 from diffusion.score import networks
 from diffusion.sde import VESDE
 
-from .limits import STOPS
+from .stops import STOPS
 from .pictures import PREVIEW_FRAMES
 from .validation import MAX_GUIDANCE, MAX_SEED, MAX_STEPS, bad, check_choice, check_float, check_int
 
@@ -135,7 +135,7 @@ class Lab:
 
     def guard_nfe(self, module=None, args=None):
         """Before every network evaluation (a forward pre-hook on every score network): inside an event, stop the
-        job if it was cancelled, its client went away (ui/limits.py's STOPS), or it has run past the time limit
+        job if it was cancelled, its client went away (ui/stops.py's STOPS), or it has run past the time limit
         since its first evaluation. So a job stops within one evaluation, whichever handler or tab runs it."""
         from gradio.context import LocalContext
 

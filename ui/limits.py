@@ -13,9 +13,9 @@
   without the copy of every raw input gradio keeps for deep links (closed here);
 - the Sketchpad's blob route: a layer index beyond MAX_BLOB_LAYERS is dropped, and at most BLOB_BUDGET bytes of
   blobs are kept (oldest drawing first out);
-- cancel and disconnect: `STOPS` learns which events were cancelled (POST /cancel) and which clients went away (an
-  event stream closed while its job runs, or a /call result never read), so that the guard every network
-  evaluation runs (`Lab.guard_nfe`) can stop that job within one evaluation.
+- cancel and disconnect: the stop registry `STOPS` (ui/stops.py) learns which events were cancelled (POST /cancel)
+  and which clients went away (an event stream closed while its job runs, or a /call result never read), so that
+  the guard every handler step runs (ui/run_loop.py's `guard`) can stop that job within one step.
 """
 from __future__ import annotations
 
@@ -23,12 +23,13 @@ import contextlib
 import ctypes
 import json
 import os
-import threading
 import time
 from collections import OrderedDict
 
 from gradio.blocks import Block
 from gradio.state_holder import SessionState, StateHolder
+
+from .stops import STOPS, Stops   # the stop registry (ui/stops.py): what this middleware tells the per-step guard
 
 BODY_LIMIT = 1 * 2**20            # bytes: a JSON request (every value this app takes is small)
 UPLOAD_LIMIT = 6 * 2**20          # bytes: an upload (gradio's max_file_size is 5 MB, plus multipart overhead)
@@ -43,66 +44,6 @@ MAX_BLOB_LAYERS = 4               # Sketchpad layers accepted on the blob route 
 BLOB_BUDGET = 32 * 2**20          # bytes of Sketchpad blobs kept, across sessions
 EVENT_ROUTES = ("queue/join", "call/", "run/", "api/")   # JSON bodies carrying event data: shape-checked
 MAX_STRING, MAX_LIST, MAX_DEPTH = 16384, 256, 8 # event data: characters per string, items per list/dict, nesting
-READ_GRACE_S = 10.0               # a /call job whose result nobody has started reading by then is abandoned
-GONE_GRACE_S = 2.0                # a session with no open event stream this long after it closed is gone
-
-
-class Stops:
-    """What the middleware learns about events and clients, for the per-evaluation guard (bounded, thread-safe)."""
-
-    def __init__(self, limit: int = 4096):
-        self.limit, self.lock = limit, threading.Lock()
-        self.cancelled: OrderedDict[str, float] = OrderedDict()    # event id -> when
-        self.started: OrderedDict[str, float] = OrderedDict()      # event id -> first network evaluation
-        self.posted: OrderedDict[str, float] = OrderedDict()       # /call event id -> when posted
-        self.streams: OrderedDict[str, list] = OrderedDict()       # session hash or event id -> [open, closed_at]
-
-    def _put(self, table: OrderedDict, key, value) -> None:
-        with self.lock:
-            table[key] = value
-            table.move_to_end(key)
-            while len(table) > self.limit:
-                table.popitem(last=False)
-
-    def cancel(self, event_id: str) -> None:
-        self._put(self.cancelled, event_id, time.monotonic())
-
-    def post(self, event_id: str) -> None:
-        self._put(self.posted, event_id, time.monotonic())
-
-    def stream(self, key: str, opened: bool) -> None:
-        with self.lock:
-            entry = self.streams.get(key, [0, 0.0])
-            entry[0] += 1 if opened else -1
-            if not opened:
-                entry[1] = time.monotonic()
-        self._put(self.streams, key, entry)
-
-    def start(self, event_id: str) -> float:
-        """When this event's first network evaluation ran (now, the first time it is asked)."""
-        with self.lock:
-            t = self.started.get(event_id)
-        if t is None:
-            t = time.monotonic()
-            self._put(self.started, event_id, t)
-        return t
-
-    def why_stop(self, event_id: str, session_hash: str | None, started: float) -> str | None:
-        """'cancelled' / 'disconnected' / 'result never read', or None to go on."""
-        now = time.monotonic()
-        if event_id in self.cancelled:
-            return "cancelled"
-        for key in (event_id, session_hash):
-            entry = self.streams.get(key) if key else None
-            if entry and entry[0] <= 0 and entry[1] > started and now - entry[1] > GONE_GRACE_S:
-                return "disconnected"
-        posted = self.posted.get(event_id)
-        if posted is not None and event_id not in self.streams and now - posted > READ_GRACE_S:
-            return "result never read"
-        return None
-
-
-STOPS = Stops()
 
 
 # ---------------------------------------------------------------- the middleware
