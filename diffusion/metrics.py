@@ -10,6 +10,13 @@
 - the *speck* rate (`speck_mask`: an image holding an isolated bright blob away from the digit).
 Two networks of different design (`Classifier`: a plain conv stack; `ResNetClassifier`: a pre-activation ResNet
 trained on other data with other augmentation) make a figure that flatters one feature space visible in the other.
+
+Views that are not classifiers (`PixelPCA`: raw pixels on training digits' principal axes; any other embedding, e.g.
+the autoencoder's latents) get the same FD / precision / recall, and `pixel_stats` reads the pixels themselves: share
+of ink, share of mid-tones, stroke widths from a Euclidean distance transform, against the whole test set.
+Every figure is read against *real digits' own figure at the same N* (`Evaluator.real_figures`: mean and spread over
+disjoint real subsets), and `choose_setting_v3` (the defaults rule v3) asks generated digits to be as classifiable,
+as clean and as diverse as real ones, not more.
 """
 from __future__ import annotations
 
@@ -221,22 +228,103 @@ class ResNetClassifier(nn.Module, SafeHubMixin, library_name="mnist-diffusion-la
         return self.head(self.body(x))
 
 
+# --- a view that is not a classifier: principal axes of raw pixels, and the pixels' own statistics ---
+
+INK_THRESHOLD = 0.5            # a pixel is ink at >= half brightness (as SPECK_THRESHOLD)
+MIDTONE_RANGE = (0.25, 0.75)   # a mid-tone pixel, lo <= v < hi: neither background nor ink (blur, grain, antialiasing)
+
+
+class PixelPCA:
+    """Raw pixels on the top `components` principal axes of training digits: a feature space no classifier chose.
+    Fit: X (M, 784) with mean mu, X - mu = U S V^T; features(x) = (x - mu) V[:k]^T, (N, k)."""
+
+    def __init__(self, train_images: torch.Tensor, components: int = 64):
+        x = train_images.reshape(len(train_images), -1).double()
+        if not 1 <= components <= min(x.shape):
+            raise ValueError(f"components must be in [1, {min(x.shape)}] for {len(x)} images, got {components}")
+        self.mean = x.mean(0)
+        self.axes = torch.linalg.svd(x - self.mean, full_matrices=False).Vh[:components]   # (k, 784), orthonormal
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return ((images.reshape(len(images), -1).double() - self.mean) @ self.axes.T).float()
+
+
+def stroke_widths(image) -> np.ndarray:
+    """Stroke widths in pixels along the ridge of one (28, 28) image. Binarise at INK_THRESHOLD (the border counts as
+    background); d = Euclidean distance from an ink pixel's centre to the nearest background pixel's centre (1 on a
+    stroke's edge); a ridge pixel is an ink pixel whose d is the maximum of its 3x3 neighbourhood; its width is 2d - 1.
+    Exact for a straight stroke of odd width w (its centre line has d = (w + 1) / 2); an even width w reads w - 1."""
+    from scipy import ndimage
+    ink = np.pad(np.asarray(image) >= INK_THRESHOLD, 1)
+    d = ndimage.distance_transform_edt(ink)
+    ridge = ink & (d >= ndimage.maximum_filter(d, size=3, mode="constant"))
+    return 2 * d[ridge] - 1
+
+
+def pixel_summary(images: torch.Tensor) -> dict:
+    """Per image: ink share (N,), mid-tone share (N,); and every image's ridge stroke widths pooled (M,)."""
+    imgs = images.reshape(len(images), -1).float().cpu().numpy()
+    lo, hi = MIDTONE_RANGE
+    widths = [stroke_widths(img.reshape(28, 28)) for img in imgs]
+    return {"ink": (imgs >= INK_THRESHOLD).mean(1), "midtone": ((imgs >= lo) & (imgs < hi)).mean(1),
+            "widths": np.concatenate(widths) if widths else np.zeros(0)}
+
+
+def pixel_stats(summary: dict, reference: dict) -> dict:
+    """Figures of a pixel_summary, and its distance to `reference` (the whole test set's pixel_summary):
+    ink and mid-tone shares (mean over images), mean ridge stroke width, and the Wasserstein-1 distance (pixels)
+    between the pooled stroke-width distributions."""
+    from scipy.stats import wasserstein_distance
+    return {"ink_share": float(summary["ink"].mean()), "midtone_share": float(summary["midtone"].mean()),
+            "stroke_width_mean": float(summary["widths"].mean()),
+            "stroke_width_w1": float(wasserstein_distance(summary["widths"], reference["widths"]))}
+
+
+# --- real digits as the yardstick ---
+
+TOLERANCE_SDS = 2.0   # a figure is "as real digits'" within this many real-vs-real standard deviations at the same N
+
+
+def spread(values, n: int | None = None) -> dict:
+    """Mean, sd and tolerance of one figure over disjoint real subsets. For a proportion over n images (give n), the sd
+    is at least the binomial sqrt(p (1 - p) / n), so a few lucky subsets cannot make the tolerance vanish;
+    tolerance = TOLERANCE_SDS * sd."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) < 2:
+        raise ValueError(f"a spread needs at least 2 real subsets, got {len(v)}")
+    mean, sd = float(v.mean()), float(v.std(ddof=1))
+    if n is not None:
+        sd = max(sd, float(np.sqrt(mean * (1 - mean) / n)))
+    return {"mean": mean, "sd": sd, "tolerance": TOLERANCE_SDS * sd, "subsets": len(v)}
+
+
 class Evaluator:
-    """Both classifiers and the real reference sets, computed once; `evaluate(images, labels)` -> metrics.
+    """Both classifiers, the other views and the real reference sets, computed once; `evaluate(images, labels)` ->
+    metrics, with real digits' own figures at the same N under "real".
 
-    real (N, 1, 28, 28): the reference digits (the test set); floor_images: other real digits (training images) whose
-    distance to `real` at the same N is the floor every Frechet distance is read against."""
+    real (N, 1, 28, 28): the reference digits (the test set, held out from every evaluator's training); floor_images:
+    other real digits (training images) whose distance to `real` at the same N is the floor every Frechet distance is
+    read against; views: name -> callable (B, 1, 28, 28) -> (B, F) features no classifier chose (PixelPCA, the
+    autoencoder's latents); real_subsets: how many disjoint real subsets give each real figure's spread."""
 
-    def __init__(self, classifiers: dict, real: torch.Tensor, real_labels: torch.Tensor, floor_images: torch.Tensor):
-        self.classifiers = classifiers
+    def __init__(self, classifiers: dict, real: torch.Tensor, real_labels: torch.Tensor, floor_images: torch.Tensor,
+                 views: dict | None = None, real_subsets: int = 5):
+        self.classifiers, self.views = classifiers, dict(views or {})
         self.real, self.real_labels, self.floor_images = real, real_labels, floor_images
+        self.real_subsets = real_subsets
         self._real = {name: predict(c, real) for name, c in classifiers.items()}           # probs, feats
-        self._real_stats = {name: feature_stats(f) for name, (_, f) in self._real.items()}
-        self._floor = {name: predict(c, floor_images)[1] for name, c in classifiers.items()}
+        self._real_feats = {**{name: f for name, (_, f) in self._real.items()},
+                            **{name: view(real).float() for name, view in self.views.items()}}
+        self._real_stats = {name: feature_stats(f) for name, f in self._real_feats.items()}
+        self._floor = {**{name: predict(c, floor_images)[1] for name, c in classifiers.items()},
+                       **{name: view(floor_images).float() for name, view in self.views.items()}}
+        self._real_speck = speck_mask(real)
+        self._real_pixels = pixel_summary(real)
         self._floor_cache: dict = {}
+        self._figures_cache: dict = {}
 
     def floor(self, name: str, n: int) -> float:
-        """FD of n real training digits against the reference set in classifier `name`'s features."""
+        """FD of n real training digits against the reference set in feature space `name`."""
         if (name, n) not in self._floor_cache:
             self._floor_cache[(name, n)] = frechet_distance(*feature_stats(self._floor[name][:n]), *self._real_stats[name])
         return self._floor_cache[(name, n)]
@@ -245,24 +333,68 @@ class Evaluator:
         """The confident and speck rates of the real reference digits, to read the samples' rates against."""
         probs = [p for p, _ in self._real.values()]
         return {"confident_rate": confident_rate(*probs[:2]) if len(probs) > 1 else float("nan"),
-                "speck_rate": float(speck_mask(self.real).double().mean())}
+                "speck_rate": float(self._real_speck.double().mean())}
+
+    def real_figures(self, n: int) -> dict:
+        """Real digits' own figures at N = n, each as `spread` (mean, sd, tolerance) over k disjoint subsets:
+        accuracy, confident and speck rates on held-out test digits (k subsets of n); FD against the test set,
+        precision / recall against its first n, and pixel statistics against all of it, on training digits (k subsets
+        of n from floor_images). k = min(real_subsets, how many disjoint subsets of n each set holds), at least 2."""
+        if n in self._figures_cache:
+            return self._figures_cache[n]
+        k = min(self.real_subsets, len(self.real) // n, len(self.floor_images) // n)
+        if k < 2:
+            raise ValueError(f"real figures at N = {n} need 2 disjoint subsets of n: the reference holds {len(self.real)} "
+                             f"and the floor set {len(self.floor_images)} images")
+        held_out = [slice(i * n, (i + 1) * n) for i in range(k)]   # test digits: classified by networks never trained on them
+        floors = held_out                                          # training digits (floor_images), same cut
+        out: dict = {"samples": n, "subsets": k, "evaluators": {}, "views": {}}
+        for name in self._real_feats:
+            fd = [frechet_distance(*feature_stats(self._floor[name][s]), *self._real_stats[name]) for s in floors]
+            pr = [precision_recall(self._real_feats[name][:n], self._floor[name][s]) for s in floors]
+            m = {"frechet_distance": spread(fd), "precision": spread([p for p, _ in pr], n),
+                 "recall": spread([r for _, r in pr], n)}
+            if name in self._real:
+                probs = self._real[name][0]
+                m["conditional_accuracy"] = spread([float((probs[s].argmax(1) == self.real_labels[s]).double().mean())
+                                                    for s in held_out], n)
+                out["evaluators"][name] = m
+            else:
+                out["views"][name] = m
+        probs = [p for p, _ in self._real.values()]
+        if len(probs) > 1:
+            out["confident_rate"] = spread([confident_rate(probs[0][s], probs[1][s]) for s in held_out], n)
+        out["speck_rate"] = spread([float(self._real_speck[s].double().mean()) for s in held_out], n)
+        subsets = [pixel_stats(pixel_summary(self.floor_images[s]), self._real_pixels) for s in floors]
+        out["pixel_stats"] = {key: spread([p[key] for p in subsets]) for key in subsets[0]}
+        out["pixel_stats_test_set"] = pixel_stats(self._real_pixels, self._real_pixels)
+        self._figures_cache[n] = out
+        return out
 
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor | None = None, kid_subsets: int = 50) -> dict:
-        """images (N, 1, 28, 28) in [0, 1]; labels (N,) the requested digits, or None / all -1 for unconditional."""
+        """images (N, 1, 28, 28) in [0, 1]; labels (N,) the requested digits, or None / all -1 for unconditional.
+        Classifiers' figures under "evaluators", the other views' under "views", real digits' own under "real"."""
         images = images.reshape(len(images), 1, *images.shape[-2:]).float()
         n = len(images)
         conditional = labels is not None and bool((labels >= 0).all())
-        out: dict = {"samples": n, "evaluators": {}}
+        out: dict = {"samples": n, "evaluators": {}, "views": {}}
         probs_all = []
-        for name, clf in self.classifiers.items():
-            probs, feats = predict(clf, images)
-            probs_all.append(probs)
-            real_feats = self._real[name][1]
+        spaces = [(name, clf) for name, clf in self.classifiers.items()] + [(name, None) for name in self.views]
+        for name, clf in spaces:
+            if clf is not None:
+                probs, feats = predict(clf, images)
+                probs_all.append(probs)
+            else:
+                feats = self.views[name](images).float()
+            real_feats = self._real_feats[name]
             m = {"frechet_distance": frechet_distance(*feature_stats(feats), *self._real_stats[name]),
                  "frechet_floor_same_n": self.floor(name, n)}
             m["frechet_ratio"] = m["frechet_distance"] / m["frechet_floor_same_n"]
             m["kid_mean"], m["kid_std"] = kid(feats, real_feats, subsets=kid_subsets)
             m["precision"], m["recall"] = precision_recall(real_feats[:n], feats)
+            if clf is None:
+                out["views"][name] = m
+                continue
             pred = probs.argmax(1)
             if conditional:
                 m["conditional_accuracy"], m["per_digit_accuracy"] = conditional_accuracy(pred, labels)
@@ -271,6 +403,9 @@ class Evaluator:
         if len(probs_all) > 1:
             out["confident_rate"] = confident_rate(*probs_all[:2])
         out["speck_rate"] = float(speck_mask(images).double().mean())
+        out["pixel_stats"] = pixel_stats(pixel_summary(images), self._real_pixels)
+        # real digits' own figures at this N, where the real sets hold 2 disjoint subsets of N (else None)
+        out["real"] = self.real_figures(n) if min(len(self.real), len(self.floor_images)) >= 2 * n else None
         return out
 
 
@@ -303,3 +438,53 @@ def choose_setting(rows: list[dict], min_acc: float = 0.99, max_speck: float = R
         raise ValueError(f"no setting reaches conditional accuracy {min_acc:.3f} in both evaluators")
     clean = [r for r in ok if not (r["metrics"].get("speck_rate", float("nan")) > max_speck)]
     return min(clean or ok, key=lambda r: worst_ratio(r["metrics"]))
+
+
+# --- defaults rule v3 (issue 27): as classifiable, as clean and as diverse as real digits at the same N, not more ---
+
+def rule_v3_checks(metrics: dict) -> dict[str, bool]:
+    """The rule's constraints for one Evaluator result (which must carry "real", real digits' figures at its N),
+    each True where met; t = the figure's real-vs-real tolerance (`spread`):
+    - "accuracy <classifier>": |accuracy - real accuracy| <= t, under each classifier (conditional models only);
+    - "speck": speck rate <= real speck rate + t;
+    - "recall <space>": recall >= real recall - t, in every feature space (classifiers and views)."""
+    real = metrics.get("real")
+    if real is None:
+        raise ValueError("metrics has no 'real' figures (an Evaluator result from before rule v3): rule v3 cannot read it")
+    checks = {}
+    for name, m in metrics["evaluators"].items():
+        if "conditional_accuracy" in m:
+            a = real["evaluators"][name]["conditional_accuracy"]
+            checks[f"accuracy {name}"] = abs(m["conditional_accuracy"] - a["mean"]) <= a["tolerance"]
+    s = real["speck_rate"]
+    checks["speck"] = metrics["speck_rate"] <= s["mean"] + s["tolerance"]
+    for name, m in _spaces(metrics).items():
+        r = _spaces(real)[name]["recall"]
+        checks[f"recall {name}"] = m["recall"] >= r["mean"] - r["tolerance"]
+    return checks
+
+
+def _spaces(metrics: dict) -> dict:
+    """Every feature space of an Evaluator result (or of its "real" figures): classifiers and views."""
+    return {**metrics["evaluators"], **metrics.get("views", {})}
+
+
+def worst_fd_ratio_v3(metrics: dict) -> float:
+    """max over every feature space (classifiers and views) of FD / real digits' mean FD at the same N."""
+    real = _spaces(metrics["real"])
+    return max(m["frechet_distance"] / real[name]["frechet_distance"]["mean"] for name, m in _spaces(metrics).items())
+
+
+def choose_setting_v3(rows: list[dict]) -> dict:
+    """Defaults rule v3 (fixed before the sweep it reads), over rows {"setting": {..., "guidance": w}, "metrics": ...}
+    all at one N: among rows meeting every `rule_v3_checks` constraint, the lowest `worst_fd_ratio_v3`; ties (equal to
+    2 decimals, the precision reported) go to the lower guidance. Where no row meets every constraint, the rows that
+    fail the fewest compete the same way (so the result still says the best the weights reach by sampling; callers
+    read `rule_v3_checks` on it to see what it misses)."""
+    if not rows:
+        raise ValueError("rows is empty: rule v3 has nothing to choose from")
+
+    def key(r):
+        failed = sum(not ok for ok in rule_v3_checks(r["metrics"]).values())
+        return failed, round(worst_fd_ratio_v3(r["metrics"]), 2), r["setting"]["guidance"]
+    return min(rows, key=key)

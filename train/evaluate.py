@@ -21,37 +21,42 @@ import torch
 
 from diffusion.hub import DEFAULT_WEIGHTS_DIR, load_model, load_pipeline
 from diffusion.images import save_grid
-from diffusion.metrics import (Evaluator, ResNetClassifier, classify, conditional_accuracy,
+from diffusion.metrics import (Evaluator, PixelPCA, ResNetClassifier, classify, conditional_accuracy,
                                feature_stats, frechet_distance)
 from diffusion.pipeline import Pipeline, defaults_for
-from diffusion.registry import GUIDE_NAMES
+from diffusion.registry import EVALUATOR_NAMES, NameView, model_spec
 from train.cards import write_card
 from train.data import load_mnist
 
-ORDER = ("classifier", "classifier-resnet", "autoencoder", "pixel-cond", "latent-cond", "pixel-uncond",
-         "pixel-uncond-guide")
-EVALUATORS = ("classifier", "classifier-resnet")
+ORDER = NameView("evaluation")              # `--all`: the registry's evaluation order (classifiers ... the guide)
+EVALUATORS = EVALUATOR_NAMES                 # classifier (the main one), classifier-resnet
 
 
 def load_evaluator(weights_dir: Path = DEFAULT_WEIGHTS_DIR, resnet_dir: Path | None = None, floor_n: int = 10000) -> Evaluator:
     """Both evaluation networks (the ResNet from `resnet_dir` or weights_dir/classifier-resnet), the 10k test digits
     as the reference and `floor_n` training digits (a fixed random draw) for the same-N floors."""
-    classifiers = {"classifier": load_model("classifier", weights_dir=weights_dir)}
-    resnet = Path(resnet_dir) if resnet_dir else Path(weights_dir) / "classifier-resnet"
+    main, second = EVALUATORS
+    classifiers = {main: load_model(main, weights_dir=weights_dir)}
+    resnet = Path(resnet_dir) if resnet_dir else Path(weights_dir) / second
     if (resnet / "model.safetensors").is_file():
-        classifiers["classifier-resnet"] = ResNetClassifier.from_pretrained(str(resnet))
+        classifiers[second] = ResNetClassifier.from_pretrained(str(resnet))
     else:
         print(f"warning: no second evaluator at {resnet}: figures in one feature space only")
     x_test, y_test = load_mnist("test")
     x_train, _ = load_mnist("train")
     order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(0))
-    return Evaluator(classifiers, x_test, y_test, x_train[order[:floor_n]])
+    # views no classifier chose: raw pixels on the principal axes of 10k other training digits; the autoencoder's latents
+    views = {"pixel-pca": PixelPCA(x_train[order[floor_n:floor_n + 10000]])}
+    if (Path(weights_dir) / "autoencoder" / "model.safetensors").is_file():
+        ae = load_model("autoencoder", weights_dir=weights_dir).eval()
+        views["autoencoder-latent"] = torch.inference_mode()(lambda x: torch.cat([ae.encode(c).flatten(1) for c in x.split(1000)]))
+    return Evaluator(classifiers, x_test, y_test, x_train[order[:floor_n]], views=views)
 
 
 def score_model_metrics(evaluator: Evaluator, images: torch.Tensor, labels: torch.Tensor) -> dict:
     """Evaluator output plus the first classifier's figures at top level (the keys cards and older readers use)."""
     full = evaluator.evaluate(images, labels if bool((labels >= 0).all()) else None)
-    first = full["evaluators"]["classifier"]
+    first = full["evaluators"][EVALUATORS[0]]
     out = {"frechet_distance": first["frechet_distance"], "frechet_floor_same_n": first["frechet_floor_same_n"], **full}
     if "conditional_accuracy" in first:
         out["conditional_accuracy"], out["per_digit_accuracy"] = first["conditional_accuracy"], first["per_digit_accuracy"]
@@ -81,12 +86,13 @@ def evaluate(names, samples: int, sampler: str | None, steps: int | None, guidan
     all_metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     evaluator = load_evaluator(weights_dir)
     x_test, y_test = evaluator.real, evaluator.real_labels
-    classifier = evaluator.classifiers["classifier"]
+    names = [model_spec(name).name for name in names]      # an unknown name: a ValueError listing the names
+    classifier = evaluator.classifiers[EVALUATORS[0]]
     test_pred, test_feat = classify(classifier, x_test)
     mu_test, cov_test = feature_stats(test_feat)
-    floor = evaluator.floor("classifier", len(evaluator.floor_images))
+    floor = evaluator.floor(EVALUATORS[0], len(evaluator.floor_images))
     print(f"Frechet distance floor, train vs test: {floor:.3f} ({len(evaluator.floor_images)} train images), "
-          f"{evaluator.floor('classifier', samples):.3f} ({samples} train images)")
+          f"{evaluator.floor(EVALUATORS[0], samples):.3f} ({samples} train images)")
     for name in names:
         m: dict = {"evaluated": time.strftime("%Y-%m-%d")}
         if name in EVALUATORS:
@@ -95,8 +101,8 @@ def evaluate(names, samples: int, sampler: str | None, steps: int | None, guidan
             pred, _ = classify(evaluator.classifiers[name], x_test)
             m["test_accuracy"] = float((pred == y_test).float().mean())
             m["per_digit_accuracy"] = conditional_accuracy(pred, y_test)[1]
-        elif name == "autoencoder":
-            ae = load_model("autoencoder", weights_dir=weights_dir)
+        elif model_spec(name).role == "autoencoder":
+            ae = load_model(name, weights_dir=weights_dir)
             with torch.inference_mode():
                 recon = torch.cat([ae(c) for c in x_test.split(1000)])
             pred, feat = classify(classifier, recon)
@@ -107,9 +113,9 @@ def evaluate(names, samples: int, sampler: str | None, steps: int | None, guidan
             m["latent_scale"] = ae.latent_scale
             save_grid(torch.cat([x_test[:10, 0], recon[:10, 0]]), Path("docs") / f"samples-{name}.png", nrow=10, scale=3)
         else:
-            if name in GUIDE_NAMES:     # an autoguidance guide, alone: how much weaker than the model it guides
+            if model_spec(name).role == "guide":    # a guide, alone: how much weaker than the model it guides
                 pipe = Pipeline(load_model(name, weights_dir=weights_dir), name=name)
-                d = defaults_for(name.removesuffix("-guide"))
+                d = defaults_for(model_spec(name).guides)
             else:
                 pipe = load_pipeline(name, weights_dir=weights_dir)
                 d = defaults_for(name)
