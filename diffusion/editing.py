@@ -6,16 +6,18 @@ SDEdit: noise the input to a chosen time t0 and run the reverse process from the
     x(t0) = x_in + std(t0) z,   then reverse from sigma_0 = std(t0) down to 0.
 
 Small t0 keeps the input's layout (the noise hides only detail); t0 = 1 forgets it (x(1) is almost pure noise).
-The reverse steps are DPM-Solver++(2M) SDE steps (eta = 1; Lu et al. 2022, as diffusion.samplers.dpmpp_2m_sde):
-the Gaussian posterior q(x_sigma' | x_sigma, x0 = D) with D = D(x; sigma) the denoiser, plus the multistep
-2nd-order correction, on a Karras grid from std(t0) to std(eps), then 0 (h = log(sigma / sigma')):
-
-    x' = r^2 x + (1 - r^2) D + sigma' sqrt(1 - r^2) z + (1 - r^2) (h / 2 h_prev) (D - D_prev),   r = sigma' / sigma;
-    the last step x = D.
+The reverse steps are the sampler diffusion.samplers.dpmpp_2m_sde itself (eta = 1, the Gaussian posterior step
+given the denoiser plus the multistep 2nd-order correction), run on a Karras grid of `edit_sigmas` from std(t0) to
+std(eps), then 0: one network evaluation per step, the last step x = D. No solver step is written here.
 
 Inpainting (mask m = 1 on the known pixels): after every step the known region is replaced by the input noised to
 the new level, x' <- m (x_in + sigma' z') + (1 - m) x', so the regenerated region is always denoised next to a
-consistent, equally noisy copy of the known one; at sigma' = 0 the known region is exactly x_in.
+consistent, equally noisy copy of the known one; at sigma' = 0 the known region is exactly x_in. The replacement is
+written into the sample the sampler yielded, which is the sampler's running state (its next step starts from it).
+
+`SDEDIT` is SDEdit's cost, kept beside its code like a registered sampler's (`SamplerSpec`, one NFE per step) but not
+in `SAMPLERS`: it is not a way to sample from noise, so the sampler pickers do not list it. diffusion.pipeline's
+`Pipeline.edit` runs it for pixel and latent models alike.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import math
 
 import torch
 
-from .samplers import Step, _check_steps, _randn_like, karras_sigmas
+from .samplers import SamplerSpec, Step, _check_steps, _randn_like, dpmpp_2m_sde, karras_sigmas
 
 
 def edit_sigmas(sde, t0: float, num_steps: int) -> list[float]:
@@ -40,7 +42,7 @@ def sdedit(score_model, x, labels=None, *, num_steps, t0, generator=None, guidan
     """SDEdit from the input `x` (B, C, H, W) at time t0 in [0, 1] (Meng et al. 2022); with `mask` (broadcastable to
     x, 1 = keep) the known region is held to the input noised to each level (inpainting). Yields Step like a sampler;
     t0 = 0 yields the input unchanged (no network call)."""
-    num_steps, sde = _check_steps(num_steps), score_model.sde
+    num_steps = _check_steps(num_steps)
     if not (isinstance(t0, (int, float)) and math.isfinite(t0) and 0.0 <= t0 <= 1.0):
         raise ValueError(f"t0 must be a number in [0, 1], got {t0!r}")
     x_in = x
@@ -48,26 +50,23 @@ def sdedit(score_model, x, labels=None, *, num_steps, t0, generator=None, guidan
     if t0 == 0:
         yield Step(0, 0.0, x_in, x_in, 0, True)
         return
-    sigmas = edit_sigmas(sde, t0, num_steps)
+    sigmas = edit_sigmas(score_model.sde, t0, num_steps)
     x = x_in + sigmas[0] * _randn_like(x_in, generator)                   # x(t0) ~ N(x_in, std(t0)^2 I)
-    n, old_d, h_last = len(sigmas) - 1, None, None
-    for i in range(n):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        d = score_model.denoise(x, sigma, labels, guidance)                # (B, C, H, W), the Tweedie estimate
-        if sigma_next == 0:
-            x = d
-        else:                                                               # Gaussian posterior step given D
-            h = math.log(sigma / sigma_next)
-            r2 = math.exp(-2 * h)                                           # (sigma' / sigma)^2
-            x = r2 * x + (1 - r2) * d + sigma_next * math.sqrt(1 - r2) * _randn_like(x, generator)
-            if old_d is not None:                                           # 2nd order: the slope of D in log sigma
-                x = x + 0.5 * (1 - r2) * (h / h_last) * (d - old_d)
-            h_last = h
-        old_d = d
+    steps = dpmpp_2m_sde(score_model, x, labels, num_steps=len(sigmas) - 1, generator=generator, guidance=guidance,
+                         sigmas=sigmas, eta=1.0)
+    for step in steps:
         if m is not None:                                                   # known region: the input at sigma'
-            known = x_in + sigma_next * _randn_like(x, generator) if sigma_next > 0 else x_in
-            x = m * known + (1 - m) * x
-        yield Step(i, sde.t_from_std(sigma_next), x, d, i + 1, i == n - 1)
+            sigma_next = sigmas[step.i + 1]
+            known = x_in + sigma_next * _randn_like(x_in, generator) if sigma_next > 0 else x_in
+            if step.final:           # the last x is the sampler's D itself: a new tensor, D stays the estimate
+                step = Step(step.i, step.t, m * known + (1 - m) * step.x, step.x0, step.nfe, True)
+            else:                    # in place: the sampler's next step starts from the replaced sample
+                step.x.copy_(m * known + (1 - m) * step.x)
+        yield step
+
+
+SDEDIT = SamplerSpec("sdedit", sdedit, "SDEdit / inpainting: DPM-Solver++(2M) SDE from std(t0), 1 NFE/step",
+                     nfe=lambda n: n)
 
 
 def half_mask(region: str, shape=(28, 28)) -> torch.Tensor:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .editing import sdedit
 from .samplers import sampler_spec
 
 
@@ -194,10 +195,48 @@ class Pipeline:
         sde = self.score_model.sde
         x = sde.prior_sample((n, *self.score_model.sample_shape), generator, device=self.device,
                              dtype=next(self.score_model.parameters()).dtype)
-        decode_time = 0.0
         guidance = guidance if self.guided else 1.0
-        model = _Autocast(self.score_model) if self.compute_precision == "bf16" else self.score_model
-        for step in spec.fn(model, x, labels, num_steps=num_steps, generator=generator, guidance=guidance, **extras):
+        steps = spec.fn(self._network(), x, labels, num_steps=num_steps, generator=generator, guidance=guidance,
+                        **extras)
+        yield from self._previews(steps, int(num_steps or 0), preview_every, start)
+
+    @torch.inference_mode()
+    def edit(self, images: torch.Tensor, labels=None, *, t0: float, num_steps: int, guidance=None, seed=0,
+             mask=None, preview_every=1):
+        """SDEdit (and inpainting with `mask`, 1 = keep; pixel models only) of `images` (B, 28, 28) or (B, 1, 28, 28)
+        in [0, 1] from time t0 (diffusion.editing.sdedit), streamed like `stream`: a latent pipeline edits the
+        autoencoder's latents of the images and decodes each preview. Cost: `diffusion.editing.SDEDIT`."""
+        start = time.perf_counter()
+        guidance = defaults_for(self.name).guidance if guidance is None else guidance
+        images = torch.as_tensor(images, dtype=torch.float32)
+        if images.dim() == 3:
+            images = images[:, None]                                         # (B, 1, 28, 28)
+        if images.dim() != 4 or images.shape[1] != 1:
+            raise ValueError(f"images must be (B, 28, 28) or (B, 1, 28, 28), got {tuple(images.shape)}")
+        labels, n = self._labels(labels, images.shape[0])
+        if n != images.shape[0]:
+            raise ValueError(f"labels: {n} labels for {images.shape[0]} images")
+        if isinstance(preview_every, bool) or int(preview_every) != preview_every or preview_every < 0:
+            raise ValueError(f"preview_every must be an integer >= 0, got {preview_every!r}")
+        if mask is not None and self.is_latent:
+            raise ValueError("mask: inpainting keeps pixels, so it needs a pixel-space model")
+        x = images.to(self.device, next(self.score_model.parameters()).dtype)
+        if self.is_latent:                                                   # SDEdit on the unit-variance latents
+            x = self.autoencoder.encode(x)                                   # (B, 4, 10, 10)
+        mask = None if mask is None else torch.as_tensor(mask).to(x.device)
+        generator = torch.Generator().manual_seed(int(seed))
+        steps = sdedit(self._network(), x, labels, num_steps=num_steps, t0=t0, generator=generator,
+                       guidance=guidance if self.guided else 1.0, mask=mask)
+        yield from self._previews(steps, int(num_steps), preview_every, start)
+
+    def _network(self):
+        """The score model as the samplers call it: under bf16 autocast when that is the compute precision."""
+        return _Autocast(self.score_model) if self.compute_precision == "bf16" else self.score_model
+
+    def _previews(self, steps, num_steps: int, preview_every: int, start: float):
+        """A sampler's Steps -> PipelineSteps: every `preview_every`-th (0: none) and the final one, as images."""
+        decode_time, sde = 0.0, self.score_model.sde
+        for step in steps:
             if not (step.final or (preview_every and step.i % preview_every == 0)):
                 continue
             t_dec = time.perf_counter()
@@ -205,7 +244,7 @@ class Pipeline:
             x0_img = x_img if step.final else self._to_image(step.x0)
             decode_time += (time.perf_counter() - t_dec) if self.is_latent else 0.0
             sigma = sde.marginal_std(float(step.t))
-            yield PipelineStep(step.i, int(num_steps or 0), step.t, sigma, step.nfe, x_img, x0_img,
+            yield PipelineStep(step.i, num_steps, step.t, sigma, step.nfe, x_img, x0_img,
                                time.perf_counter() - start, decode_time, step.final)
 
     def generate(self, labels=None, **kwargs) -> tuple[torch.Tensor, PipelineStep]:

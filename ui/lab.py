@@ -17,19 +17,19 @@ import torch
 from diffusion.cost import CostModel, seconds_per_nfe, work_batch
 from diffusion.hub import PIPELINE_NAMES
 from diffusion.images import gif_bytes
-from diffusion.samplers import SAMPLERS, sampler_spec
+from diffusion.samplers import SAMPLERS, SamplerSpec, sampler_spec
 from diffusion.score import networks
 from diffusion.sde import VESDE
 
-from .stops import STOPS
 from .pictures import PREVIEW_FRAMES
+from .run_loop import PREVIEW_INTERVAL, admit, check_time, guard  # noqa: F401  (PREVIEW_INTERVAL: read here too)
+from .run_loop import run as run_steps
 from .validation import MAX_GUIDANCE, MAX_SEED, MAX_STEPS, bad, check_choice, check_float, check_int
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 SAMPLE_PATH = ASSETS / "mnist_test_sample.npz"
 MODEL_NAMES = PIPELINE_NAMES                   # ("pixel-uncond", "pixel-cond", "latent-cond")
 DEFAULT_MAX_SECONDS = 120.0   # a request that runs longer is stopped (bounded work on a shared CPU)
-PREVIEW_INTERVAL = 0.1        # s between streamed updates: at most ~10 a second, the last one always
 
 
 def fmt_s(seconds: float) -> str:
@@ -100,12 +100,13 @@ class Lab:
             return f"guidance {guidance:g}"
         return f"autoguidance {guidance:g}" if pipe.guided else f"guidance {guidance:g} (n/a)"
 
-    def estimate_seconds(self, name: str, sampler: str, steps: int, n: int, guidance: float, *,
+    def estimate_seconds(self, name: str, sampler: str | SamplerSpec, steps: int, n: int, guidance: float, *,
                          worst: bool = False, runs_of_one: int = 0) -> float | None:
         """Seconds for sampling `n` images (plus `runs_of_one` more runs of one image each, e.g. a strip), guidance's
         doubled batch included. worst=True: an adaptive solver at its NFE cap, each small call at least its
-        per-call overhead (`call_floor`); else the typical NFE, as shown beside the controls."""
-        spec = sampler_spec(sampler)
+        per-call overhead (`call_floor`); else the typical NFE, as shown beside the controls. `sampler`: a name in
+        SAMPLERS, or a spec kept elsewhere (diffusion.editing.SDEDIT)."""
+        spec = sampler if isinstance(sampler, SamplerSpec) else sampler_spec(sampler)
         nfe = ((spec.max_nfe or spec.typical_nfe) if worst else spec.typical_nfe) if spec.adaptive else \
             spec.nfe_for(steps)
         pipe = self.pipelines[name]
@@ -116,38 +117,27 @@ class Lab:
 
     def refuse_runaway(self, name, sampler, steps, n, guidance, *, runs_of_one: int = 0,
                        also_seconds: float = 0.0) -> float:
-        """Admission: refuse a request whose worst case (see estimate_seconds; plus `also_seconds` of other work
-        in the same request) exceeds the time limit. Returns the worst-case seconds (0 when never timed)."""
+        """Admission (ui/run_loop.py's `admit`): refuse a request whose worst case (see estimate_seconds; plus
+        `also_seconds` of other work in the same request) exceeds the time limit. Returns the worst-case seconds
+        (0 when never timed)."""
         est = self.estimate_seconds(name, sampler, steps, n, guidance, worst=True, runs_of_one=runs_of_one)
-        est = (est or 0.0) + also_seconds
-        if est > self.max_seconds:
-            cap = sampler_spec(sampler).max_nfe if sampler_spec(sampler).adaptive else None
-            why = f" ({sampler} may take up to {cap} network evaluations)" if cap else ""
-            raise gr.Error(f"steps / num_images: this request would take about {est:.0f} s here at worst{why}, over "
-                           f"the app's {self.max_seconds:.0f} s limit per request. Use fewer steps or images, "
-                           f"or a sampler with fewer NFE per step.", title="Too much work", print_exception=False)
-        return est
+        spec = sampler if isinstance(sampler, SamplerSpec) else sampler_spec(sampler)
+        why = f" ({spec.name} may take up to {spec.max_nfe} network evaluations)" if spec.adaptive and spec.max_nfe \
+            else ""
+        return admit((est or 0.0) + also_seconds, self.max_seconds, worst=f" at worst{why}")
 
     def check_time(self, elapsed: float):
-        if elapsed > self.max_seconds:
-            raise gr.Error(f"Stopped after {elapsed:.0f} s: the app's limit per request is {self.max_seconds:.0f} s. "
-                           "Use fewer steps or images.", title="Time limit", print_exception=False)
+        check_time(elapsed, self.max_seconds)
+
+    def run(self, steps, **kwargs):
+        """ui/run_loop.py's `run` under this app's time limit: yields (step, due)."""
+        return run_steps(steps, self.max_seconds, **kwargs)
 
     def guard_nfe(self, module=None, args=None):
-        """Before every network evaluation (a forward pre-hook on every score network): inside an event, stop the
-        job if it was cancelled, its client went away (ui/stops.py's STOPS), or it has run past the time limit
-        since its first evaluation. So a job stops within one evaluation, whichever handler or tab runs it."""
-        from gradio.context import LocalContext
-
-        event_id = LocalContext.event_id.get(None)
-        if event_id is None or not LocalContext.in_event_listener.get(False):
-            return None
-        started = STOPS.start(event_id)
-        request = LocalContext.request.get(None)
-        why = STOPS.why_stop(event_id, getattr(request, "session_hash", None), started)
-        if why is not None:
-            raise gr.Error(f"Stopped: {why}.", title="Stopped", print_exception=False)
-        self.check_time(time.monotonic() - started)
+        """Before every network evaluation (a forward pre-hook on every score network): the run loop's `guard`
+        (cancelled, client gone, result never read, past the time limit since the event's first guarded step). So a
+        job stops within one evaluation, whichever handler or tab runs it, between its loop's steps too."""
+        guard(self.max_seconds)
         return None
 
     # -- shared outputs ----------------------------------------------------------------------------

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import gradio as gr
-import gradio.utils as gradio_utils
 
 import diffusion.pipeline as dp
 from diffusion.hub_mixin import hash_state_dict, hash_tensor
 from diffusion.sde import VESDE
+
+from . import gradio_seam
 
 if TYPE_CHECKING:
     from .controls import Page
@@ -124,7 +125,7 @@ def cache_key(lab: Lab) -> str:
 def cache_folder(key: str, tab: str) -> Path:
     """Where a tab's cached presets go: <GRADIO_EXAMPLES_CACHE>/<key>/<tab>/ (gradio adds a folder of its own). The
     base stays gradio's, so its file route serves these pictures and nothing else is opened."""
-    return gradio_utils.get_cache_folder() / key / tab
+    return gradio_seam.cache_folder() / key / tab
 
 
 @contextlib.contextmanager

@@ -2,14 +2,13 @@
 each timed on its own; the table shows what the latent model's autoencoder costs."""
 from __future__ import annotations
 
-import time
-
 import gradio as gr
 
 from . import presets
 from .controls import DEFAULT_DIGIT, DEFAULT_IMAGES, DEFAULT_SEED, IMG, Page, note, sampling_controls
-from .lab import PREVIEW_INTERVAL, Lab, fmt_s, param_count, preview_every
+from .lab import Lab, fmt_s, param_count, preview_every
 from .pictures import show_grid
+from .run_loop import Lane, lockstep
 from .validation import MAX_IMAGES, MAX_SEED, check_int
 
 NAMES = ("pixel-cond", "latent-cond")
@@ -23,7 +22,7 @@ class CompareTab:
         self.presets = None                 # the gr.Examples, once laid out
 
     def compare(self, digit, sampler, steps, guidance, seed, num_images):
-        """pixel-cond and latent-cond, same digit/seed/sampler, stepped in lockstep; each one's own time."""
+        """pixel-cond and latent-cond, same digit/seed/sampler, stepped in lockstep by NFE; each one's own time."""
         lab = self.lab
         pipes = [lab.pipeline(n) for n in NAMES]
         digit = check_int("digit", digit, 0, 9)
@@ -33,35 +32,16 @@ class CompareTab:
         for name in NAMES:
             worst = lab.refuse_runaway(name, sampler, steps, n, guidance, also_seconds=worst)
         every = preview_every(sampler, steps)
-        streams = [p.stream([digit] * n, sampler=sampler, num_steps=steps, guidance=guidance, seed=seed,
-                            preview_every=every) for p in pipes]
-        own = [0.0, 0.0]                   # each pipeline's own compute time (the other's turn excluded)
-        last: list = [None, None]
-        done = [False, False]
-        last_emit = -1.0
+        lanes = [Lane(name, p.stream([digit] * n, sampler=sampler, num_steps=steps, guidance=guidance, seed=seed,
+                                     preview_every=every)) for name, p in zip(NAMES, pipes)]
         yield None, None, None, None, "starting…"
-        try:
-            while not all(done):
-                for k, s in enumerate(streams):
-                    if done[k]:
-                        continue
-                    start = time.perf_counter()
-                    step = next(s, None)
-                    own[k] += time.perf_counter() - start
-                    if step is None:
-                        done[k] = True
-                    else:
-                        last[k] = step
-                        done[k] = step.final
-                lab.check_time(sum(own))
-                now = time.perf_counter()
-                if all(done) or now - last_emit >= PREVIEW_INTERVAL:
-                    last_emit = now
-                    imgs = [show_grid(s.x, 380) if s else gr.skip() for s in last] + \
-                           [show_grid(s.x0, 380) if s else gr.skip() for s in last]
-                    yield imgs[0], imgs[2], imgs[1], imgs[3], self.table(pipes, last, own, done)
-        except (ValueError, RuntimeError) as e:
-            raise gr.Error(str(e), print_exception=False) from None
+        # each lane's own time: its pipeline's compute (the other's turn excluded)
+        for _, due in lab.run(lockstep(lanes), final=lambda _: all(q.done for q in lanes)):
+            if due:
+                last, own, done = [q.step for q in lanes], [q.own for q in lanes], [q.done for q in lanes]
+                imgs = [show_grid(s.x, 380) if s else gr.skip() for s in last] + \
+                       [show_grid(s.x0, 380) if s else gr.skip() for s in last]
+                yield imgs[0], imgs[2], imgs[1], imgs[3], self.table(pipes, last, own, done)
 
     @staticmethod
     def table(pipes, last, own, done) -> str:

@@ -3,7 +3,6 @@ and a network's one-step denoised estimate D(x(t); std(t))."""
 from __future__ import annotations
 
 import gradio as gr
-import gradio.utils as gradio_utils
 import numpy as np
 import torch
 
@@ -11,6 +10,7 @@ from diffusion.images import grid
 
 from . import presets
 from .controls import IMG, PLUMBING, Page, note
+from .gradio_seam import upload_folder
 from .lab import MODEL_NAMES, Lab
 from .pictures import sketch_to_digit
 from .plots import std_figure
@@ -50,7 +50,7 @@ class ForwardTab:
         switch the source to the drawing when there is ink. Only gradio's upload folder is read; the drawing is
         decoded under ui/drawings.py's concurrency limit and pixel cap."""
         try:
-            sketch_to_digit(sketch, root=gradio_utils.get_upload_folder())
+            sketch_to_digit(sketch, root=upload_folder())
         except gr.Error:
             return gr.skip()
         return "drawing"
@@ -67,7 +67,7 @@ class ForwardTab:
         noise_seed = check_int("noise_seed", noise_seed, 0, MAX_SEED)
         denoiser = check_choice("denoiser", denoiser, self.denoisers())
         if source == "drawing":
-            x0, what = sketch_to_digit(sketch, root=gradio_utils.get_upload_folder()), "your drawing"
+            x0, what = sketch_to_digit(sketch, root=upload_folder()), "your drawing"
         else:
             x0, what = lab.test_images[index], f"test image #{index} (a {lab.test_labels[index]})"
         std = sde.marginal_std(t)

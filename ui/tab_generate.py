@@ -2,8 +2,6 @@
 side as the sampler runs; the final grid, a GIF of the trajectory, and what it cost."""
 from __future__ import annotations
 
-import time
-
 import gradio as gr
 import numpy as np
 
@@ -12,7 +10,7 @@ from diffusion.samplers import SAMPLERS, sampler_spec
 
 from . import presets
 from .controls import DEFAULT_DIGIT, DEFAULT_IMAGES, DEFAULT_SEED, IMG, PLUMBING, Page, note, sampling_controls
-from .lab import MODEL_NAMES, PREVIEW_INTERVAL, Lab, fmt_s, preview_every
+from .lab import MODEL_NAMES, Lab, fmt_s, preview_every
 from .pictures import GIF_PX, GRID_PX, FrameBuffer, captioned, show_grid
 from .validation import MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, MAX_STEPS, check_choice, check_float, check_int
 
@@ -42,31 +40,25 @@ class GenerateTab:
         what = (f"**{model}** · {f'digit {digit}' if pipe.conditional else 'unconditional (digit ignored)'} · "
                 f"{sampler} · {'adaptive steps' if adaptive else f'{steps} steps'} · "
                 f"{lab.guidance_note(pipe, guidance)} · seed {seed} · {n} images")
-        frames, last_emit, step = FrameBuffer(), -1.0, None
+        frames, step = FrameBuffer(), None
         yield None, None, what + "\n\nstarting…", None, None, None
-        try:
-            # pixel models: every step comes back here (x and x0 are cheap to copy), so that the time limit and a
-            # cancel (applied at this generator's yields, <= PREVIEW_INTERVAL apart) act within a step, not k steps;
-            # latent models decode each preview, so only every k-th step is decoded
-            every = preview_every(sampler, steps) if pipe.is_latent else 1
-            stream = pipe.stream(labels, num_images=n, sampler=sampler, num_steps=steps, guidance=guidance,
-                                 seed=seed, preview_every=every)
-            for step in stream:
-                lab.check_time(step.elapsed)
-                total = "?" if adaptive else step.num_steps
-                progress = (f"step {step.i + 1}/{total} · t = {step.t:.3f} · σ(t) = {step.sigma:.3g} · "
-                            f"NFE {step.nfe} · {fmt_s(step.elapsed)}")
-                caption = (f"x_t | x0-hat   step {step.i + 1}/{total}  t={step.t:.3f}  sigma={step.sigma:.3g}  "
-                           f"NFE {step.nfe}")                    # ASCII: PIL's default font has no Greek
-                frames.add(lambda s=step, c=caption: captioned(
-                    [show_grid(s.x, GIF_PX), show_grid(s.x0, GIF_PX)], c), final=step.final)
-                now = time.perf_counter()
-                if not step.final and now - last_emit >= PREVIEW_INTERVAL:     # <= 10 updates/s; final below
-                    last_emit = now
-                    yield (show_grid(step.x), show_grid(step.x0), f"{what}\n\n{progress}", gr.skip(), gr.skip(),
-                           gr.skip())
-        except (ValueError, RuntimeError) as e:   # the library's own checks (e.g. rk45's NFE cap)
-            raise gr.Error(str(e), print_exception=False) from None
+        # pixel models: every step comes back here (x and x0 are cheap to copy), so that the time limit and the stop
+        # guard (ui/run_loop.py, before each step) act within a step, not k steps; latent models decode each
+        # preview, so only every k-th step is decoded
+        every = preview_every(sampler, steps) if pipe.is_latent else 1
+        stream = pipe.stream(labels, num_images=n, sampler=sampler, num_steps=steps, guidance=guidance,
+                             seed=seed, preview_every=every)
+        for step, due in lab.run(stream):
+            total = "?" if adaptive else step.num_steps
+            progress = (f"step {step.i + 1}/{total} · t = {step.t:.3f} · σ(t) = {step.sigma:.3g} · "
+                        f"NFE {step.nfe} · {fmt_s(step.elapsed)}")
+            caption = (f"x_t | x0-hat   step {step.i + 1}/{total}  t={step.t:.3f}  sigma={step.sigma:.3g}  "
+                       f"NFE {step.nfe}")                    # ASCII: PIL's default font has no Greek
+            frames.add(lambda s=step, c=caption: captioned(
+                [show_grid(s.x, GIF_PX), show_grid(s.x0, GIF_PX)], c), final=step.final)
+            if due and not step.final:                       # <= 10 updates/s; the final one below
+                yield (show_grid(step.x), show_grid(step.x0), f"{what}\n\n{progress}", gr.skip(), gr.skip(),
+                       gr.skip())
         batch = lab.work_batch(pipe, n, guidance)
         lab.cost.learn(model, step.nfe, batch, step.elapsed - step.decode_time)
         final = show_grid(step.x)

@@ -17,7 +17,8 @@ from diffusion.registry import DISTILLED_NAMES
 from diffusion.samplers import sampler_spec
 
 from .controls import DEFAULT_DIGIT, DEFAULT_SEED, IMG, Page, note
-from .lab import PREVIEW_INTERVAL, Lab, fmt_s
+from .gradio_seam import current_block
+from .lab import Lab, fmt_s
 from .pictures import GRID_PX, show_grid
 from .validation import MAX_SEED, bad, check_float, check_int
 
@@ -138,17 +139,12 @@ class LiveTab:
         shown_digit = f"digit {digit}" if digit is not None else "digits 0–9 in turn"
         what = (f"**{runner.name}** · {shown_digit} · guidance w = {guidance:g} · seed {seed} · {n} image"
                 f"{'s' if n > 1 else ''}")
-        last_emit, step = start, None
-        try:
-            for step in runner.pipe.stream(labels, num_images=n, sampler=runner.sampler, num_steps=runner.steps,
-                                           guidance=guidance, seed=seed, preview_every=1):
-                lab.check_time(step.elapsed)
-                now = time.perf_counter()
-                if not step.final and now - last_emit >= PREVIEW_INTERVAL:   # slow (busy CPU, teacher): a point
-                    last_emit = now         # where a cancel takes effect; the page keeps the last grid and its text
-                    yield gr.skip(), gr.skip(), gr.skip()
-        except (ValueError, RuntimeError) as e:      # the library's own checks (step count, guidance range)
-            raise gr.Error(str(e), print_exception=False) from None
+        step = None
+        stream = runner.pipe.stream(labels, num_images=n, sampler=runner.sampler, num_steps=runner.steps,
+                                    guidance=guidance, seed=seed, preview_every=1)
+        for step, due in lab.run(stream, lead=False):
+            if due and not step.final:      # slow (busy CPU, teacher): a point where a cancel takes effect; the page
+                yield gr.skip(), gr.skip(), gr.skip()       # keeps the last grid and its text
         picture = show_grid(step.x)
         server = time.perf_counter() - start
         batch = runner.batch(n, guidance)
@@ -247,7 +243,7 @@ class LiveTab:
         # .change fires while the slider is dragged as well as on release (and when the seed button sets the seed);
         # the first grid is drawn when the tab is opened (the tab being laid out), so a visitor who never opens it
         # costs nothing and the app starts without sampling
-        tab = gr.context.Context.block
+        tab = current_block()
         opened = [tab.select] if isinstance(tab, gr.Tab) and usable else []
         gr.on([*opened, *(c.change for c in inputs)], self.live, inputs, [out, status, info], api_name="live",
               trigger_mode="always_last", show_progress="hidden", **page.heavy)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 from pathlib import Path
 
 import gradio as gr
@@ -16,8 +15,9 @@ from PIL import Image, ImageDraw
 from diffusion.samplers import SAMPLERS, sampler_spec
 
 from .controls import DEFAULT_DIGIT, DEFAULT_SEED, IMG, Page, note
-from .lab import PREVIEW_INTERVAL, Lab, fmt_s
+from .lab import Lab, fmt_s
 from .pictures import _font, show_grid
+from .run_loop import Lane, admit, lockstep
 from .validation import LABELS, MAX_GUIDANCE, MAX_SEED, check_float, check_int
 
 LABELS.update({"nfe": "Network evaluations (NFE)"})
@@ -86,11 +86,9 @@ class RaceTab:
         seed = check_int("seed", seed, 0, MAX_SEED)
         n = check_int("num_images", num_images, 1, MAX_RACE_IMAGES)
         entrants = self.entrants(budget)
-        est = lab.cost.estimate(model, budget * len(entrants), lab.work_batch(pipe, n, guidance))
-        if est is not None and est > 3 * lab.max_seconds:
-            raise gr.Error(f"nfe / num_images: this race would take about {est:.0f} s here, over the app's "
-                           f"{lab.max_seconds:.0f} s limit per request. Use a smaller budget or fewer images.",
-                           title="Too much work", print_exception=False)
+        # every entrant spends at most `budget` NFE on a batch of n (x 2 for guidance); one admission rule for all tabs
+        admit(lab.cost.estimate(model, budget * len(entrants), lab.work_batch(pipe, n, guidance)), lab.max_seconds,
+              params="nfe / num_images", what="this race", worst="", advice="Use a smaller budget or fewer images.")
         labels = [digit] * n if pipe.conditional else None
         w = guidance if pipe.guided else None       # the bench ran unconditional models unguided (None)
         runs = []
@@ -98,31 +96,18 @@ class RaceTab:
             extras = dict(rtol=RK45_TOL, atol=RK45_TOL, max_nfe=budget) if name == "rk45" else {}
             stream = pipe.stream(labels, num_images=n, sampler=name, num_steps=steps, guidance=guidance, seed=seed,
                                  preview_every=1, **extras)
-            runs.append(dict(name=name, steps=steps, stream=stream, step=None, own=0.0, done=False, dnf="",
-                             bench=self.bench_for(model, name, steps, w, budget)))
+            runs.append(Lane(name, stream, dict(steps=steps, bench=self.bench_for(model, name, steps, w, budget))))
         what = (f"**{model}** · {f'digit {digit}' if pipe.conditional else 'unconditional'} · budget {budget} NFE · "
                 f"{lab.guidance_note(pipe, guidance)} · seed {seed} · {n} image(s) each, "
                 f"the same prior noise for every sampler")
         yield self.board(runs, budget), self.table(runs, budget) + "\n\nstarting…", what
-        last_emit = time.perf_counter()
-        while not all(r["done"] for r in runs):
-            r = min((r for r in runs if not r["done"]), key=lambda r: r["step"].nfe if r["step"] else 0)
-            tick, decoded = time.perf_counter(), r["step"].decode_time if r["step"] else 0.0
-            try:
-                step = next(r["stream"], None)
-            except RuntimeError as e:                    # rk45 past its NFE cap: out of the race, last state kept
-                step, r["dnf"] = None, f"did not finish within {budget} NFE" if "max_nfe" in str(e) else str(e)
-            # own sampling time: the previews' autoencoder decoding (latent models) left out
-            r["own"] += time.perf_counter() - tick - (step.decode_time - decoded if step is not None else 0.0)
-            if step is None:
-                r["done"] = True
-                r["dnf"] = r["dnf"] or "stopped"
-            else:
-                r["step"], r["done"] = step, step.final
-            lab.check_time(sum(q["own"] for q in runs))
-            now = time.perf_counter()
-            if not all(q["done"] for q in runs) and now - last_emit >= PREVIEW_INTERVAL:
-                last_emit = now
+        # own sampling time: the previews' autoencoder decoding (latent models) left out; rk45 past its NFE cap
+        # (a RuntimeError) leaves the race with its last state kept
+        race = lockstep(runs, overhead=lambda step: step.decode_time, dropouts=(RuntimeError,))
+        for lane, due in lab.run(race, lead=False, final=lambda _: all(q.done for q in runs)):
+            if "max_nfe" in lane.error:
+                lane.error = f"did not finish within {budget} NFE"
+            if due and not all(q.done for q in runs):
                 yield self.board(runs, budget), self.table(runs, budget), what
         yield self.board(runs, budget), self.table(runs, budget, final=True), what
 
@@ -136,17 +121,17 @@ class RaceTab:
         draw = ImageDraw.Draw(canvas)
         for k, r in enumerate(runs):
             x = k * (CELL + gap)
-            draw.text((x, 3), r["name"], fill=0, font=_font(13))
-            s = r["step"]
+            draw.text((x, 3), r.name, fill=0, font=_font(13))
+            s = r.step
             if s is not None:
                 canvas.paste(Image.fromarray(show_grid(s.x, CELL)).resize((CELL, CELL), Image.Resampling.NEAREST),
                              (x, head))
                 canvas.paste(Image.fromarray(show_grid(s.x0, CELL)).resize((CELL, CELL), Image.Resampling.NEAREST),
                              (x, head + CELL + 6))
             nfe = s.nfe if s else 0
-            state = r["dnf"] or ("done" if r["done"] else "")
-            lines = [f"NFE {nfe}/{budget}  {fmt_s(r['own'])}", f"{state}",
-                     quality_text(r["bench"], short=True)]
+            state = r.error or ("done" if r.done else "")
+            lines = [f"NFE {nfe}/{budget}  {fmt_s(r.own)}", f"{state}",
+                     quality_text(r.info["bench"], short=True)]
             draw.multiline_text((x, head + 2 * CELL + 9), "\n".join(lines), fill=0, font=_font(11), spacing=2)
         return np.asarray(canvas)
 
@@ -154,17 +139,18 @@ class RaceTab:
     def table(runs, budget, final: bool = False) -> str:
         """Markdown, ranked by each sampler's own wall time when finished (unfinished and DNF last)."""
         def key(r):
-            return (0 if r["done"] and not r["dnf"] else 1, r["own"] if r["done"] else float("inf"))
+            return (0 if r.done and not r.error else 1, r.own if r.done else float("inf"))
         rows = ["| place | sampler | steps | NFE | wall time (own) | benchmark at this setting | |",
                 "|---:|---|---:|---:|---:|---|---|"]
         place = 0
         for r in sorted(runs, key=key):
-            s = r["step"]
-            finished = r["done"] and not r["dnf"]
+            s = r.step
+            finished = r.done and not r.error
             place += finished
-            steps = "adaptive" if r["steps"] is None else str(r["steps"])
-            rows.append(f"| {place if finished else '—'} | {r['name']} | {steps} | {s.nfe if s else 0} | "
-                        f"{fmt_s(r['own'])} | {quality_text(r['bench'])} | {r['dnf'] or ('done' if r['done'] else 'running')} |")
+            steps = "adaptive" if r.info["steps"] is None else str(r.info["steps"])
+            rows.append(f"| {place if finished else '—'} | {r.name} | {steps} | {s.nfe if s else 0} | "
+                        f"{fmt_s(r.own)} | {quality_text(r.info['bench'])} | "
+                        f"{r.error or ('done' if r.done else 'running')} |")
         tail = ("\n\nFD: Fréchet distance on the project classifier's features against MNIST test images "
                 "(lower is better), measured over 1000 samples in bench/results/samplers.md; it is a property of "
                 "the sampler at that setting, not of these few images." if final else "")

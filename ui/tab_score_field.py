@@ -16,12 +16,14 @@ from diffusion.toy2d import DATASETS, MixtureScore, ToyScoreMLP, to_points, trai
 from .controls import IMG, PLUMBING, Page, note
 from .lab import Lab, fmt_s
 from .plane import Panel, grid_points, line_chart, side_by_side
+from .run_loop import Lane, lockstep
 from .validation import LABELS, MAX_SEED, check_choice, check_float, check_int
 
 LABELS.update({"dataset": "Data set", "num_particles": "Particles", "nfe": "Network evaluations (NFE)",
                "train_steps": "Training steps"})
 MIN_PARTICLES, MAX_PARTICLES, MAX_TOY_NFE, MAX_TRAIN_STEPS = 10, 2000, 1000, 5000
 FRAMES, MAX_RATE = 30, 15.0          # streamed frames per run (every k-th step, the last always), updates / s at most
+MLP_INTERVAL = 0.5                   # s between streamed updates while the tiny MLP trains
 VIEW = 1.4                           # half-width of the data's view: every data set lies inside [-1, 1]^2
 TRACKED = 12                         # particles whose whole path is drawn
 SDE_COLOUR, ODE_COLOUR = (120, 255, 140), (110, 200, 255)
@@ -107,20 +109,20 @@ class ScoreFieldTab:
                        model, x.clone(), num_steps=nfe, generator=gen),
                    "ODE (Heun)": sampler_spec("heun").fn(model, x.clone(), num_steps=heun_steps)}
         runs = {k: {"t": 1.0, "nfe": 0, "pts": [to_points(x).numpy()], "done": False} for k in streams}
+        lanes = [Lane(k, stream, runs[k]) for k, stream in streams.items()]
         tracked = min(TRACKED, n)
         every = max(1, math.ceil(nfe / FRAMES))
         what = (f"**{dataset}** · {n} particles · seed {seed} · reverse SDE: Euler-Maruyama, {nfe} steps · "
                 f"ODE: Heun, {heun_steps} steps ({sampler_spec('heun').nfe_for(heun_steps)} NFE)")
         yield self._frame(mixture, sde, runs, tracked), what + "\n\nstarting at the prior N(0, 9.85² I)…"
         last_emit, next_frame = time.perf_counter(), every
-        while not all(r["done"] for r in runs.values()):
-            # lockstep by NFE: advance the run that has spent fewer network evaluations
-            name = min((k for k in runs if not runs[k]["done"]), key=lambda k: runs[k]["nfe"])
-            step = next(streams[name])
-            r = runs[name]
+        # lockstep by NFE (the run that has spent fewer score evaluations goes next), one particle batch per step
+        # under the run loop's guard; frames every `every` NFE at most MAX_RATE a second (not by the wall-time
+        # throttle: slowed down so that the paths can be watched)
+        for lane, _ in lab.run(lockstep(lanes), final=lambda _: all(q.done for q in lanes)):
+            step, r = lane.step, lane.info
             r.update(t=float(step.t), nfe=step.nfe, done=step.final)
             r["pts"].append(to_points(step.x).numpy())
-            lab.check_time(time.perf_counter() - start)
             low = min(q["nfe"] for q in runs.values())
             if all(q["done"] for q in runs.values()) or low >= next_frame:
                 next_frame = low + every
@@ -181,18 +183,17 @@ class ScoreFieldTab:
             torch.manual_seed(seed)
             model = ToyScoreMLP()
         gen, start = torch.Generator().manual_seed(seed), time.perf_counter()
-        over = lambda: time.perf_counter() - start > lab.max_seconds  # noqa: E731  (polled every step)
-        losses, last_emit, step = [], -1.0, -1
+        losses, step = [], -1
         what = f"**{dataset}** · {steps} DSM steps (batch 256, Adam) · field shown at t = {t:g} · seed {seed}"
         pic, err = self._learned_vs_exact(mixture, model, lab.sde, t)
         yield pic, None, what + f"\n\nuntrained: mean error {err:.3f}"
-        for step, loss in train_toy(model, mixture, steps, generator=gen, should_stop=over):
+        # one optimizer step per loop step, under the guard and the time limit; ~2 updates a second (drawing the
+        # fields costs more than a step)
+        for (step, loss), due in lab.run(train_toy(model, mixture, steps, generator=gen), interval=MLP_INTERVAL,
+                                         final=lambda item: item[0] == steps - 1):
             losses.append(loss)
-            now = time.perf_counter()
-            if step < steps - 1 and now - last_emit >= 0.5:   # ~2 updates a second: drawing costs more than a step
-                last_emit = now
+            if due and step < steps - 1:
                 yield self._mlp_update(mixture, model, losses, t, what, step, steps, start)
-        lab.check_time(time.perf_counter() - start)
         yield self._mlp_update(mixture, model, losses, t, what, step, steps, start, done=True)
 
     def _mlp_update(self, mixture, model, losses, t, what, step, steps, start, done=False):

@@ -1,35 +1,29 @@
 """Draw and denoise: SDEdit (Meng et al. 2022) from a drawing or a test digit, noised to t0 and brought back by a
 model towards a chosen digit; and inpainting (keep half of the input, regenerate the rest). The library part is
-diffusion/editing.py; here: inputs, streaming x_t and x̂0, and the classifier's reading of each result."""
+diffusion/editing.py, run by the model's Pipeline (`Pipeline.edit`: pixels or latents, decoding, precision); here:
+inputs, streaming x_t and x̂0 through the run loop, and the classifier's reading of each result."""
 from __future__ import annotations
 
-import time
+import math
 
 import gradio as gr
-import gradio.utils as gradio_utils
 import numpy as np
 import torch
 
-from diffusion.editing import half_mask, sdedit
+from diffusion.editing import SDEDIT, half_mask
 from diffusion.images import grid
 
 from . import presets
 from .controls import DEFAULT_DIGIT, IMG, PLUMBING, Page, note
-from .lab import PREVIEW_INTERVAL, Lab, fmt_s
+from .gradio_seam import upload_folder
+from .lab import Lab, fmt_s
 from .tab_forward import ForwardTab
-from .pictures import labelled_strip, show_grid, sketch_to_digit
+from .pictures import PREVIEW_FRAMES, labelled_strip, show_grid, sketch_to_digit
 from .validation import LABELS, MAX_GUIDANCE, MAX_SEED, check_choice, check_float, check_int
 
 LABELS.update({"t0": "t0 (how much noise)", "region": "Inpainting", "num_images": "Number of images"})
 REGIONS = ["none (SDEdit)", "keep top half", "keep bottom half", "keep left half", "keep right half"]
 MAX_EDIT_STEPS, MAX_EDIT_IMAGES = 200, 8
-
-
-@torch.inference_mode()
-def to_image(pipe, z: torch.Tensor) -> torch.Tensor:
-    """A sample (pixels, or latents decoded by the autoencoder) -> (B, 28, 28) in [0, 1] on the CPU."""
-    x = pipe.autoencoder.decode(z) if pipe.is_latent else z
-    return x.clamp(0, 1)[:, 0].float().cpu()
 
 
 class SDEditTab:
@@ -43,7 +37,7 @@ class SDEditTab:
         source = check_choice("source", source, ["test digit", "drawing"])
         index = check_int("test_index", test_index, 0, len(self.lab.test_images) - 1)
         if source == "drawing":   # the Forward tab's decoder: one drawing -> 28 x 28 conversion for the whole app
-            return sketch_to_digit(sketch, root=gradio_utils.get_upload_folder()), "your drawing"
+            return sketch_to_digit(sketch, root=upload_folder()), "your drawing"
         return self.lab.test_images[index], f"test image #{index} (a {self.lab.test_labels[index]})"
 
     def edit(self, source, test_index, sketch, model, digit, guidance, t0, steps, seed, num_images, region):
@@ -62,37 +56,30 @@ class SDEditTab:
         if region != REGIONS[0] and pipe.is_latent:
             raise gr.Error("region: inpainting keeps pixels, so it runs on a pixel model (pixel-cond or "
                            "pixel-uncond); latent-cond does SDEdit only.", title="Invalid input", print_exception=False)
-        lab.refuse_runaway(model, "euler_maruyama", steps, n, guidance)    # 1 NFE per step, like euler_maruyama
-        sde, dev = pipe.score_model.sde, pipe.device
-        labels = torch.full((n,), digit, device=dev) if pipe.conditional else None
-        batch = x_in[None, None].repeat(n, 1, 1, 1).to(dev)                 # (n, 1, 28, 28) in [0, 1]
-        if pipe.is_latent:                                                  # SDEdit on the unit-variance latents
-            with torch.inference_mode():
-                batch = pipe.autoencoder.encode(batch)                      # (n, 4, 10, 10)
-        mask = half_mask(region.split()[1]).to(dev) if region != REGIONS[0] else None
-        show = lambda z: to_image(pipe, z)  # noqa: E731
+        lab.refuse_runaway(model, SDEDIT, steps, n, guidance)               # SDEdit's registered cost: 1 NFE / step
+        sde = pipe.score_model.sde
+        labels = [digit] * n if pipe.conditional else None
+        mask = half_mask(region.split()[1]) if region != REGIONS[0] else None
         what = (f"**{model}** · SDEdit from {what_in} at t0 = {t0:g} (std {sde.marginal_std(t0):.3g}) · "
                 f"{f'towards digit {digit}' if pipe.conditional else 'unconditional (digit ignored)'} · "
                 f"{lab.guidance_note(pipe, guidance)} · {steps} steps · seed {seed} · {n} image(s)"
                 + (f" · inpainting: {region}" if mask is not None else ""))
         up_in = grid(x_in[None], scale=8)
         yield up_in, None, None, None, what + "\n\nstarting…"
-        start, last_emit, step = time.perf_counter(), -1.0, None
-        gen = torch.Generator().manual_seed(seed)
-        # sdedit is a no_grad generator (grad mode is thread-local: no `with` block around these yields)
-        for step in sdedit(pipe.score_model, batch, labels, num_steps=steps, t0=t0, generator=gen,
-                           guidance=guidance, mask=mask):
-            elapsed = time.perf_counter() - start
-            lab.check_time(elapsed)
-            now = time.perf_counter()
-            if not step.final and now - last_emit >= PREVIEW_INTERVAL:
-                last_emit = now
-                yield (gr.skip(), show_grid(show(step.x), 300), show_grid(show(step.x0), 300), gr.skip(),
-                       f"{what}\n\nstep {step.i + 1}/{steps} · t = {step.t:.3f} · NFE {step.nfe} · {fmt_s(elapsed)}")
-        final = show(step.x)                                                  # (n, 28, 28) in [0, 1]
+        # a latent model decodes each preview: only every k-th step is decoded (pixels: every step, cheap)
+        every = max(1, math.ceil(steps / PREVIEW_FRAMES)) if pipe.is_latent else 1
+        stream = pipe.edit(x_in[None].repeat(n, 1, 1), labels, t0=t0, num_steps=steps, guidance=guidance, seed=seed,
+                           mask=mask, preview_every=every)
+        step = None
+        for step, due in lab.run(stream):
+            if due and not step.final:
+                yield (gr.skip(), show_grid(step.x, 300), show_grid(step.x0, 300), gr.skip(),
+                       f"{what}\n\nstep {step.i + 1}/{steps} · t = {step.t:.3f} · NFE {step.nfe} · "
+                       f"{fmt_s(step.elapsed)}")
+        final = step.x                                                        # (n, 28, 28) in [0, 1]
         strip, summary = self.readings(final, x_in, mask)
         yield (up_in, show_grid(final, 300), show_grid(final, 300), strip,
-               f"{what}\n\n**Done** in {fmt_s(time.perf_counter() - start)}: {step.nfe} NFE. {summary}")
+               f"{what}\n\n**Done** in {fmt_s(step.elapsed)}: {step.nfe} NFE. {summary}")
 
     def edit_preset(self, source, test_index, model, digit, guidance, t0, steps, seed, num_images, region):
         """`edit` for a preset: the same handler and checks, with no drawing (a preset starts from a test digit and

@@ -103,9 +103,7 @@ class TimelapseTab:
             yield gr.skip(), None, None, self.missing(model)
             return
         k = check_int("frame", frame, 0, len(rec) - 1)
-        start = time.perf_counter()
-        for j in range(0 if k == len(rec) - 1 else k, len(rec)):
-            self.lab.check_time(time.perf_counter() - start)
+        for j, _ in self.lab.run(range(0 if k == len(rec) - 1 else k, len(rec))):   # guard and time limit per frame
             tick = time.perf_counter()
             yield j, *self._view(model, rec, j)
             if j < len(rec) - 1:
