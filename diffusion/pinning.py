@@ -16,8 +16,8 @@ from .registry import weights_dir as _weights_dir
 log = logging.getLogger(__name__)
 
 PIN_FILE = "hub.json"
-# The project's weights repo on the Hub, as the README's Space card names it under `models:`.
-DEFAULT_HUB_REPO = "mnist-diffusion-lab/mnist-diffusion-lab-weights"
+# There is no default Hub repo: the repo comes from --hub-repo / HUB_REPO, or from the pin a push wrote
+# (`pinned_repo`); the names a push or deploy writes are configured once, in diffusion/identity.py.
 
 
 def hub_pin(weights_dir=None) -> dict:
@@ -29,6 +29,12 @@ def hub_pin(weights_dir=None) -> dict:
         log.warning("ignoring %s: not valid JSON", path)
         return {}
     return pin if isinstance(pin, dict) else {}
+
+
+def pinned_repo(weights_dir=None) -> str | None:
+    """The Hub repo the last push recorded in hub.json (the repo these weights were published to), or None."""
+    repo = hub_pin(weights_dir).get("repo")
+    return repo if isinstance(repo, str) and repo else None
 
 
 def resolve_revision(hub_repo: str | None, revision: str | None = None, weights_dir=None) -> str | None:
@@ -46,9 +52,11 @@ def pin_note(hub_repo: str, revision: str | None, weights_dir=None) -> str:
     return " (pinned in hub.json)" if resolve_revision(hub_repo, None, weights_dir) else " (head of main, not pinned)"
 
 
-def record_pin(path: str | os.PathLike, repo_id: str, revision: str, models: dict[str, str]) -> dict:
-    """Write {repo, revision, models: {name: commit that uploaded it}} to `path` atomically.
-    `revision` (the newest commit) holds every model; entries recorded for another repo are dropped."""
+def record_pin(path: str | os.PathLike, repo_id: str, revision: str, models: dict[str, str],
+               source_url: str | None = None) -> dict:
+    """Write {repo, revision, models: {name: commit that uploaded it}[, source_url]} to `path` atomically.
+    `revision` (the newest commit) holds every model; entries recorded for another repo are dropped;
+    `source_url` (the code's git repository, for the cards' install line) is kept when given."""
     path = Path(path)
     try:
         pin = json.loads(path.read_text()) if path.is_file() else {}
@@ -57,6 +65,8 @@ def record_pin(path: str | os.PathLike, repo_id: str, revision: str, models: dic
     if not isinstance(pin, dict) or pin.get("repo") != repo_id:
         pin = {}
     pin.update({"repo": repo_id, "revision": revision})
+    if source_url:
+        pin["source_url"] = source_url
     pin.setdefault("models", {}).update(models)
     tmp = path.with_name(f".tmp-{path.name}")
     tmp.write_text(json.dumps(pin, indent=1) + "\n")

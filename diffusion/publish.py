@@ -5,18 +5,23 @@ card README.md and, for diffusion models, the training time-lapse) in one commit
 anything else (optimizer state, checkpoints, pickles, sample grids) is refused, not silently filtered:
 weights/<name>/ is also what ships in git and what the app loads. `push_root_files` adds the weights
 repo's own files (the root model card listing every model, the LICENSE) in one commit.
+
+`push_models` is what `train.push` does: pin first, then the cards. A commit's id hashes the files it holds, so
+no card can name the commit that holds it; the weights of every folder go up in one commit, and the cards,
+rendered with that commit's id, in a second one (with the root card and the LICENSE).
 """
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from .hub_mixin import check_safetensors_header, hub_endpoint
 from .pinning import PIN_FILE, record_pin
-from .registry import FOLDER_FILES, REQUIRED_FILES, TIMELAPSE_NAME, check_name
+from .registry import CARD_NAME, FOLDER_FILES, REQUIRED_FILES, TIMELAPSE_NAME, check_name
 from .score import ScoreModel
 
 log = logging.getLogger(__name__)
@@ -90,3 +95,29 @@ def push_root_files(repo_id: str, files: dict[str, bytes | str | os.PathLike], t
     ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=v if isinstance(v, bytes) else str(v))
            for p, v in files.items()]
     return api.create_commit(repo_id, operations=ops, commit_message=message).oid
+
+
+def push_models(folders: dict[str, str | os.PathLike], repo_id: str,
+                render_cards: Callable[[str], dict[str, bytes | str | os.PathLike]], token=None) -> tuple[str, str]:
+    """Publish model folders ({name: weights/<name>}) in two commits; returns (weights commit, cards commit).
+
+    1. every folder's published files except its card (config.json, model.safetensors, the time-lapse), verified
+       first, all in one commit: the commit the cards pin;
+    2. `render_cards(weights_commit)`: {path in repo: text, bytes or a local file} (each <name>/README.md, the root
+       README.md, LICENSE), in one more commit."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+    api = HfApi(endpoint=hub_endpoint(), token=token)
+    ops = []
+    for name, folder in folders.items():
+        folder = Path(folder)
+        ops += [CommitOperationAdd(path_in_repo=f"{name}/{f}", path_or_fileobj=str(folder / f))
+                for f in verify_folder(folder, name) if f != CARD_NAME]
+    api.create_repo(repo_id, exist_ok=True)
+    weights_sha = api.create_commit(repo_id, operations=ops,
+                                    commit_message=f"Weights of {', '.join(folders)} from mnist-diffusion-lab").oid
+    cards = render_cards(weights_sha)
+    card_ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=v.encode() if isinstance(v, str) else
+                                   v if isinstance(v, bytes) else str(v)) for p, v in cards.items()]
+    cards_sha = api.create_commit(repo_id, operations=card_ops,
+                                  commit_message=f"Model cards pinned to the weights commit {weights_sha[:12]}").oid
+    return weights_sha, cards_sha

