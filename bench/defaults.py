@@ -33,8 +33,10 @@ def load_rows(path: Path = STORE) -> list[dict]:
 
 
 def setting_key(r: dict) -> tuple:
+    """A row's identity: model, sampler, steps, w, N, and any sampler extras (e.g. eta) in the setting."""
     s = r["setting"]
-    return (r["model"], s["sampler"], s["steps"], s["guidance"], r["samples"])
+    extras = tuple(sorted((k, v) for k, v in s.items() if k not in ("sampler", "steps", "guidance")))
+    return (r["model"], s["sampler"], s["steps"], s["guidance"], r["samples"], *extras)
 
 
 def store_row(row: dict, path: Path | None = None) -> list[dict]:

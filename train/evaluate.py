@@ -66,13 +66,14 @@ def score_model_metrics(evaluator: Evaluator, images: torch.Tensor, labels: torc
     return out
 
 
-def generate(pipe, n: int, sampler: str, steps: int, guidance: float, seed: int, batch: int = 500):
-    """n samples; conditional: n/10 per digit, labels 0..9 repeated."""
+def generate(pipe, n: int, sampler: str, steps: int, guidance: float, seed: int, batch: int = 500, **extras):
+    """n samples; conditional: n/10 per digit, labels 0..9 repeated; extras go to the sampler (e.g. eta)."""
     images, labels, t0, nfe = [], [], time.perf_counter(), 0
     for b, start in enumerate(range(0, n, batch)):
         m = min(batch, n - start)
         lab = torch.arange(start, start + m) % 10 if pipe.conditional else None
-        imgs, last = pipe.generate(lab, num_images=m, sampler=sampler, num_steps=steps, guidance=guidance, seed=seed + b)
+        imgs, last = pipe.generate(lab, num_images=m, sampler=sampler, num_steps=steps, guidance=guidance, seed=seed + b,
+                                    **extras)
         images.append(imgs)
         labels.append(lab if lab is not None else torch.full((m,), -1))
         nfe = last.nfe

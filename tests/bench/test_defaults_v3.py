@@ -1,0 +1,47 @@
+"""bench/defaults_v3.py: the queue, a run end to end on tiny models with a real (tiny) Evaluator, and the report."""
+import pytest
+import torch
+
+from bench import defaults_v3 as dv
+
+
+def test_queue_lines_parse_with_extras_and_comments():
+    assert dv.parse_setting("pixel-cond dpmpp_2m_sde 10 1.0625  # the first grid point") == (
+        "pixel-cond", {"sampler": "dpmpp_2m_sde", "steps": 10, "guidance": 1.0625})
+    assert dv.parse_setting("latent-cond dpmpp_2m_sde 10 1.5 eta=0.5")[1]["eta"] == 0.5
+    assert dv.parse_setting("   # only a comment") is None
+    with pytest.raises(ValueError, match="needs 'model sampler steps w"):
+        dv.parse_setting("pixel-cond dpmpp_2m 10")
+    with pytest.raises(ValueError, match="extra must be key=value, got 'eta'"):
+        dv.parse_setting("pixel-cond dpmpp_2m 10 1.0 eta")
+
+
+def test_a_queue_runs_once_per_setting_and_the_report_puts_real_digits_first(tiny_weights, tmp_path, monkeypatch):
+    import train.evaluate
+    from diffusion.metrics import Classifier, Evaluator, PixelPCA, ResNetClassifier
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(40, 1, 28, 28, generator=g)
+    torch.manual_seed(0)
+    evaluator = Evaluator({"classifier": Classifier(width=4).eval(), "classifier-resnet": ResNetClassifier(width=4).eval()},
+                          real[:20], torch.arange(20) % 10, real[20:], views={"pixel-pca": PixelPCA(real[20:], 4)})
+    monkeypatch.setattr(train.evaluate, "load_evaluator", lambda weights_dir: evaluator)
+    queue = tmp_path / "queue.txt"
+    queue.write_text("pixel-cond euler_maruyama 2 1.0\npixel-cond euler_maruyama 2 1.5\n"
+                     "pixel-cond dpmpp_2m_sde 2 1.5 eta=0.5\npixel-cond euler_maruyama 2 1.0\n")
+    store = tmp_path / "v3.json"
+    dv.run_queue(queue, 10, tiny_weights, None, store=store)
+    rows = dv.load_rows(store)
+    assert sorted((r["setting"]["sampler"], r["setting"]["guidance"], r["setting"].get("eta")) for r in rows) == [
+        ("dpmpp_2m_sde", 1.5, 0.5), ("euler_maruyama", 1.0, None), ("euler_maruyama", 1.5, None)]
+    assert dv.next_setting(queue, 10, rows) is None                       # all done: a rerun samples nothing
+    assert all(r["metrics"]["real"]["samples"] == 10 and "pixel-pca" in r["metrics"]["views"] for r in rows)
+    text = dv.report(rows, out=None)
+    table = text.split("## pixel-cond")[1]
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    assert len(lines) == 6 and lines[2].startswith("| **real digits** (N = 10, 2 subsets) |")   # header, rule, real, 3
+    pick = dv.pick_v3(rows, "pixel-cond")
+    assert f"**Pick: {dv._setting_text(pick['setting'])}**" in table
+    assert sum(line.startswith(f"| **{dv._setting_text(pick['setting'])}**") for line in lines) == 1
+    assert any(line.startswith("| dpmpp_2m_sde 2, w = 1.5, eta = 0.5 |") for line in lines) or \
+        pick["setting"].get("eta") == 0.5
