@@ -1,15 +1,20 @@
 """Deploy the app as a Hugging Face Space, in one commit holding exactly the files the Space needs.
 
-    python -m train.deploy_space USER/SPACE [--weights-repo USER/REPO [--revision SHA]] [--private]
-                                 [--token TOKEN] [--dry-run]
+    python -m train.deploy_space [USER/SPACE] [--hub-user USER] [--space NAME] [--weights-repo NAME|USER/NAME
+                                 [--revision SHA]] [--source-url URL] [--private] [--token TOKEN] [--dry-run]
 
-Uploaded: README.md (the Space card: its front matter is checked first, and `models:` names the
-weights repo when one is given), LICENSE, .gitattributes, space/requirements.txt *as* requirements.txt
-(CPU torch), app.py, the `diffusion` and `ui` packages (sources and prose), ui/assets/*.npz, the images
-the README shows, and weights/<name>/ (config.json, model.safetensors, README.md, timelapse.safetensors)
-for every model folder present (with weights/metrics.json and hub.json), so the Space starts without the
-Hub. Not uploaded: tests, training scripts and records, benchmarks and their grids, run directories. Files a previous deploy left in the
-Space that are no longer in this set are deleted in the same commit.
+The names come from one place (diffusion/identity.py): the Space is the positional id, else --space /
+MNIST_DIFFUSION_SPACE, else USER/mnist-diffusion-lab for --hub-user / MNIST_DIFFUSION_HUB_USER / the token's user.
+
+Uploaded (`space_upload`, which `python -m train.rehearse_space` writes into a folder to try it): README.md (the
+Space card: its front matter is checked first, `models:` names the weights repo when one is given, and every
+relative link either points at an uploaded file or is rewritten: to the source repository when --source-url is
+known, else to plain text), LICENSE, .gitattributes, space/requirements.txt *as* requirements.txt (CPU torch),
+app.py, the `diffusion` and `ui` packages (sources and prose), ui/assets/*.npz, the pages and images the README
+links to (docs/*.md, screenshots, bench/results/*.md), and weights/<name>/ (config.json, model.safetensors,
+README.md, timelapse.safetensors) for every model folder present (with weights/metrics.json and hub.json), so the
+Space starts without the Hub. Not uploaded: tests, training scripts and records, benchmark code and grids, run
+directories. Files a previous deploy left in the Space that are no longer in this set are deleted in the same commit.
 
 With --weights-repo the Space loads its models from that Hub repo at a pinned commit (--revision, else
 the commit weights/hub.json records for that repo, else the repo's current head, resolved now) through
@@ -20,11 +25,13 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import os
 import re
 import sys
 from pathlib import Path
 
 from diffusion.hub_mixin import hub_endpoint
+from diffusion.identity import ENV_WEIGHTS_REPO, add_identity_arguments, find_placeholders, identity_from_args
 from diffusion.pinning import hub_pin
 
 # the checkout this module lives in; installed as a package (no app.py beside it), the working directory
@@ -43,10 +50,15 @@ SPACE_FILES: tuple[tuple[str, str | None], ...] = (
     ("weights/*/timelapse.safetensors", None), ("weights/hub.json", None), ("weights/metrics.json", None),
 )
 SKIP_PARTS = {"__pycache__", ".ipynb_checkpoints"}
+# what a README link may bring along into the Space: pages and pictures, not code (code links go to the source)
+LINKED_SUFFIXES = {".md", ".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"}
+LINKED_MAX_BYTES = 5 * 1024 * 1024
+# inline links and images, [text](target "title") / ![alt](target): (bang, text, target, rest)
+LINK = re.compile(r'(!?)\[([^\]]*)\]\(([^)\s]+)((?:\s+"[^"]*")?)\)')
 
 # The Hub's limits on a Space's front matter (https://huggingface.co/docs/hub/spaces-config-reference).
 SPACE_COLORS = {"red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray"}
-SPACE_SDKS = {"gradio", "docker", "static", "streamlit"}
+SPACE_SDKS = {"gradio", "docker", "static"}   # the Hub retired the streamlit SDK for new Spaces
 SHORT_DESCRIPTION_MAX = 60
 CPU_HARDWARE = {"cpu-basic", "cpu-upgrade"}
 LICENSE_FIRST_LINES = {"mit": "MIT License", "apache-2.0": "Apache License", "bsd-3-clause": "BSD 3-Clause License"}
@@ -62,18 +74,63 @@ def space_files(root: Path = ROOT) -> dict[str, Path]:
                 files[target or rel.as_posix()] = path
     readme = root / "README.md"
     if readme.is_file():
-        for link in readme_images(readme.read_text(encoding="utf-8")):
-            if (root / link).is_file():
-                files[link] = root / link
+        for link in readme_links(readme.read_text(encoding="utf-8")):
+            path = root / link
+            if (path.is_file() and path.suffix.lower() in LINKED_SUFFIXES and path.stat().st_size <= LINKED_MAX_BYTES
+                    and not SKIP_PARTS.intersection(Path(link).parts)):
+                files.setdefault(link, path)
     if not files.get("requirements.txt"):
         raise FileNotFoundError(f"{root / SPACE_REQUIREMENTS} is missing: the Space needs its CPU-torch requirements")
     return files
 
 
+def _relative(target: str) -> str | None:
+    """The repo path a relative link points at (anchor and query dropped), None for URLs, anchors, absolute paths."""
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", target) or target.startswith(("/", "#")):
+        return None
+    path = target.split("#", 1)[0].split("?", 1)[0]
+    path = os.path.normpath(path).replace(os.sep, "/")
+    return None if not path or path.startswith("..") or path == "." else path
+
+
+def readme_links(text: str) -> list[str]:
+    """Repo paths of the README's relative links and images (`[text](path)`, `![alt](path)`)."""
+    return sorted({p for _, _, target, _ in LINK.findall(text) if (p := _relative(target))})
+
+
 def readme_images(text: str) -> list[str]:
     """Relative image paths the README shows (`![alt](path)`), which the Space page renders from the repo."""
-    links = re.findall(r"!\[[^\]]*\]\(([^)\s]+)", text)
-    return sorted({link for link in links if "://" not in link and not link.startswith(("/", "#"))})
+    return sorted({p for bang, _, target, _ in LINK.findall(text) if bang and (p := _relative(target))})
+
+
+def source_link(source_url: str, path: str, root: Path) -> str:
+    """The page of `path` in the source repository (GitHub-style /blob/ and /tree/ at HEAD)."""
+    base = source_url.removesuffix(".git").rstrip("/")
+    return f"{base}/{'tree' if (root / path).is_dir() else 'blob'}/HEAD/{path}"
+
+
+def rewrite_links(text: str, uploaded, root: Path, source_url: str | None) -> str:
+    """Every relative link resolves on the Space: kept when it points at an uploaded file, else made absolute to
+    the source repository, else (no source known) the link text stays and the link goes."""
+    uploaded = set(uploaded)
+
+    def fix(m: re.Match) -> str:
+        bang, label, target, title = m.groups()
+        path = _relative(target)
+        if path is None or path in uploaded:
+            return m.group(0)
+        if source_url:
+            anchor = target[len(target.split("#", 1)[0]):]
+            return f"{bang}[{label}]({source_link(source_url, path, root)}{anchor}{title})"
+        return "" if bang else label
+
+    return LINK.sub(fix, text)
+
+
+def dead_links(text: str, uploaded) -> list[str]:
+    """Relative links of `text` that no uploaded file answers: what the Space page would show as broken."""
+    uploaded = set(uploaded)
+    return [p for p in readme_links(text) if p not in uploaded]
 
 
 def front_matter(text: str) -> dict:
@@ -109,10 +166,10 @@ def check_space_card(text: str, root: Path = ROOT) -> list[str]:
     app_file = meta.get("app_file")
     if app_file and not (root / app_file).is_file():
         problems.append(f"`app_file: {app_file}` does not exist")
-    models = meta.get("models")
-    if not models or not isinstance(models, list):
-        problems.append("`models:` must list the weight repo(s) the Space loads")
-    else:
+    models = meta.get("models")   # optional: the deploy names the weights repo when the Space loads from one
+    if models is not None and (not models or not isinstance(models, list)):
+        problems.append("`models:` must list the weight repo(s) the Space loads (or be left out)")
+    elif models:
         from huggingface_hub.utils import HFValidationError, validate_repo_id
         for repo in models:
             try:
@@ -121,6 +178,7 @@ def check_space_card(text: str, root: Path = ROOT) -> list[str]:
                     raise HFValidationError("no namespace")
             except HFValidationError:
                 problems.append(f"`models:` entry {repo!r} is not a Hub repo id (USER/NAME)")
+    problems += [f"the card carries the placeholder {p!r}" for p in find_placeholders(text)]
     lic = str(meta.get("license") or "")
     first = LICENSE_FIRST_LINES.get(lic)
     license_file = root / "LICENSE"
@@ -131,14 +189,49 @@ def check_space_card(text: str, root: Path = ROOT) -> list[str]:
     return problems
 
 
-def space_readme(text: str, weights_repo: str | None) -> str:
-    """The README as uploaded: `models:` names the weights repo when the Space loads from one."""
+def space_readme(text: str, weights_repo: str | None, uploaded=None, root: Path = ROOT,
+                 source_url: str | None = None) -> str:
+    """The README as uploaded: `models:` names the weights repo when the Space loads from one; with `uploaded`
+    (the Space's paths), relative links are rewritten so that each resolves (`rewrite_links`)."""
+    if uploaded is not None:
+        head, sep, body = text.partition("\n---\n") if text.startswith("---") else ("", "", text)
+        text = head + sep + rewrite_links(body, uploaded, Path(root), source_url)
     if not weights_repo:
         return text
     from huggingface_hub import SpaceCard
     card = SpaceCard(text)
     card.data.models = [weights_repo]
     return str(card)
+
+
+def space_upload(root: Path = ROOT, weights_repo: str | None = None, source_url: str | None = None) -> dict:
+    """{path in the Space: bytes (the rewritten README) or a file of the checkout}: exactly what a deploy uploads,
+    after the checks a deploy makes (card, links, LFS routing); ValueError naming each problem."""
+    root = Path(root)
+    files: dict = dict(space_files(root))
+    readme = space_readme((root / "README.md").read_text(encoding="utf-8"), weights_repo, files, root, source_url)
+    problems = check_space_card(readme, root)
+    problems += [f"the README links to {p}, which the Space would not have" for p in dead_links(readme, files)]
+    if problems:
+        raise ValueError("the Space card (README.md) would be rejected or broken:\n  " + "\n  ".join(problems))
+    untracked_binaries = [p for p in files if not lfs_tracked(p, root)
+                          and Path(p).suffix in (".safetensors", ".png", ".npz", ".gif", ".jpg")]
+    if untracked_binaries:
+        raise ValueError(f".gitattributes does not route {untracked_binaries} through LFS")
+    files["README.md"] = readme.encode()
+    return files
+
+
+def write_space(folder: Path, files: dict) -> Path:
+    """Write `space_upload`'s files into `folder` (which must be empty or absent), as the Space's repo will hold them."""
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise ValueError(f"{folder} is not empty: the rehearsal builds the Space into an empty folder")
+    for path, src in files.items():
+        out = folder / path
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(src if isinstance(src, bytes) else Path(src).read_bytes())
+    return folder
 
 
 def resolve_weights_revision(weights_repo: str, revision: str | None, weights_dir: Path, token=None) -> str:
@@ -155,20 +248,13 @@ def resolve_weights_revision(weights_repo: str, revision: str | None, weights_di
 
 
 def deploy(space_id: str, *, weights_repo: str | None = None, revision: str | None = None, root: Path = ROOT,
-           token=None, private: bool | None = None, dry_run: bool = False, log=print) -> str | None:
+           token=None, private: bool | None = None, dry_run: bool = False, source_url: str | None = None,
+           log=print) -> str | None:
     """Check, then upload the Space in one commit; returns its sha (None for a dry run)."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     root = Path(root)
-    files = space_files(root)
-    readme = space_readme((root / "README.md").read_text(encoding="utf-8"), weights_repo)
-    problems = check_space_card(readme, root)
-    if problems:
-        raise ValueError("the Space card (README.md front matter) would be rejected:\n  " + "\n  ".join(problems))
-    untracked_binaries = [p for p in files if not lfs_tracked(p, root)
-                          and Path(p).suffix in (".safetensors", ".png", ".npz", ".gif", ".jpg")]
-    if untracked_binaries:
-        raise ValueError(f".gitattributes does not route {untracked_binaries} through LFS")
-    log(f"{len(files)} files for {space_id}:")
+    files = space_upload(root, weights_repo, source_url)
+    log(f"{len(files)} files for {space_id}" + (f" (models: {weights_repo})" if weights_repo else "") + ":")
     for p in files:
         log(f"  {p}")
     if dry_run:
@@ -177,7 +263,7 @@ def deploy(space_id: str, *, weights_repo: str | None = None, revision: str | No
     api = HfApi(endpoint=hub_endpoint(), token=token)
     pinned = resolve_weights_revision(weights_repo, revision, root / "weights", token) if weights_repo else None
     api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-    ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=readme.encode() if p == "README.md" else str(src))
+    ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=src if isinstance(src, bytes) else str(src))
            for p, src in files.items()]
     stale = sorted(set(api.list_repo_files(space_id, repo_type="space")) - set(files))
     ops += [CommitOperationDelete(path_in_repo=p) for p in stale]
@@ -218,14 +304,16 @@ def lfs_tracked(path: str, root: Path = ROOT) -> bool:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train.deploy_space", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2])
-    p.add_argument("space_id", help="the Space, USER/NAME (created if missing)")
-    p.add_argument("--weights-repo", default=None, help="Hub model repo the Space loads its weights from")
+    p.add_argument("space_id", nargs="?", default=None,
+                   help="the Space, USER/NAME (created if missing; default: --space / the identity's)")
+    add_identity_arguments(p)   # --weights-repo here: the Hub model repo the Space loads its weights from
     p.add_argument("--revision", default=None, help="commit (or branch/tag, resolved now) of --weights-repo to pin")
     p.add_argument("--private", action="store_true", default=None, help="create the Space private")
     p.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
     p.add_argument("--root", default=str(ROOT), help=f"the checkout to deploy (default {ROOT})")
     p.add_argument("--dry-run", action="store_true", help="check and list the files, upload nothing")
     args = p.parse_args(argv)
+    args.weights_repo = args.weights_repo or os.environ.get(ENV_WEIGHTS_REPO) or None
     if args.revision and not args.weights_repo:
         p.error("--revision pins --weights-repo; give --weights-repo too")
     return args
@@ -234,9 +322,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        deploy(args.space_id, weights_repo=args.weights_repo, revision=args.revision, root=Path(args.root),
-               token=args.token, private=args.private, dry_run=args.dry_run)
-    except (ValueError, FileNotFoundError) as e:
+        # the Space loads from the Hub only when a weights repo is configured (flag or environment)
+        identity = identity_from_args(argparse.Namespace(**{**vars(args), "space": args.space_id or args.space}),
+                                      token=args.token)
+        if args.dry_run:
+            print("\n".join(identity.describe()))
+        deploy(identity.space, weights_repo=identity.weights_repo if args.weights_repo else None,
+               revision=args.revision, root=Path(args.root), token=args.token, private=args.private,
+               dry_run=args.dry_run, source_url=identity.source_url)
+    except (ValueError, FileNotFoundError) as e:   # IdentityError is a ValueError
         print(f"not deployed: {e}", file=sys.stderr)
         return 1
     return 0

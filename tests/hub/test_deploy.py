@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from hub_helpers import make_weights
-from train.deploy_space import check_space_card, deploy, front_matter, main, space_files
+from train.deploy_space import (check_space_card, dead_links, deploy, front_matter, main, readme_links,
+                                rewrite_links, space_files, space_readme, space_upload)
 
 ROOT = Path(__file__).resolve().parents[2]
 SPACE = "lab/mnist-diffusion-lab"
@@ -55,7 +56,8 @@ def test_deploy_with_a_weights_repo_pins_it(hub, tmp_path):
     assert hub.repos[KEY].variables == {"HUB_REPO": "lab/weights", "HUB_REVISION": head}
     readme = hub.file(KEY, "README.md").decode()
     assert front_matter(readme)["models"] == ["lab/weights"] and check_space_card(readme, ROOT) == []
-    assert readme.split("---", 2)[2] == (ROOT / "README.md").read_text(encoding="utf-8").split("---", 2)[2]
+    local = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme.split("---", 2)[2] == space_readme(local, None, hub.files(KEY), ROOT).split("---", 2)[2]
     # a commit is taken as given
     deploy(SPACE, weights_repo="lab/weights", revision=first, token="hf_fake_token", log=lambda *a: None)
     assert hub.repos[KEY].variables["HUB_REVISION"] == first
@@ -97,3 +99,64 @@ def test_cli_dry_run_lists_and_uploads_nothing(hub, capsys):
     assert hub.requests == []
     with pytest.raises(SystemExit):
         main([SPACE, "--revision", "abc"])  # --revision without --weights-repo
+
+
+# ------------------------------------------------------------------ links and identity (issue 23)
+
+
+def test_every_relative_link_of_the_uploaded_readme_resolves(hub):
+    """Pages and pictures the README links to are uploaded; other links go to the source or become plain text."""
+    deploy(SPACE, token="hf_fake_token", log=lambda *a: None)
+    files = hub.files(KEY)
+    readme = files["README.md"].decode()
+    assert readme_links(readme) and dead_links(readme, files) == []
+    local = readme_links((ROOT / "README.md").read_text(encoding="utf-8"))
+    uploaded_docs = [p for p in local if p.endswith((".md", ".png")) and (ROOT / p).is_file()]
+    assert uploaded_docs and set(uploaded_docs) <= set(files)
+
+
+def test_links_are_kept_rewritten_to_the_source_or_unlinked(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "page.md").write_text("# page\n")
+    (tmp_path / "train").mkdir()
+    text = ("See [the page](docs/page.md#top), [the trainer](train/loop.py), [the folder](train/), "
+            "![shot](docs/missing.png), [web](https://example.org/x.md), [anchor](#quick-start).")
+    uploaded = {"docs/page.md"}
+    source = "https://github.com/someone/mnist-diffusion-lab.git"
+    out = rewrite_links(text, uploaded, tmp_path, source)
+    assert "[the page](docs/page.md#top)" in out
+    assert "[the trainer](https://github.com/someone/mnist-diffusion-lab/blob/HEAD/train/loop.py)" in out
+    assert "[the folder](https://github.com/someone/mnist-diffusion-lab/tree/HEAD/train)" in out
+    assert "![shot](https://github.com/someone/mnist-diffusion-lab/blob/HEAD/docs/missing.png)" in out
+    assert "[web](https://example.org/x.md)" in out and "[anchor](#quick-start)" in out
+    bare = rewrite_links(text, uploaded, tmp_path, None)
+    assert "See [the page](docs/page.md#top), the trainer, the folder, , [web](https://example.org/x.md)" in bare
+    assert dead_links(out, uploaded) == [] and dead_links(bare, uploaded) == []
+    assert dead_links(text, uploaded) == ["docs/missing.png", "train", "train/loop.py"]
+
+
+def test_the_uploaded_card_names_the_weights_repo_only_when_configured():
+    files = space_upload(ROOT)
+    assert "models" not in front_matter(files["README.md"].decode())
+    files = space_upload(ROOT, weights_repo="someone/weights")
+    assert front_matter(files["README.md"].decode())["models"] == ["someone/weights"]
+
+
+def test_streamlit_is_no_longer_a_space_sdk():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    bad = readme.replace("sdk: gradio", "sdk: streamlit", 1)
+    assert any("`sdk: streamlit` is not one of ['docker', 'gradio', 'static']" in p for p in check_space_card(bad, ROOT))
+
+
+def test_the_space_id_comes_from_the_identity(hub, monkeypatch, capsys):
+    monkeypatch.setenv("MNIST_DIFFUSION_HUB_USER", "envuser")
+    assert main(["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "Space:        envuser/mnist-diffusion-lab" in out and "files for envuser/mnist-diffusion-lab" in out
+    assert main(["--dry-run", "--space", "other/space", "--weights-repo", "w"]) == 0
+    out = capsys.readouterr().out
+    assert "files for other/space (models: envuser/w)" in out and hub.requests == []
+    monkeypatch.delenv("MNIST_DIFFUSION_HUB_USER")
+    monkeypatch.setenv("HF_TOKEN", "")            # no user anywhere (the fake Hub has no whoami): a named error
+    assert main(["--dry-run"]) == 1
+    assert "no Hub user: give --hub-user (or MNIST_DIFFUSION_HUB_USER)" in capsys.readouterr().err
