@@ -31,25 +31,14 @@ from pathlib import Path
 
 import torch
 
-from diffusion.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
+from diffusion.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, cpu_name
+from diffusion.registry import EVALUATOR_NAMES, FLAGSHIP, model_spec, pixel_and_latent
 from diffusion.cost import seconds_per_nfe
 from diffusion.samplers import sample, sampler_spec
 
+from bench.samplers import load_evaluator, run_metrics
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cpu_name() -> str:
-    """The CPU model, and whether it has bf16 arithmetic (what decides the pipeline's "auto" precision)."""
-    import platform
-
-    from diffusion.pipeline import cpu_has_bf16
-    name = platform.processor() or "CPU"
-    try:
-        name = next((line.partition(":")[2].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name")), name)
-    except OSError:
-        pass
-    return f"{name} ({'bf16 in hardware' if cpu_has_bf16() else 'no bf16 arithmetic in hardware'})"
 
 
 def run_default(score_model, n: int, *, seed: int = 0, grad_mode=torch.inference_mode, channels_last=False,
@@ -94,29 +83,29 @@ def with_threads(n: int, fn):
 
 def sample_quality(score_model, n: int, autocast: bool, classifier, chunk: int = 100):
     """FD / accuracy of n default-path samples (balanced digits, chunk k seeded k) against the test set."""
-    from bench.samplers import Evaluator
-    ev = Evaluator(classifier)
+    ev = load_evaluator(classifier)
     imgs = torch.cat([run_default(score_model, min(chunk, n - k * chunk), seed=1000 + k, autocast=autocast)[0]
                       for k in range(-(-n // chunk))])
     labels = torch.cat([torch.arange(min(chunk, n - k * chunk)) % 10 for k in range(-(-n // chunk))])
-    return ev.evaluate(imgs[:, None], labels, [n]), imgs
+    return run_metrics(ev, imgs, labels, [n]), imgs
 
 
 def latent_vs_pixel(n: int, reps: int, weights_dir=None) -> dict:
     from diffusion.hub import WeightsNotFound, load_model, load_pipeline
     from diffusion.pipeline import Pipeline
     out = {}
-    pipes = {"pixel-cond": load_pipeline("pixel-cond", weights_dir=weights_dir)}
+    pixel, latent = pixel_and_latent()
+    pipes = {pixel: load_pipeline(pixel, weights_dir=weights_dir)}
     try:
-        pipes["latent-cond"] = load_pipeline("latent-cond", weights_dir=weights_dir)
+        pipes[latent] = load_pipeline(latent, weights_dir=weights_dir)
         out["latent_weights"] = "trained"
     except WeightsNotFound:
         # cost depends on the architecture only: build latent-cond's (train/latent_cond.py) with random weights
         from train.diffusion_models import build_model
         from train.latent_cond import LatentCondConfig
-        ae = load_model("autoencoder", weights_dir=weights_dir)
+        ae = load_model(model_spec(latent).autoencoder, weights_dir=weights_dir)
         sm = build_model(LatentCondConfig(), ae.latent_channels, ae.latent_shape[-1]).eval()
-        pipes["latent-cond"] = Pipeline(sm, ae, name="latent-cond")
+        pipes[latent] = Pipeline(sm, ae, name=latent)
         out["latent_weights"] = "untrained (latent-cond architecture from train/latent_cond.py, random init): cost only"
     for _ in range(2):  # warm-up both, then measure interleaved
         for p in pipes.values():
@@ -152,7 +141,7 @@ def latent_vs_pixel(n: int, reps: int, weights_dir=None) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="pixel-cond")
+    p.add_argument("--model", default=FLAGSHIP)
     p.add_argument("--images", type=int, default=16)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2, 4])
@@ -211,7 +200,7 @@ def main(argv=None):
             compile_info["compile_s"] = compile_info["first_run_s"] - res["torch.compile"][0]
         bf16_quality = None
         if args.bf16_samples:
-            classifier = load_model("classifier", weights_dir=args.weights_dir)
+            classifier = load_model(EVALUATOR_NAMES[0], weights_dir=args.weights_dir)
             q32, i32 = sample_quality(sm, args.bf16_samples, False, classifier)
             q16, i16 = sample_quality(sm, args.bf16_samples, True, classifier)
             bf16_quality = {"n": args.bf16_samples, "fp32": {k: q32[k] for k in ("fd", "accuracy")},
@@ -269,7 +258,8 @@ def write_reports(results: dict, out: Path) -> None:
         (out / "inference.md").write_text("\n".join(lines) + "\n")
     lp = results.get("latent_vs_pixel")
     if lp:
-        px, la = lp["pixel-cond"], lp["latent-cond"]
+        pixel, latent = pixel_and_latent()
+        px, la = lp[pixel], lp[latent]
         dec_share = la["decode_s_in_generate"] / la["generate_s"]
         final_share = la["one_decode_s"] / la["generate_s"]
         lines = ["# Latent vs pixel diffusion: cost", "",

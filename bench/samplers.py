@@ -29,10 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusion.metrics import class_histogram, classify, conditional_accuracy, feature_stats, frechet_distance
-from diffusion.pipeline import DEFAULT_GUIDANCE, PRECISIONS
 from diffusion.cost import seconds_per_nfe
+from diffusion.metrics import Evaluator
+from diffusion.pipeline import DEFAULT_GUIDANCE, PRECISIONS, cpu_name
+from diffusion.registry import EVALUATOR_NAMES, FLAGSHIP, evaluation_order
 from diffusion.samplers import SAMPLERS, sampler_spec
+from train.data import load_mnist
 
 from bench.samplers_report import (CHUNK, DEFAULT_NFE, REFERENCE, RESULTS, cheapest_within, grid_nfe,  # noqa: F401
                                    load_store, merge, reference_run, write_reports)
@@ -41,54 +43,34 @@ from bench.samplers_report import (CHUNK, DEFAULT_NFE, REFERENCE, RESULTS, cheap
 # ---------------------------------------------------------------- data and metrics
 
 
-def feature_cache(classifier, n_floor: int) -> Path:
-    """Cache file for the test/train features, keyed by a hash of the classifier's weights."""
-    import hashlib
-
-    from diffusion.hub_mixin import hash_state_dict
-    from train.data import CACHE
-    h = hashlib.sha256()
-    hash_state_dict(h, classifier)
-    return CACHE / "bench" / f"features-{h.hexdigest()[:16]}-{n_floor}.npz"
+def load_evaluator(classifier, n_floor: int = 10_000) -> Evaluator:
+    """diffusion.metrics.Evaluator in the project classifier's features: the 10k MNIST test digits as the reference,
+    n_floor training digits (a fixed random draw, seed 0) for the floors (FD of N real digits at each N)."""
+    x_test, y_test = load_mnist("test")
+    x_train, _ = load_mnist("train")
+    perm = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(0))
+    return Evaluator({EVALUATOR_NAMES[0]: classifier}, x_test, y_test, x_train[perm[:n_floor]])
 
 
-class Evaluator:
-    """Classifier features of the 10k test images, and FD / accuracy of a batch of samples against them."""
+def floor(ev: Evaluator, n: int) -> float:
+    """FD of n (random) training images against the test set: the best any sampler can score at this n."""
+    return ev.floor(EVALUATOR_NAMES[0], n)
 
-    def __init__(self, classifier, n_floor: int = 10_000):
-        self.classifier = classifier
-        cache = feature_cache(classifier, n_floor)
-        if cache.is_file():
-            with np.load(cache) as d:
-                f_test, self.f_train = torch.from_numpy(d["test"]), torch.from_numpy(d["train"])
-        else:
-            from train.data import load_mnist
-            x_test, _ = load_mnist("test")
-            _, f_test = classify(classifier, x_test)
-            x_train, _ = load_mnist("train")
-            perm = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(0))
-            _, self.f_train = classify(classifier, x_train[perm[:n_floor]])
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(cache, test=f_test.numpy(), train=self.f_train.numpy())
-        self.test_stats = feature_stats(f_test)
 
-    def fd(self, features: torch.Tensor) -> float:
-        return frechet_distance(*feature_stats(features), *self.test_stats)
-
-    def floor(self, n: int) -> float:
-        """FD of n (random) training images against the test set: the best any sampler can score at this n."""
-        return self.fd(self.f_train[:n])
-
-    def evaluate(self, images: torch.Tensor, labels: torch.Tensor | None, prefixes) -> dict:
-        preds, feats = classify(self.classifier, images[:, None] if images.ndim == 3 else images)
-        out = {"fd": self.fd(feats), "fd_at": {str(n): self.fd(feats[:n]) for n in prefixes if n < len(feats)},
-               "class_hist": [round(v, 4) for v in class_histogram(preds)]}
-        out["fd_at"][str(len(feats))] = out["fd"]
-        if labels is not None:
-            acc, per_class = conditional_accuracy(preds, labels)
-            out.update(accuracy=acc, per_class=[round(v, 4) for v in per_class],
-                       acc_at={str(n): conditional_accuracy(preds[:n], labels[:n])[0] for n in prefixes if n <= len(preds)})
-        return out
+def run_metrics(ev: Evaluator, images: torch.Tensor, labels: torch.Tensor | None, prefixes) -> dict:
+    """One run's record from Evaluator.evaluate, on all the images and on each shorter prefix (a run of N images
+    holds the first n < N of a run with the same seed): fd, fd_at {n: FD}, class_hist, and with labels accuracy,
+    per_class and acc_at {n: accuracy}. images (N, 28, 28) or (N, 1, 28, 28) in [0, 1]."""
+    name, n = EVALUATOR_NAMES[0], len(images)
+    at = {k: ev.evaluate(images[:k], None if labels is None else labels[:k])["evaluators"][name]
+          for k in sorted({*(k for k in prefixes if k < n), n})}
+    full = at[n]
+    out = {"fd": full["frechet_distance"], "fd_at": {str(k): m["frechet_distance"] for k, m in at.items()},
+           "class_hist": [round(v, 4) for v in full["class_histogram"]]}
+    if labels is not None:
+        out.update(accuracy=full["conditional_accuracy"], per_class=[round(v, 4) for v in full["per_digit_accuracy"]],
+                   acc_at={str(k): m["conditional_accuracy"] for k, m in at.items()})
+    return out
 
 
 # ---------------------------------------------------------------- generation
@@ -141,7 +123,7 @@ def plan(models, samplers, nfes, tols, guidances):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["pixel-cond", "latent-cond", "pixel-uncond"])
+    p.add_argument("--models", nargs="+", default=list(evaluation_order(role="score")))
     p.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
     p.add_argument("--nfe", nargs="+", type=int, default=list(DEFAULT_NFE))
     p.add_argument("--rk45-tol", nargs="+", type=float, default=[1e-2, 1e-3])
@@ -168,7 +150,7 @@ def main(argv=None):
         print(f"wrote {out / 'samplers.md'}, {out / 'quality_vs_nfe.png'}")
         return
     if args.quick:
-        args.models, args.nfe, args.samples, args.rk45_tol, args.chunk = ["pixel-cond"], [10], 20, [1e-2], 20
+        args.models, args.nfe, args.samples, args.rk45_tol, args.chunk = [FLAGSHIP], [10], 20, [1e-2], 20
         args.out = str(Path(args.out) / "quick")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -181,7 +163,6 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     store_path = out / "samplers.json"
     store = load_store(store_path)
-    from bench.inference import cpu_name
     store["machine"] = (f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}" if not torch.cuda.is_available()
                         else "GPU")
 
@@ -211,12 +192,12 @@ def main(argv=None):
     if args.dry_run:
         return
 
-    classifier = load_model("classifier", weights_dir=args.weights_dir)
+    classifier = load_model(EVALUATOR_NAMES[0], weights_dir=args.weights_dir)
     t0 = time.perf_counter()
-    ev = Evaluator(classifier)
+    ev = load_evaluator(classifier)
     prefixes = sorted({200, 400, 1000, args.samples} | {chunk})
     for n in sorted({10_000, *prefixes}):
-        store["floor"][str(n)] = ev.floor(n)
+        store["floor"][str(n)] = floor(ev, n)
     print("floor (train vs test): " + ", ".join(f"N={n}: {v:.2f}" for n, v in store["floor"].items())
           + f"  [{time.perf_counter() - t0:.0f} s]")
 
@@ -225,7 +206,7 @@ def main(argv=None):
         print(f"{m} {s} steps={steps} tol={ex.get('rtol')} guidance={w} N={args.samples}", flush=True)
         images, labels, wall, nfe_used = generate(pipes[m], s, steps, args.samples, 1.0 if w is None else w,
                                                   args.seed, chunk, ex)
-        res = ev.evaluate(images, labels if pipes[m].conditional else None, prefixes)
+        res = run_metrics(ev, images, labels if pipes[m].conditional else None, prefixes)
         if args.grids:
             from diffusion.images import save_grid
             (out / "grids").mkdir(exist_ok=True)

@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+from diffusion.registry import evaluation_order
 from diffusion.samplers import SAMPLERS, sampler_spec
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -55,7 +56,7 @@ def groups(store: dict):
     out: dict = {}
     for r in store["runs"]:
         out.setdefault((r["model"], r["guidance"]), []).append(r)
-    order = {"pixel-cond": 0, "latent-cond": 1, "pixel-uncond": 2}
+    order = {name: i for i, name in enumerate(evaluation_order(role="score"))}     # pixel-cond, latent-cond, pixel-uncond
     return dict(sorted(out.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1] if kv[0][1] is not None else 1)))
 
 

@@ -23,7 +23,8 @@ from .pinning import PIN_FILE, hub_pin, pin_note, record_pin, resolve_revision  
 from .pipeline import Pipeline
 from .publish import push_folder, push_root_files, verify_folder  # noqa: F401
 from .registry import (CARD_NAME, DEFAULT_WEIGHTS_DIR, FOLDER_FILES, GUIDE_NAMES, LOAD_FILES, MODEL_CLASSES,  # noqa: F401
-                       PIPELINE_NAMES, REQUIRED_FILES, SAMPLEABLE_NAMES, DISTILLED_NAMES, check_name, model_folders, shown_path)
+                       PIPELINE_NAMES, REQUIRED_FILES, SAMPLEABLE_NAMES, DISTILLED_NAMES, check_name, model_folders,
+                       model_spec, shown_path)
 from .registry import weights_dir as _weights_dir
 
 log = logging.getLogger(__name__)
@@ -43,11 +44,9 @@ class WeightsNotFound(FileNotFoundError):
 
 
 def train_command(name: str) -> str:
-    """The command that builds `name`'s weights folder (a student comes from the teacher by train.distill)."""
-    if name in DISTILLED_NAMES:
-        return ("python -m train.distill --teacher weights/pixel-cond --out runs/pixel-cond-distilled "
-                "--weights-dir weights/pixel-cond-distilled (writes all three students)")
-    return f"python -m train.{name.replace('-', '_')}"
+    """The command that builds `name`'s weights folder (its ModelSpec's: a student comes from its teacher by
+    train.distill)."""
+    return model_spec(name).train_command
 
 
 def load_local(name: str, weights_dir=None, device="cpu"):
@@ -149,8 +148,9 @@ def load_pipeline(name: str, **kwargs) -> Pipeline:
     """Pipeline(score model, autoencoder for latent models); kwargs as load_model."""
     if name not in SAMPLEABLE_NAMES:
         raise ValueError(f"{name!r} is not a diffusion model; choose one of {', '.join(SAMPLEABLE_NAMES)}")
+    spec = model_spec(name)
     score = load_model(name, **kwargs)
-    autoencoder = load_model("autoencoder", **kwargs) if score.in_channels != 1 else None
+    autoencoder = load_model(spec.autoencoder, **kwargs) if spec.space == "latent" else None
     if getattr(score, "autoguide", None):
         score = _with_guide(name, score, kwargs)
     return Pipeline(score, autoencoder, name=name)

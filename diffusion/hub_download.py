@@ -24,7 +24,7 @@ import os
 import re
 from pathlib import Path
 
-from .hub_mixin import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, UnsafeWeightsError, hub_cache_dir, hub_endpoint
+from .hub_files import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, UnsafeWeightsError
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,24 @@ class HubFileNotFound(HubLoadError, FileNotFoundError):
 
 class HubCorruptDownload(HubLoadError):
     pass
+
+
+def hub_endpoint() -> str:
+    """HF_ENDPOINT as set now (huggingface_hub.constants.ENDPOINT is read once, at import)."""
+    from huggingface_hub import constants
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def hub_cache_dir(cache_dir=None) -> str:
+    """`cache_dir`, else HF_HUB_CACHE / HF_HOME as set now, else huggingface_hub's default."""
+    from huggingface_hub import constants
+    if cache_dir:
+        return str(cache_dir)
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    return constants.HF_HUB_CACHE
 
 
 def is_offline() -> bool:

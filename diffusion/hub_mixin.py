@@ -26,36 +26,21 @@ from huggingface_hub import PyTorchModelHubMixin
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".joblib")
+from .hub_download import HubFileNotFound, fetch, hub_cache_dir, hub_endpoint  # noqa: F401  (re-exported)
+from .hub_files import (CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, UnsafeWeightsError, pickle_files,  # noqa: F401
+                        refuse_pickle)
+
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
-
-
-class UnsafeWeightsError(ValueError):
-    """Raised for a weights file this project refuses to open (pickle formats)."""
 
 
 class CorruptWeightsError(ValueError):
     """Raised for a safetensors file that is truncated, malformed, mismatched or non-finite."""
 
 
-def refuse_pickle(path: str | os.PathLike) -> None:
-    """Refuse pickle-based checkpoint formats by name, before any byte is read."""
-    if str(path).lower().rstrip("/\\").endswith(PICKLE_SUFFIXES):
-        raise UnsafeWeightsError(
-            f"refusing to open {path}: pickle-based checkpoints (.pt/.pth/.bin/.ckpt/.pkl) can run code "
-            "when loaded. Convert it to safetensors with a trusted script, then load model.safetensors.")
 
 
-def pickle_files(folder: str | os.PathLike) -> list[str]:
-    """Names of pickle-format files in `folder` (for error messages; they are never opened)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    return sorted(p.name for p in folder.iterdir() if p.name.lower().endswith(PICKLE_SUFFIXES))
 
 
 def looks_like_pickle(head: bytes) -> bool:
@@ -210,29 +195,10 @@ class SafeHubMixin(PyTorchModelHubMixin):
         return model.eval()
 
 
-def hub_endpoint() -> str:
-    """HF_ENDPOINT as set now (huggingface_hub.constants.ENDPOINT is read once, at import)."""
-    from huggingface_hub import constants
-    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-
-
-def hub_cache_dir(cache_dir=None) -> str:
-    """`cache_dir`, else HF_HUB_CACHE / HF_HOME as set now, else huggingface_hub's default."""
-    from huggingface_hub import constants
-    if cache_dir:
-        return str(cache_dir)
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.environ["HF_HOME"], "hub")
-    return constants.HF_HUB_CACHE
-
-
 def _download_repo_folder(repo_id: str, subfolder: str | None, *, cache_dir=None, revision=None, token=None,
                           force_download: bool = False, local_files_only: bool = False) -> Path:
     """config.json + model.safetensors of a Hub repo (optionally a subfolder), through the one Hub reader
     (hub_download.fetch, on snapshot_download); their folder in the Hub cache."""
-    from .hub_download import HubFileNotFound, fetch
     try:
         folder, _, _ = fetch(repo_id, subfolder, revision, files=(CONFIG_NAME, WEIGHTS_NAME),
                              required=(CONFIG_NAME, WEIGHTS_NAME), cache_dir=cache_dir, token=token,

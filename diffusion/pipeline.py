@@ -6,56 +6,47 @@ latents (scaled to unit variance by `latent_scale`) and decodes each preview and
 from __future__ import annotations
 
 import functools
+import platform
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .editing import sdedit
+from .registry import FLAGSHIP, SAMPLEABLE_NAMES, SamplingDefaults, defaults_for, evaluation_order
 from .samplers import sampler_spec
 
-
-@dataclass(frozen=True)
-class SamplingDefaults:
-    sampler: str
-    steps: int
-    guidance: float      # classifier-free guidance weight w (ignored by unconditional models)
+__all__ = ["DEFAULT_GUIDANCE", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "MODEL_DEFAULTS", "PRECISIONS", "Pipeline",
+           "PipelineStep", "SamplingDefaults", "cpu_has_bf16", "cpu_name", "defaults_for", "resolve_precision"]
 
 
-# Chosen by bench/samplers.py (bench/results/samplers.md, guidance.md) with one rule: per model, the cheapest point
-# of the NFE grid {10, 20, 35, 50, 100, 250, 500} whose Frechet distance on 1000 samples is within 10% of (or below)
-# Euler-Maruyama-500's, ties broken by the lower FD; guidance: the lowest FD of w in {0, 1, 2, 3, 5} at ~100%
-# conditional accuracy. pixel-uncond is the exception that needs noise: its probability-flow ODE samples stay 1.5-1.7x
-# EM-500's FD at every NFE (the ODE carries the score model's errors to the end), while the SDE form of the same
-# solver, at the same 10 NFE, lands below EM-500.
-# Since Quality v2 the score models' defaults are the two-evaluator rule's pick (diffusion.metrics.choose_setting:
-# accuracy >= 99% in both evaluators, specks within 1 point of real digits' where reachable, then the lowest
-# worse-of-two FD ratio) over bench/results/defaults.json (tests/bench/test_bench.py checks it). For both conditional models
-# that is the SDE form of DPM-Solver++(2M): its noise removes the isolated specks the ODE carries to the end (pixel-cond:
-# 0.35% against 2.3% with dpmpp_2m at w = 1.5, real digits 0.69%).
-MODEL_DEFAULTS = {
-    "pixel-cond": SamplingDefaults("dpmpp_2m_sde", 10, 1.375),
-    "latent-cond": SamplingDefaults("dpmpp_2m_sde", 10, 1.5),
-    # pixel-uncond: w is the autoguidance weight (its guide, pixel-uncond-guide: diffusion/autoguidance.py), chosen by
-    # the two-evaluator rule (bench/results/defaults.md)
-    "pixel-uncond": SamplingDefaults("dpmpp_2m_sde", 10, 1.75),
-    # distilled students of pixel-cond (diffusion/distill.py, train/distill.py): the step count is the one each was
-    # distilled for (the only one it runs); w by the same two-evaluator rule (diffusion.metrics.choose_setting) over
-    # the students' sweep in bench/results/distillation.json (tests/train/test_distill.py checks it)
-    "pixel-cond-distilled": SamplingDefaults("ddim", 4, 1.5),
-    "pixel-cond-distilled-2step": SamplingDefaults("ddim", 2, 1.5),
-    "pixel-cond-distilled-1step": SamplingDefaults("ddim", 1, 1.75),
-}
-# the project-wide defaults: those of the flagship model, also used for a pipeline of any other name
-DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE = (MODEL_DEFAULTS["pixel-cond"].sampler,
-                                                    MODEL_DEFAULTS["pixel-cond"].steps,
-                                                    MODEL_DEFAULTS["pixel-cond"].guidance)
+class _DefaultsView(Mapping):
+    """{model name: SamplingDefaults} for every registered model that samples (diffusion/registry.py), read at each
+    use: the per-model defaults live in the registry's ModelSpecs, with the measurements that chose them."""
+
+    def __getitem__(self, name) -> SamplingDefaults:
+        if name not in SAMPLEABLE_NAMES:
+            raise KeyError(name)
+        return defaults_for(name)
+
+    def __iter__(self):
+        """The score models in build order (the flagship first), then the students."""
+        ranked = evaluation_order(sampleable=True)
+        return iter((*ranked, *(name for name in SAMPLEABLE_NAMES if name not in ranked)))
+
+    def __len__(self) -> int:
+        return len(SAMPLEABLE_NAMES)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
 
 
-def defaults_for(model_name: str) -> SamplingDefaults:
-    """The recommended sampler, step count and guidance for a model (the project-wide ones for unknown names)."""
-    return MODEL_DEFAULTS.get(model_name, MODEL_DEFAULTS["pixel-cond"])
+MODEL_DEFAULTS = _DefaultsView()
+# the project-wide defaults: those of the flagship model (registry.FLAGSHIP, pixel-cond)
+DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE = (defaults_for(FLAGSHIP).sampler, defaults_for(FLAGSHIP).steps,
+                                                    defaults_for(FLAGSHIP).guidance)
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -70,6 +61,18 @@ def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
         return False
     flags = next((line.partition(":")[2].split() for line in text.splitlines() if line.startswith("flags")), [])
     return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def cpu_name() -> str:
+    """The CPU model, and whether it has bf16 arithmetic (what decides the pipeline's "auto" precision); the machine
+    every benchmark row records."""
+    name = platform.processor() or "CPU"
+    try:
+        name = next((line.partition(":")[2].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name} ({'bf16 in hardware' if cpu_has_bf16() else 'no bf16 arithmetic in hardware'})"
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -141,6 +144,12 @@ class Pipeline:
         return self.conditional or bool(getattr(self.score_model, "autoguided", False))
 
     @property
+    def defaults(self) -> SamplingDefaults:
+        """The recommended settings: the registry's for a pipeline named after a model that samples; the project-wide
+        ones (the flagship's) for a pipeline named otherwise (a training run's previews, a benchmark arm, a test)."""
+        return defaults_for(self.name) if self.name in SAMPLEABLE_NAMES else defaults_for(FLAGSHIP)
+
+    @property
     def device(self) -> torch.device:
         return next(self.score_model.parameters()).device
 
@@ -180,13 +189,12 @@ class Pipeline:
     def stream(self, labels=None, *, num_images=None, sampler=None, num_steps=None, guidance=None, seed=0,
                preview_every=1, **extras):
         """Yield a PipelineStep every `preview_every` sampler steps (0: only the final one), and always the final one.
-        `sampler`, `num_steps`, `guidance` left as None take this model's defaults (`defaults_for(self.name)`)."""
-        defaults = defaults_for(self.name)
-        sampler = defaults.sampler if sampler is None else sampler
+        `sampler`, `num_steps`, `guidance` left as None take this model's defaults (`self.defaults`)."""
+        sampler = self.defaults.sampler if sampler is None else sampler
         spec = sampler_spec(sampler)
         if num_steps is None and not spec.adaptive:                 # adaptive samplers (rk45) take no step count
-            num_steps = defaults.steps
-        guidance = defaults.guidance if guidance is None else guidance
+            num_steps = self.defaults.steps
+        guidance = self.defaults.guidance if guidance is None else guidance
         start = time.perf_counter()
         labels, n = self._labels(labels, num_images)
         if isinstance(preview_every, bool) or int(preview_every) != preview_every or preview_every < 0:
@@ -207,7 +215,7 @@ class Pipeline:
         in [0, 1] from time t0 (diffusion.editing.sdedit), streamed like `stream`: a latent pipeline edits the
         autoencoder's latents of the images and decodes each preview. Cost: `diffusion.editing.SDEDIT`."""
         start = time.perf_counter()
-        guidance = defaults_for(self.name).guidance if guidance is None else guidance
+        guidance = self.defaults.guidance if guidance is None else guidance
         images = torch.as_tensor(images, dtype=torch.float32)
         if images.dim() == 3:
             images = images[:, None]                                         # (B, 1, 28, 28)

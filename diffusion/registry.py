@@ -1,11 +1,24 @@
-"""The model names, their classes, the files a weights folder holds, and where the local weights live.
+"""ONE ModelSpec per model name: what each model is and every table about models derives from here.
+
+A spec holds the class, the role (a score model the app samples, a distilled student, an autoguidance guide, the
+autoencoder, an evaluation classifier), pixel or latent space, conditional or not, the data set, the guidance kind
+(classifier-free, autoguidance, none), the default sampling settings, the training module, the links between models
+(a student's teacher, a guide's model, a latent model's autoencoder), the texts its card and the app show, and its
+place in the build/evaluation order. Adding a model kind = one `register(ModelSpec(...))` here + its training script
+(+ weights); tests add one for a while with `registered(spec)`.
+
+The name lists (PIPELINE_NAMES, SAMPLEABLE_NAMES, ...) and MODEL_CLASSES are live views of the registry, not copies:
+a spec registered later appears in them (argparse choices, the app's pickers, the cards).
 
 A weights folder is `save_pretrained` layout: weights/<name>/{config.json, model.safetensors, README.md},
 plus the training time-lapse (timelapse.safetensors) for diffusion models when it was recorded.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .autoencoder import AutoEncoder
@@ -14,30 +27,307 @@ from .metrics import Classifier, ResNetClassifier
 from .score import ScoreModel
 from .timelapse import FILENAME as TIMELAPSE_NAME
 
-MODEL_CLASSES = {"pixel-uncond": ScoreModel, "pixel-cond": ScoreModel, "latent-cond": ScoreModel,
-                 "autoencoder": AutoEncoder, "classifier": Classifier, "classifier-resnet": ResNetClassifier}
-PIPELINE_NAMES = ("pixel-uncond", "pixel-cond", "latent-cond")
+ROLES = ("score", "student", "guide", "autoencoder", "classifier")
+SAMPLEABLE_ROLES = ("score", "student")              # what load_pipeline and the sampling CLI accept
+SPACES = ("pixel", "latent")
+GUIDANCE_KINDS = ("classifier-free", "autoguidance", "none")
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    sampler: str
+    steps: int
+    guidance: float      # guidance weight w: classifier-free, or autoguidance for an autoguided model
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the project states about one model name."""
+    name: str                                  # the weights folder and the Hub subfolder: weights/<name>/
+    cls: type                                  # its class (save_pretrained / from_pretrained)
+    role: str                                  # one of ROLES
+    train_module: str                          # the module that builds its weights: python -m <train_module>
+    space: str = "pixel"                       # where it works: 28x28 pixels or the autoencoder's latents
+    conditional: bool = False                  # takes digit labels
+    dataset: str = "MNIST"                     # the data set it was trained on
+    guidance: str = "none"                     # one of GUIDANCE_KINDS: what the guidance weight w means
+    defaults: SamplingDefaults | None = None   # recommended sampler, steps, w (models that sample)
+    autoencoder: str | None = None             # latent models: the model that decodes their latents
+    teacher: str | None = None                 # students: the model they were distilled from
+    guides: str | None = None                  # guides: the model they guide
+    evaluation_order: int | None = None        # place in the build (train/build_all.sh) and `train.evaluate --all`;
+                                               # None: built and evaluated with another model (students, by train.distill)
+    summary: str | None = None                 # one line: the weights repo's table of models
+    description: str | None = None             # the paragraph at the top of its model card
+    task: str | None = None                    # its card's Hub task (None: a generative model, train/cards.py decides)
+    extra_tags: tuple[str, ...] = ()                # card tags beyond the class's own
+    loss: str | None = None                    # the training loss its card names when the training record does not
+    build_command: str | None = None           # how its weights are built, when not `python -m <train_module>`
+
+    def __post_init__(self):
+        for field, value, allowed in (("role", self.role, ROLES), ("space", self.space, SPACES),
+                                      ("guidance", self.guidance, GUIDANCE_KINDS)):
+            if value not in allowed:
+                raise ValueError(f"ModelSpec {self.name!r}: {field} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.sampleable and self.defaults is None:
+            raise ValueError(f"ModelSpec {self.name!r}: a {self.role} model needs sampling defaults")
+        for field, needed in (("autoencoder", self.space == "latent"), ("teacher", self.role == "student"),
+                              ("guides", self.role == "guide")):
+            if needed and not getattr(self, field):
+                raise ValueError(f"ModelSpec {self.name!r}: {field} must name a model")
+
+    @property
+    def sampleable(self) -> bool:
+        return self.role in SAMPLEABLE_ROLES
+
+    @property
+    def blurb(self) -> str:
+        """What the app's model picker says beside the name, e.g. "class-conditional, pixel space"."""
+        return f"{'class-conditional' if self.conditional else 'unconditional'}, {self.space} space"
+
+    @property
+    def train_command(self) -> str:
+        return self.build_command or f"python -m {self.train_module}"
+
+
+_SPECS: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    if spec.name in _SPECS:
+        raise ValueError(f"model {spec.name!r} is registered already")
+    _SPECS[spec.name] = spec
+    return spec
+
+
+@contextlib.contextmanager
+def registered(*specs: ModelSpec) -> Iterator[tuple[ModelSpec, ...]]:
+    """Register `specs` for the duration of a `with` block (tests); an existing name is replaced, then restored."""
+    before = dict(_SPECS)
+    try:
+        for spec in specs:
+            _SPECS[spec.name] = spec
+        yield specs
+    finally:
+        _SPECS.clear()
+        _SPECS.update(before)
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The spec of model `name`; a ValueError listing the names otherwise."""
+    try:
+        return _SPECS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(_SPECS)}") from None
+
+
+def _matches(spec: ModelSpec, where: dict) -> bool:
+    return all(getattr(spec, key) == value for key, value in where.items())
+
+
+def model_names(**where) -> tuple[str, ...]:
+    """The registered names whose specs have the given attribute values (e.g. role="score"), in registration order:
+    the order the app's pickers and the listings show them."""
+    unknown = set(where) - {f.name for f in fields(ModelSpec)} - {"sampleable"}
+    if unknown:
+        raise ValueError(f"ModelSpec has no attribute(s) {', '.join(sorted(unknown))}")
+    return tuple(name for name, spec in _SPECS.items() if _matches(spec, where))
+
+
+def evaluation_order(**where) -> tuple[str, ...]:
+    """As model_names, but only specs with an evaluation_order, in that order (the build and `train.evaluate --all`)."""
+    chosen = [_SPECS[name] for name in model_names(**where) if _SPECS[name].evaluation_order is not None]
+    return tuple(spec.name for spec in sorted(chosen, key=lambda s: s.evaluation_order))
+
+
+def first(**where) -> str:
+    """The first name in evaluation order with the given attributes (e.g. the pixel-space conditional score model:
+    first(role="score", conditional=True, space="pixel")); a ValueError when none has them."""
+    names = evaluation_order(**where)
+    if not names:
+        raise ValueError(f"no registered model has {', '.join(f'{k}={v!r}' for k, v in where.items())}")
+    return names[0]
+
+
+def pixel_and_latent() -> tuple[str, str]:
+    """The two models compared as pixel vs latent diffusion (the app's "Pixel vs latent" tab, bench/inference.py): the
+    first class-conditional score model of each space in evaluation order."""
+    return first(role="score", conditional=True, space="pixel"), first(role="score", conditional=True, space="latent")
+
+
+class NameView(Sequence):
+    """A live tuple of registered names: model_names(**where) (or evaluation_order) read at each use."""
+
+    def __init__(self, order: str = "registered", **where):
+        self._names = (evaluation_order if order == "evaluation" else model_names)
+        self._where = where
+
+    def _current(self) -> tuple[str, ...]:
+        return self._names(**self._where)
+
+    def __getitem__(self, index):
+        return self._current()[index]
+
+    def __len__(self) -> int:
+        return len(self._current())
+
+    def __iter__(self):
+        return iter(self._current())
+
+    def __contains__(self, name) -> bool:
+        return name in self._current()
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and not isinstance(other, str) and self._current() == tuple(other)
+
+    __hash__ = None
+
+    def __add__(self, other) -> tuple:
+        return self._current() + tuple(other)
+
+    def __radd__(self, other) -> tuple:
+        return tuple(other) + self._current()
+
+    def __repr__(self) -> str:
+        return repr(self._current())
+
+
+class SpecTable(Mapping):
+    """{name: spec.<attribute>} for every registered model whose attribute is set (not None or empty), read at each
+    use: a per-model table (the cards' descriptions, the classes) as a view of the registry, never a copy."""
+
+    def __init__(self, attribute: str):
+        if attribute not in {f.name for f in fields(ModelSpec)}:
+            raise ValueError(f"ModelSpec has no attribute {attribute!r}")
+        self.attribute = attribute
+
+    def _current(self) -> dict:
+        return {name: value for name, spec in _SPECS.items()
+                if (value := getattr(spec, self.attribute)) is not None and value != ()}
+
+    def __getitem__(self, name):
+        return self._current()[name]
+
+    def __iter__(self):
+        return iter(self._current())
+
+    def __len__(self) -> int:
+        return len(self._current())
+
+    def __repr__(self) -> str:
+        return repr(self._current())
+
+
+# ---------------------------------------------------------------- the models
+# Registration order is the order the app and the listings show them; evaluation_order is the build order.
+#
+# Sampling defaults. Chosen by bench/samplers.py (bench/results/samplers.md, guidance.md) with one rule: per model, the
+# cheapest point of the NFE grid {10, 20, 35, 50, 100, 250, 500} whose Frechet distance on 1000 samples is within 10% of
+# (or below) Euler-Maruyama-500's, ties broken by the lower FD; guidance: the lowest FD of w in {0, 1, 2, 3, 5} at ~100%
+# conditional accuracy. pixel-uncond is the exception that needs noise: its probability-flow ODE samples stay 1.5-1.7x
+# EM-500's FD at every NFE (the ODE carries the score model's errors to the end), while the SDE form of the same
+# solver, at the same 10 NFE, lands below EM-500.
+# Since Quality v2 the score models' defaults are the two-evaluator rule's pick (diffusion.metrics.choose_setting:
+# accuracy >= 99% in both evaluators, specks within 1 point of real digits' where reachable, then the lowest
+# worse-of-two FD ratio) over bench/results/defaults.json (tests/bench/test_bench.py checks it). For both conditional
+# models that is the SDE form of DPM-Solver++(2M): its noise removes the isolated specks the ODE carries to the end
+# (pixel-cond: 0.35% against 2.3% with dpmpp_2m at w = 1.5, real digits 0.69%).
+# pixel-uncond: w is the autoguidance weight (its guide, pixel-uncond-guide: diffusion/autoguidance.py), chosen by the
+# two-evaluator rule (bench/results/defaults.md).
+# Distilled students of pixel-cond (diffusion/distill.py, train/distill.py): the step count is the one each was
+# distilled for (the only one it runs); w by the same two-evaluator rule (diffusion.metrics.choose_setting) over the
+# students' sweep in bench/results/distillation.json (tests/train/test_distill.py checks it).
+
+register(ModelSpec(
+    "pixel-uncond", ScoreModel, "score", "train.pixel_uncond", guidance="autoguidance",
+    defaults=SamplingDefaults("dpmpp_2m_sde", 10, 1.75), evaluation_order=5,
+    summary="unconditional score model, 28x28 pixels (autoguided by `pixel-uncond-guide`)",
+    description="Unconditional score model on 28x28 MNIST pixels (VE SDE, sigma = 25). With no labels to guide by, it "
+                "is sampled with autoguidance (Karras et al. 2024): D_w = D_guide + w (D - D_guide), the guide being "
+                "`pixel-uncond-guide`, an early checkpoint of this model's own run, named in config.json "
+                "(`autoguide`); `load_pipeline` loads the pair."))
+register(ModelSpec(
+    "pixel-cond", ScoreModel, "score", "train.pixel_cond", conditional=True, guidance="classifier-free",
+    defaults=SamplingDefaults("dpmpp_2m_sde", 10, 1.375), evaluation_order=3,
+    summary="class-conditional score model, 28x28 pixels",
+    description="Class-conditional score model on 28x28 MNIST pixels (VE SDE, sigma = 25). Digits condition the U-Net "
+                "through cross-attention to a learned label embedding; 10% of training labels were replaced by a null "
+                "class, so the same network also gives the unconditional score for classifier-free guidance."))
+register(ModelSpec(
+    "latent-cond", ScoreModel, "score", "train.latent_cond", space="latent", conditional=True,
+    guidance="classifier-free", defaults=SamplingDefaults("dpmpp_2m_sde", 10, 1.5), autoencoder="autoencoder",
+    evaluation_order=4, summary="class-conditional score model, 4x10x10 latents (decode with `autoencoder`)",
+    description="Class-conditional score model on the autoencoder's 4x10x10 latents, scaled to unit variance by the "
+                "autoencoder's latent_scale (latent diffusion, Rombach et al. 2022), with cross-attention to the label "
+                "embedding and a null class for classifier-free guidance. Decode samples with the `autoencoder` model."))
+register(ModelSpec(
+    "autoencoder", AutoEncoder, "autoencoder", "train.autoencoder", evaluation_order=2,
+    summary="conv autoencoder 28x28 <-> 4x10x10", task="image-to-image", extra_tags=("latent-diffusion",),
+    loss="see command",
+    description="Convolutional autoencoder, 1x28x28 <-> 4x10x10, for latent diffusion. `latent_scale` in config.json is "
+                "the latents' standard deviation over the training set."))
+register(ModelSpec(
+    "classifier", Classifier, "classifier", "train.classifier", evaluation_order=0,
+    summary="evaluation CNN (conditional accuracy, FD features)", task="image-classification",
+    extra_tags=("image-classification",), loss="cross-entropy with label smoothing 0.05, random +-2 px shifts",
+    description="Small CNN MNIST classifier used for the project's evaluation: conditional accuracy of generated digits "
+                "and a Frechet distance on its 128-d penultimate features."))
+register(ModelSpec(
+    "classifier-resnet", ResNetClassifier, "classifier", "train.classifier_resnet", evaluation_order=1,
+    summary="second, independent evaluator (ResNet)", task="image-classification",
+    extra_tags=("image-classification",), loss="cross-entropy (see the command)",
+    description="The second, independent evaluator: a small pre-activation ResNet with global average pooling, trained "
+                "on a different half of the training data with affine augmentation; its pooled features give a second "
+                "Frechet distance, KID and precision/recall."))
 # few-step students distilled from pixel-cond (diffusion/distill.py, train/distill.py): 4, 2 and 1 network calls
-DISTILLED_NAMES = ("pixel-cond-distilled", "pixel-cond-distilled-2step", "pixel-cond-distilled-1step")
-MODEL_CLASSES |= {name: ScoreModel for name in DISTILLED_NAMES}
-SAMPLEABLE_NAMES = PIPELINE_NAMES + DISTILLED_NAMES   # what load_pipeline and the sampling CLI accept
+_DISTILL = ("python -m train.distill --teacher weights/pixel-cond --out runs/pixel-cond-distilled "
+            "--weights-dir weights/pixel-cond-distilled (writes all three students)")
+for _name, _steps, _w in (("pixel-cond-distilled", 4, 1.5), ("pixel-cond-distilled-2step", 2, 1.5),
+                          ("pixel-cond-distilled-1step", 1, 1.75)):
+    register(ModelSpec(_name, ScoreModel, "student", "train.distill", conditional=True, guidance="classifier-free",
+                       defaults=SamplingDefaults("ddim", _steps, _w), teacher="pixel-cond", build_command=_DISTILL))
 # autoguidance (diffusion/autoguidance.py): weaker versions of a model (an early checkpoint of its own training run)
 # that a model names in its config (`autoguide`); load_pipeline loads the pair, and w then means D_bad + w (D_good - D_bad)
-GUIDE_NAMES = ("pixel-uncond-guide",)
-MODEL_CLASSES |= {guide: ScoreModel for guide in GUIDE_NAMES}
+register(ModelSpec(
+    "pixel-uncond-guide", ScoreModel, "guide", "train.export_guide", guides="pixel-uncond", evaluation_order=6,
+    summary="autoguidance guide of pixel-uncond: an early checkpoint of its run",
+    description="The weaker model that guides pixel-uncond (autoguidance, Karras et al. 2024): an early checkpoint of "
+                "pixel-uncond's own training run, whose errors are pixel-uncond's, only larger. Not meant to be "
+                "sampled on its own."))
+
+# the name lists every other module reads: live views (a spec registered later is in them)
+MODEL_CLASSES = SpecTable("cls")
+PIPELINE_NAMES = NameView(role="score")                  # the score models the app samples
+DISTILLED_NAMES = NameView(role="student")
+SAMPLEABLE_NAMES = NameView(sampleable=True)             # what load_pipeline and the sampling CLI accept
+GUIDE_NAMES = NameView(role="guide")
+EVALUATOR_NAMES = NameView("evaluation", role="classifier")   # the evaluation networks, the first one the main one
+# the project's flagship: the first score model of the build; its defaults are the project-wide ones
+FLAGSHIP = first(role="score")
+
+
+def defaults_for(name: str) -> SamplingDefaults:
+    """The recommended sampler, step count and guidance of model `name`; a ValueError for a name that is not a
+    registered model that samples."""
+    spec = model_spec(name)
+    if spec.defaults is None:
+        raise ValueError(f"{name!r} is a {spec.role} model and is not sampled on its own; models that sample: "
+                         f"{', '.join(SAMPLEABLE_NAMES)}")
+    return spec.defaults
+
+
 CARD_NAME = "README.md"
 FOLDER_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, TIMELAPSE_NAME)  # what a published folder may hold
 LOAD_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)                   # what loading a model downloads
 REQUIRED_FILES = (CONFIG_NAME, WEIGHTS_NAME)
-DEFAULT_WEIGHTS_DIR = Path(os.environ.get("MNIST_DIFFUSION_WEIGHTS", Path(__file__).resolve().parent.parent / "weights"))
+from .locations import default_weights_dir  # noqa: E402  (the rule: $MNIST_DIFFUSION_WEIGHTS, checkout, installed wheel)
+DEFAULT_WEIGHTS_DIR = Path(os.environ.get("MNIST_DIFFUSION_WEIGHTS") or default_weights_dir())
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def check_name(name: str) -> type:
     """The class of model `name`; a ValueError listing the names otherwise."""
-    if name not in MODEL_CLASSES:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_CLASSES)}")
-    return MODEL_CLASSES[name]
+    return model_spec(name).cls
 
 
 def weights_dir(path=None) -> Path:

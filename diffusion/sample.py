@@ -16,9 +16,10 @@ import time
 import numpy as np
 import torch
 
-from .hub import SAMPLEABLE_NAMES, WeightsNotFound, load_pipeline
+from .hub import WeightsNotFound, load_pipeline
 from .images import save_grid
-from .pipeline import MODEL_DEFAULTS, PRECISIONS, defaults_for
+from .pipeline import MODEL_DEFAULTS, PRECISIONS
+from .registry import FLAGSHIP, SAMPLEABLE_NAMES, defaults_for, model_names
 from .samplers import SAMPLERS
 
 
@@ -59,14 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m diffusion.sample", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Sample MNIST digits from a trained score model.",
         epilog=f"samplers:\n{samplers}\n\ndefaults per model (from bench/samplers.py):\n{defaults}")
-    p.add_argument("--model", choices=SAMPLEABLE_NAMES, default="pixel-cond")
+    p.add_argument("--model", choices=tuple(SAMPLEABLE_NAMES), default=FLAGSHIP)
     p.add_argument("--digits", type=parse_digits, default=None, help="conditional models: e.g. 0-9, 3, 1,4,7")
     p.add_argument("--per-digit", type=positive_int, default=10, help="images per digit (conditional)")
     p.add_argument("--n", type=positive_int, default=None, help="number of images (unconditional)")
     p.add_argument("--sampler", choices=list(SAMPLERS), default=None, help="default: the model's (below)")
     p.add_argument("--steps", type=positive_int, default=None, help="default: the model's (below)")
     p.add_argument("--guidance", type=float, default=None,
-                   help="guidance weight w (classifier-free; pixel-uncond: autoguidance by its guide); "
+                   help=f"guidance weight w (classifier-free; {', '.join(model_names(guidance='autoguidance'))}: "
+                        "autoguidance by its guide); "
                         "default: the model's (below)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=positive_int, default=500)

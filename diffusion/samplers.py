@@ -311,5 +311,82 @@ def sample(sampler, score_model, x, labels=None, **kwargs) -> tuple[torch.Tensor
     return step.x, step.nfe
 
 
-# ---- distilled students: diffusion/distill.py registers "ddim" (1 NFE per step) -------------------------------------
-from . import distill as _distill  # noqa: E402,F401
+# ---- DDIM: a distilled student's sampler (diffusion/distill.py trains the students) ---------------------------------
+# With D the denoiser, the probability-flow ODE of the VE SDE is dx/dsigma = (x - D) / sigma; its Euler step from sigma
+# to sigma' is DDIM (Song et al. 2021, "DDIM", with alpha = 1):  x' = D + (sigma' / sigma) (x - D).  A progressively
+# distilled student (Salimans & Ho 2022) runs it on its own grid: every (T/N)-th point of the teacher's T-step Karras
+# grid; any other score model on the Karras grid of num_steps.
+
+DEFAULT_RHO = 7.0
+
+
+def ddim_step(x: torch.Tensor, x0: torch.Tensor, sigma, sigma_next) -> torch.Tensor:
+    """x' = D + (sigma'/sigma)(x - D): the Euler step of dx/dsigma = (x - D)/sigma. sigma, sigma_next: floats or (B,)."""
+    ratio = _ratio(sigma_next, sigma, x)
+    return x0 + ratio * (x - x0)
+
+
+def _ratio(num, den, x: torch.Tensor):
+    """num / den as a float or a (B, 1, 1, 1) tensor in x's dtype."""
+    if torch.is_tensor(num) or torch.is_tensor(den):
+        r = torch.as_tensor(num, dtype=torch.float64) / torch.as_tensor(den, dtype=torch.float64)
+        return r.to(x.device, x.dtype).reshape(-1, *([1] * (x.ndim - 1))) if r.ndim else float(r)
+    return float(num) / float(den)
+
+
+def teacher_sigmas(sde, grid_steps: int, rho: float = DEFAULT_RHO) -> torch.Tensor:
+    """(grid_steps + 1,) float64: the first round's teacher grid, Karras rho-schedule std(1) -> std(eps), then 0."""
+    return karras_sigmas(sde.std_min, sde.std_max, _check_steps(grid_steps), rho)
+
+
+def student_sigmas(sde, grid_steps: int, steps: int, rho: float = DEFAULT_RHO) -> torch.Tensor:
+    """(steps + 1,) float64: an N-step student's grid, every (grid_steps / N)-th point of the teacher grid."""
+    grid_steps, steps = _check_steps(grid_steps), _check_steps(steps)
+    if grid_steps % steps:
+        raise ValueError(f"a {steps}-step student does not fit a {grid_steps}-step teacher grid "
+                         f"({steps} must divide {grid_steps})")
+    return teacher_sigmas(sde, grid_steps, rho)[::grid_steps // steps].clone()
+
+
+def sampling_sigmas(score_model, num_steps: int) -> torch.Tensor:
+    """The sigma grid `ddim` runs: a progressively distilled student's own grid (and only its own step count), else
+    the Karras grid of num_steps (Karras et al. 2022, rho = 7)."""
+    sde, info = score_model.sde, getattr(score_model, "distilled", None)
+    num_steps = _check_steps(num_steps)
+    if not info or info.get("steps") is None:
+        rho = info.get("rho", DEFAULT_RHO) if info else DEFAULT_RHO
+        return karras_sigmas(sde.std_min, sde.std_max, num_steps, rho)
+    if num_steps != info["steps"]:
+        raise ValueError(f"this student was distilled for {info['steps']} step(s) only (its grid is every "
+                         f"{info['grid_steps'] // info['steps']}th point of a {info['grid_steps']}-step teacher grid); "
+                         f"num_steps={num_steps} would run it off the noise levels it learned. Use "
+                         f"num_steps={info['steps']}, or a student distilled for {num_steps} step(s).")
+    return student_sigmas(sde, info["grid_steps"], info["steps"], info["rho"])
+
+
+def check_guidance(score_model, guidance) -> None:
+    """A student with w as an input knows only the w it was distilled on."""
+    info = getattr(score_model, "distilled", None)
+    if not getattr(score_model, "guidance_embed", False) or not info:
+        return
+    lo, hi = info["guidance_range"]
+    g = torch.as_tensor(guidance, dtype=torch.float64)
+    if not bool(torch.isfinite(g).all()) or float(g.min()) < lo - 1e-9 or float(g.max()) > hi + 1e-9:
+        raise ValueError(f"guidance {guidance!r} is outside [{lo:g}, {hi:g}], the range this student was distilled on")
+
+
+@register_sampler("ddim", nfe=lambda steps: steps,
+                  description="DDIM: Euler on the probability-flow ODE, 1 NFE/step; a distilled student's sampler "
+                              "(on its own 1-4 step grid), plain DDIM on the Karras grid for other models")
+@torch.no_grad()
+def ddim(score_model, x, labels=None, *, num_steps, generator=None, guidance=1.0):
+    """DDIM = Euler on the probability-flow ODE, x' = D + (sigma'/sigma)(x - D) (Song et al. 2021 "DDIM"; Karras et al.
+    2022 eq. 4), on a distilled student's own grid (Salimans & Ho 2022) or the Karras grid. 1 NFE per step."""
+    sigmas = sampling_sigmas(score_model, num_steps).tolist()
+    check_guidance(score_model, guidance)
+    sde, n = score_model.sde, len(sigmas) - 1
+    for i in range(n):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        x0 = score_model.denoise(x, sigma, labels, guidance)   # one network call (a student takes w as an input)
+        x = ddim_step(x, x0, sigma, sigma_next)             # last step: sigma' = 0, x = D
+        yield Step(i, sde.t_from_std(sigma_next), x, x0, i + 1, i == n - 1)

@@ -4,13 +4,21 @@ from __future__ import annotations
 import torch
 
 from diffusion import AutoEncoder, Classifier, ScoreModel
+from diffusion.registry import ModelSpec, model_spec
 
 # a U-Net of two levels, attention at the second; a few thousand parameters: a forward pass takes milliseconds
 TINY = dict(channels=(8, 16), attention_levels=(1,), embed_dim=16, context_dim=8, heads=2)
-# the app's models by name, as ScoreModel kwargs on top of TINY
-SCORE_KINDS = {"pixel-uncond": dict(),
-               "pixel-cond": dict(num_classes=10),
-               "latent-cond": dict(in_channels=4, image_size=10, num_classes=10)}
+TINY_AUTOENCODER = dict(hidden=8)               # latents (4, 10, 10), as the shipped autoencoder's
+TINY_CLASSIFIER = dict(width=4, feature_dim=8)
+
+
+def score_kwargs(spec: ModelSpec) -> dict:
+    """ScoreModel kwargs on top of TINY for a registered score model (or guide): digit labels for a conditional one,
+    the tiny autoencoder's latent shape for a latent one."""
+    kw = {"num_classes": 10} if spec.conditional else {}
+    if spec.space == "latent":
+        kw |= {"in_channels": 4, "image_size": 10}
+    return kw
 
 
 def tiny_score(seed: int = 0, **kw) -> ScoreModel:
@@ -20,15 +28,17 @@ def tiny_score(seed: int = 0, **kw) -> ScoreModel:
 
 
 def tiny_model(name: str, seed: int = 0):
-    """Any model the app loads, by its weights/ name: pixel-uncond, pixel-cond, latent-cond, autoencoder, classifier."""
-    if name in SCORE_KINDS:
-        return tiny_score(seed, **SCORE_KINDS[name])
+    """Any model the app loads, by its registered name (diffusion/registry.py): a score model or guide, the autoencoder,
+    the (CNN) classifier. Students come from a teacher: tiny_students."""
+    spec = model_spec(name)
+    if spec.role in ("score", "guide"):
+        return tiny_score(seed, **score_kwargs(spec))
     torch.manual_seed(seed)
-    if name == "autoencoder":
-        return AutoEncoder(hidden=8).eval()
-    if name == "classifier":
-        return Classifier(width=4, feature_dim=8).eval()
-    raise ValueError(name)
+    if spec.cls is AutoEncoder:
+        return AutoEncoder(**TINY_AUTOENCODER).eval()
+    if spec.cls is Classifier:
+        return Classifier(**TINY_CLASSIFIER).eval()
+    raise ValueError(f"no tiny factory for {name!r} ({spec.role}, {spec.cls.__name__})")
 
 
 def tiny_students(teacher, names=None, guidance_range=(0.0, 4.0), grid_steps: int = 16, w_std: float = 0.5) -> dict:
@@ -38,10 +48,11 @@ def tiny_students(teacher, names=None, guidance_range=(0.0, 4.0), grid_steps: in
     from diffusion.distill import distilled_config, make_student
     from diffusion.registry import DISTILLED_NAMES
 
-    steps = dict(zip(DISTILLED_NAMES, (4, 2, 1)))
     students = {}
     for name in names or DISTILLED_NAMES:
-        student = make_student(teacher, distilled_config(steps[name], grid_steps, guidance_range, teacher="pixel-cond"))
+        spec = model_spec(name)
+        student = make_student(teacher, distilled_config(spec.defaults.steps, grid_steps, guidance_range,
+                                                         teacher=spec.teacher))
         last = student.net.guidance_embed[-1]
         with torch.no_grad():
             last.weight.copy_(torch.randn(last.weight.shape, generator=torch.Generator().manual_seed(1)) * w_std)

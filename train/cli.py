@@ -12,22 +12,22 @@ import importlib
 import sys
 
 import train.common
+from diffusion.registry import evaluation_order, model_spec
 
-SCRIPTS = {                                   # subcommand -> module, in the order train/build_all.sh builds them
-    "classifier": "train.classifier",
-    "classifier-resnet": "train.classifier_resnet",
-    "autoencoder": "train.autoencoder",
-    "pixel-cond": "train.pixel_cond",
-    "latent-cond": "train.latent_cond",
-    "pixel-uncond": "train.pixel_uncond",
-    "distill": "train.distill",
-    "evaluate": "train.evaluate",
-}
+# the steps of the build that are not one model's own script: the students (all at once) and the evaluation
+AFTER_MODELS = {"distill": "train.distill", "evaluate": "train.evaluate"}
+
+
+def scripts() -> dict[str, str]:
+    """subcommand -> module, in the order train/build_all.sh builds them: every registered model with a training
+    script of its own (the registry's evaluation order; a guide comes from its model's run), then AFTER_MODELS."""
+    own = {name: model_spec(name).train_module for name in evaluation_order() if model_spec(name).role != "guide"}
+    return own | AFTER_MODELS
 
 
 def usage() -> str:
     return ("usage: mnist-diffusion-train MODEL [flags]   (MODEL --help for its flags)\n"
-            "MODEL: " + ", ".join(SCRIPTS))
+            "MODEL: " + ", ".join(scripts()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,12 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2
-    name, flags = argv[0], argv[1:]
-    if name not in SCRIPTS:
+    name, flags, known = argv[0], argv[1:], scripts()
+    if name not in known:
         print(f"mnist-diffusion-train: unknown model {name!r}\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(SCRIPTS[name])
-    train.common.INVOKED_MODULE = SCRIPTS[name]
+    module = importlib.import_module(known[name])
+    train.common.INVOKED_MODULE = known[name]
     sys.argv = [f"mnist-diffusion-train {name}", *flags]       # argparse's prog and the run record's flags
     module.main(flags)
     return 0

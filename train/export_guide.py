@@ -14,40 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-from diffusion.autoguidance import AutoGuided
-from diffusion.hub_mixin import CONFIG_NAME
-from diffusion.registry import DEFAULT_WEIGHTS_DIR, GUIDE_NAMES
-from diffusion.score import ScoreModel
-from train.common import RECORDS
-from train.loop import save_weights
+from diffusion.hub_files import CONFIG_NAME
+from diffusion.registry import DEFAULT_WEIGHTS_DIR, GUIDE_NAMES, model_spec
 from train.diffusion_models import ema_from_checkpoint
-
-
-def install_guide(guide, model_dir: Path, out: Path, record: dict) -> Path:
-    """Save `guide` (a ScoreModel) to `out`, name it in model_dir/config.json (`autoguide`) and keep `record` beside
-    the other training records when `out` is under weights/."""
-    if out.name not in GUIDE_NAMES:
-        raise SystemExit(f"the guide's folder must be named one of {', '.join(GUIDE_NAMES)}, got {out.name!r}")
-    config_path = model_dir / CONFIG_NAME
-    config = json.loads(config_path.read_text())
-    AutoGuided(ScoreModel.from_pretrained(str(model_dir)), guide)    # unconditional, same shape and SDE, or an error
-    dest = save_weights(guide, out)
-    config["autoguide"] = out.name
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    if dest.resolve().parent == DEFAULT_WEIGHTS_DIR.resolve():
-        RECORDS.mkdir(parents=True, exist_ok=True)
-        (RECORDS / f"{dest.name}.json").write_text(json.dumps(record, indent=1) + "\n")
-    print(f"{dest}: the guide (step {record.get('checkpoint_step')}); {config_path} now names it")
-    return dest
-
-
-def guide_record(run: Path, step: int, wall_s, guides: str, command: str, parameters: int) -> dict:
-    return {"command": command, "source_run": str(run), "checkpoint_step": step, "total_wall_s": wall_s,
-            "guides": guides, "config": json.loads((run / "config.json").read_text()), "parameters": parameters,
-            "exported": time.strftime("%Y-%m-%d")}
+from train.guides import guide_record, install_guide  # noqa: F401  (re-exported: the guide's installation)
 
 
 def export_guide(run: Path, ckpt: Path, model_dir: Path, out: Path) -> dict:
@@ -75,8 +47,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="the run directory (its config.json)")
     p.add_argument("--ckpt", type=Path, required=True, help="a checkpoint folder of that run (ckpt-NNNNNNNN)")
-    p.add_argument("--model", type=Path, default=DEFAULT_WEIGHTS_DIR / "pixel-uncond", help="the model it guides")
-    p.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS_DIR / "pixel-uncond-guide")
+    guide = GUIDE_NAMES[0]                          # the registry's guide (pixel-uncond-guide) and the model it guides
+    p.add_argument("--model", type=Path, default=DEFAULT_WEIGHTS_DIR / model_spec(guide).guides,
+                   help="the model it guides")
+    p.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS_DIR / guide)
     a = p.parse_args(argv)
     export_guide(a.run.expanduser(), a.ckpt.expanduser(), a.model.expanduser(), a.out.expanduser())
 

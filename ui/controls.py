@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import gradio as gr
 
 import diffusion.pipeline as dp  # defaults read at build time, never copied
+from diffusion.registry import FLAGSHIP, evaluation_order
 from diffusion.samplers import SAMPLERS
 
 from .lab import MODEL_NAMES, Lab
@@ -35,9 +36,9 @@ class Page:
         pipes = self.lab.pipelines
         self.available = [n for n in MODEL_NAMES if n in pipes]
         self.conditional = [n for n in self.available if pipes[n].conditional]
-        self.default_model = next((n for n in ("pixel-cond", "latent-cond", "pixel-uncond") if n in self.available),
+        self.default_model = next((n for n in evaluation_order(role="score") if n in self.available),  # flagship first
                                   None)
-        self.defaults = dp.defaults_for(self.default_model)     # each model's own, set again when it changes
+        self.defaults = dp.defaults_for(self.default_model or FLAGSHIP)   # each model's own, set again when it changes
         # sampling: raw values to the handlers, one concurrency group shared by every tab that samples
         self.heavy = dict(preprocess=False, concurrency_id="sampling", concurrency_limit=self.concurrency)
         self.presets_key = cache_key(self.lab)

@@ -28,7 +28,7 @@ from .validation import MAX_GUIDANCE, MAX_SEED, MAX_STEPS, bad, check_choice, ch
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 SAMPLE_PATH = ASSETS / "mnist_test_sample.npz"
-MODEL_NAMES = PIPELINE_NAMES                   # ("pixel-uncond", "pixel-cond", "latent-cond")
+MODEL_NAMES = PIPELINE_NAMES                   # the registry's score models, a live view (diffusion/registry.py)
 DEFAULT_MAX_SECONDS = 120.0   # a request that runs longer is stopped (bounded work on a shared CPU)
 
 

@@ -11,19 +11,26 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import gradio as gr
 
 import diffusion.pipeline as dp
 from diffusion.hub_mixin import hash_state_dict, hash_tensor
+from diffusion.registry import FLAGSHIP
 from diffusion.sde import VESDE
 
 from . import gradio_seam
 
 if TYPE_CHECKING:
-    from .controls import Page
     from .lab import Lab
+
+
+class Page(Protocol):
+    """What `examples` reads of the page being built (ui.controls.Page, which builds on this module's cache_key)."""
+    demo: gr.Blocks
+    heavy: dict                 # the sampling events' settings: concurrency_id, concurrency_limit
+    presets_key: str            # cache_key(lab)
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE = ("ui", "diffusion")          # the packages whose source the cached pictures depend on
@@ -36,10 +43,10 @@ class Preset:
     values: dict                    # handler parameter -> value, as a browser would send it
 
 
-_cond = dp.defaults_for("pixel-cond")  # read at import, never copied
+_cond = dp.defaults_for(FLAGSHIP)  # the flagship model's (pixel-cond), read at import, never copied
 
 
-def _gen(label, digit, sampler, steps, guidance, model="pixel-cond", seed=0, num_images=16) -> Preset:
+def _gen(label, digit, sampler, steps, guidance, model=FLAGSHIP, seed=0, num_images=16) -> Preset:
     return Preset(label, dict(model=model, digit=digit, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
                               num_images=num_images))
 
@@ -78,7 +85,7 @@ FORWARD = (                           # the denoiser is added by the tab (the on
 )
 
 
-def _sde(label, index, digit, t0, region="none (SDEdit)", steps=20, model="pixel-cond") -> Preset:
+def _sde(label, index, digit, t0, region="none (SDEdit)", steps=20, model=FLAGSHIP) -> Preset:
     return Preset(label, dict(source="test digit", test_index=index, model=model, digit=digit,
                               guidance=_cond.guidance, t0=t0, steps=steps, seed=0, num_images=4, region=region))
 

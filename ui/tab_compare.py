@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gradio as gr
 
+from diffusion.registry import pixel_and_latent
+
 from . import presets
 from .controls import DEFAULT_DIGIT, DEFAULT_IMAGES, DEFAULT_SEED, IMG, Page, note, sampling_controls
 from .lab import Lab, fmt_s, param_count, preview_every
@@ -11,7 +13,7 @@ from .pictures import show_grid
 from .run_loop import Lane, lockstep
 from .validation import MAX_IMAGES, MAX_SEED, check_int
 
-NAMES = ("pixel-cond", "latent-cond")
+NAMES = pixel_and_latent()           # (pixel-cond, latent-cond): the registry's pair
 
 
 class CompareTab:

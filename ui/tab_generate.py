@@ -6,6 +6,7 @@ import gradio as gr
 import numpy as np
 
 import diffusion.pipeline as dp
+from diffusion.registry import model_spec
 from diffusion.samplers import SAMPLERS, sampler_spec
 
 from . import presets
@@ -13,10 +14,6 @@ from .controls import DEFAULT_DIGIT, DEFAULT_IMAGES, DEFAULT_SEED, IMG, PLUMBING
 from .lab import MODEL_NAMES, Lab, fmt_s, preview_every
 from .pictures import GIF_PX, GRID_PX, FrameBuffer, captioned, show_grid
 from .validation import MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, MAX_STEPS, check_choice, check_float, check_int
-
-MODEL_BLURB = {"pixel-uncond": "unconditional, pixel space",
-               "pixel-cond": "class-conditional, pixel space",
-               "latent-cond": "class-conditional, latent space"}
 
 
 class GenerateTab:
@@ -116,7 +113,7 @@ class GenerateTab:
              "and an animated GIF of the whole trajectory follow.")
         d = page.defaults
         with gr.Row():
-            model = gr.Radio([(f"{n} ({MODEL_BLURB[n]})", n) for n in page.available], value=page.default_model,
+            model = gr.Radio([(f"{n} ({model_spec(n).blurb})", n) for n in page.available], value=page.default_model,
                              label="Model")
             digit = gr.Radio(list(range(10)), value=DEFAULT_DIGIT, label="Digit", info="ignored by pixel-uncond")
         sampler, steps, guidance = sampling_controls(page, "gen")

@@ -12,7 +12,7 @@ import torch
 
 from diffusion import timelapse as tl
 from diffusion.images import grid
-from diffusion.registry import DEFAULT_WEIGHTS_DIR
+from diffusion.registry import DEFAULT_WEIGHTS_DIR, FLAGSHIP, model_spec
 
 from .controls import IMG, PLUMBING, Page, note
 from .lab import MODEL_NAMES, Lab
@@ -21,8 +21,6 @@ from .validation import LABELS, check_choice, check_int
 
 LABELS.update({"frame": "Checkpoint"})
 PLAY_FPS = 4.0          # frames a second when playing: slow enough to see each checkpoint
-TRAIN_MODULE = {"pixel-cond": "train.pixel_cond", "pixel-uncond": "train.pixel_uncond",
-                "latent-cond": "train.latent_cond"}
 
 
 def arrange(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -60,7 +58,7 @@ class TimelapseTab:
     def missing(self, model: str) -> str:
         return (f"**{model} has no training time-lapse** (no `{tl.FILENAME}` beside its weights). The shipped "
                 f"{model} was trained before runs recorded one. A training run records it as it goes: "
-                f"`python -m {TRAIN_MODULE[model]}` samples the same noise and digits every `--sample-every` steps "
+                f"`python -m {model_spec(model).train_module}` samples the same noise and digits every `--sample-every` steps "
                 f"(default 500) into `runs/{model}/{tl.FILENAME}` and copies it to `weights/{model}/` at the end; "
                 f"this tab then plays it (the file is re-read when it changes).")
 
@@ -115,7 +113,7 @@ class TimelapseTab:
              "same prior noise and the same digits and kept them. Move the slider (or press **Play**) to watch the "
              "scribbles turn into digits, and compare with the loss at that moment.")
         with gr.Row():
-            model = gr.Radio(list(MODEL_NAMES), value="pixel-cond", label="Model")
+            model = gr.Radio(list(MODEL_NAMES), value=FLAGSHIP, label="Model")
             frame = gr.Slider(0, 1, 0, step=1, label="Checkpoint", elem_id="tl-frame")
         with gr.Row():
             play = gr.Button("Play", variant="primary", elem_id="tl-play")

@@ -13,10 +13,13 @@ from diffusion.pipeline import DEFAULT_SAMPLER, MODEL_DEFAULTS, defaults_for
 sample_cli = importlib.import_module("diffusion.sample")   # the package also exports a function `sample`
 
 
-def test_defaults_are_per_model_with_a_project_wide_fallback():
+def test_defaults_are_per_model_and_an_unknown_name_is_an_error():
     assert defaults_for("pixel-uncond").sampler == "dpmpp_2m_sde"       # its ODE samples are poor (samplers.md)
     assert defaults_for("pixel-cond").sampler == DEFAULT_SAMPLER == "dpmpp_2m_sde"     # specks: bench/results/defaults.md
-    assert defaults_for("some-new-model") == MODEL_DEFAULTS["pixel-cond"]
+    with pytest.raises(ValueError, match=r"unknown model 'some-new-model'; choose one of pixel-uncond, pixel-cond, "):
+        defaults_for("some-new-model")                                  # never pixel-cond's by a silent fall-back
+    with pytest.raises(ValueError, match="'classifier' is a classifier model and is not sampled on its own"):
+        defaults_for("classifier")
     assert all(d.steps <= 20 for d in MODEL_DEFAULTS.values())           # the target: <= 20 NFE
 
 

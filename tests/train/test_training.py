@@ -393,5 +393,5 @@ def test_train_cli_dispatches_to_the_module_and_records_its_python_m_command(tmp
     assert seen["cmd"] == "python -m train.classifier --steps 3 --out 'runs/x y'"
     assert train.cli.main(["pixel-cnd"]) == 2 and "unknown model 'pixel-cnd'" in capsys.readouterr().err
     assert train.cli.main([]) == 2 and "pixel-cond" in capsys.readouterr().out
-    for module in train.cli.SCRIPTS.values():                 # every subcommand's module has a main(argv)
+    for module in train.cli.scripts().values():                 # every subcommand's module has a main(argv)
         assert callable(__import__(module, fromlist=["main"]).main), module
