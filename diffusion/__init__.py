@@ -11,8 +11,9 @@ from .samplers import SAMPLERS, Step, sample
 from .score import ScoreModel
 from .sde import VESDE
 from .unet import UNet
+from .version import WEIGHTS_VERSION, __version__
 
-__all__ = ["AutoEncoder", "Classifier", "CorruptWeightsError", "CrossAttention", "DEFAULT_GUIDANCE",
+__all__ = ["WEIGHTS_VERSION", "__version__", "AutoEncoder", "Classifier", "CorruptWeightsError", "CrossAttention", "DEFAULT_GUIDANCE",
            "DEFAULT_SAMPLER", "DEFAULT_STEPS", "GaussianFourierProjection", "MODEL_DEFAULTS", "Pipeline", "PipelineStep",
            "SAMPLERS", "SamplingDefaults", "ScoreModel", "SpatialTransformer", "Step", "TransformerBlock", "UNet",
            "UnsafeWeightsError", "VESDE", "autoencoder_loss", "defaults_for", "dsm_loss", "load_local", "load_model",

@@ -244,7 +244,7 @@ def test_one_version_for_the_package_and_pyproject():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "version" in meta["project"]["dynamic"] and "version" not in meta["project"]
     assert meta["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "diffusion.version.__version__"}
-    assert getattr(diffusion, "__version__", __version__) == __version__
+    assert diffusion.__version__ == __version__ and diffusion.WEIGHTS_VERSION == WEIGHTS_VERSION
     changelog = (ROOT / "CHANGELOG.md").read_text()
     assert f"## {__version__}" in changelog and f"weights {WEIGHTS_VERSION}" in changelog.lower()
     shipped = {p.name for p in (ROOT / "weights").iterdir() if (p / "config.json").is_file()}
