@@ -18,7 +18,8 @@ from diffusion.images import save_grid
 from diffusion.losses import dsm_loss, dsm_noise
 from diffusion.pipeline import Pipeline
 from diffusion.score import ScoreModel
-from train.common import finish, setup
+from train.common import finish, run_command, setup
+from train.guides import guide_record, install_guide
 from train.loop import TrainConfig, parse_config, train_loop
 
 
@@ -120,8 +121,9 @@ def train_score_model(argv=None, config_cls=ScoreConfig):
 
     def on_sample(ema_model, step, run_dir, history):
         """A 10x10 grid (20 steps) and a time-lapse frame (the same prior noise and labels every time)."""
-        ema_model = copy.deepcopy(ema_model).cpu().to(memory_format=torch.contiguous_format)
-        pipe = Pipeline(ema_model, autoencoder, name=run_dir.name)
+        ema_model = copy.deepcopy(ema_model).to(memory_format=torch.contiguous_format)   # on the training device
+        decoder = autoencoder.to(next(ema_model.parameters()).device) if autoencoder is not None else None
+        pipe = Pipeline(ema_model, decoder, name=run_dir.name)
         if cfg.conditional:
             images, _ = pipe.generate(torch.arange(10).repeat(10), num_steps=20, guidance=2.0, seed=0)
         else:
@@ -149,8 +151,6 @@ def train_score_model(argv=None, config_cls=ScoreConfig):
                   f"saving one), so {cfg.weights_dir} is unguided. Install one with: python -m train.export_guide "
                   f"--run {cfg.out} --ckpt <a checkpoint of this run> --model {cfg.weights_dir}")
         elif cfg.guide_step and cfg.weights_dir:
-            from train.common import run_command
-            from train.export_guide import guide_record, install_guide
             guide = ScoreModel.from_pretrained(str(guide_dir)).eval()
             at = json.loads((guide_dir / "step.json").read_text())
             weights = Path(cfg.weights_dir)
