@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from .autoguidance import AutoGuided
 from .hub_download import (HubCorruptDownload, HubFileNotFound, HubLoadError, HubRepoNotFound,  # noqa: F401
                            HubRevisionNotFound, HubUnreachable, fetch, first_line, is_offline, read_cached_file,
                            short_revision)
@@ -159,7 +160,6 @@ def load_pipeline(name: str, **kwargs) -> Pipeline:
 def _with_guide(name: str, score, kwargs: dict):
     """`score` guided by the weaker model its config names (`autoguide`, diffusion.autoguidance) when that loads;
     else `score` alone, with a message saying why (the model still samples; its guidance does nothing)."""
-    from .autoguidance import AutoGuided
     messages = kwargs.get("messages")
     try:
         if score.autoguide not in GUIDE_NAMES:

@@ -266,16 +266,17 @@ register(ModelSpec(
     loss="see command",
     description="Convolutional autoencoder, 1x28x28 <-> 4x10x10, for latent diffusion. `latent_scale` in config.json is "
                 "the latents' standard deviation over the training set."))
+# the evaluation networks: MNIST classifiers, the first the main one (EVALUATOR_NAMES)
+_EVALUATOR = dict(role="classifier", task="image-classification", extra_tags=("image-classification",))
 register(ModelSpec(
-    "classifier", Classifier, "classifier", "train.classifier", evaluation_order=0,
-    summary="evaluation CNN (conditional accuracy, FD features)", task="image-classification",
-    extra_tags=("image-classification",), loss="cross-entropy with label smoothing 0.05, random +-2 px shifts",
+    "classifier", Classifier, train_module="train.classifier", evaluation_order=0, **_EVALUATOR,
+    summary="evaluation CNN (conditional accuracy, FD features)",
+    loss="cross-entropy with label smoothing 0.05, random +-2 px shifts",
     description="Small CNN MNIST classifier used for the project's evaluation: conditional accuracy of generated digits "
                 "and a Frechet distance on its 128-d penultimate features."))
 register(ModelSpec(
-    "classifier-resnet", ResNetClassifier, "classifier", "train.classifier_resnet", evaluation_order=1,
-    summary="second, independent evaluator (ResNet)", task="image-classification",
-    extra_tags=("image-classification",), loss="cross-entropy (see the command)",
+    "classifier-resnet", ResNetClassifier, train_module="train.classifier_resnet", evaluation_order=1, **_EVALUATOR,
+    summary="second, independent evaluator (ResNet)", loss="cross-entropy (see the command)",
     description="The second, independent evaluator: a small pre-activation ResNet with global average pooling, trained "
                 "on a different half of the training data with affine augmentation; its pooled features give a second "
                 "Frechet distance, KID and precision/recall."))
