@@ -3,11 +3,11 @@ temporary weights folder, and the Gradio app built from them, launched on a free
 from __future__ import annotations
 
 import os
-import socket
+import time
 
 import pytest
-import torch
 
+from app_helpers import free_port, launched, wait_until  # noqa: F401  (the one launcher, port finder and poller)
 from hub_helpers import hub  # noqa: F401  (the fake Hub fixture, for every test module)
 
 TINY_CARD = """---
@@ -29,12 +29,6 @@ Nothing to see.
 
 ![sample grid](grid.png)
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -67,23 +61,21 @@ def tiny_weights(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def app_demo(tiny_weights):
-    import app
-
-    return app.create_demo(weights_dir=tiny_weights, device=torch.device("cpu"), max_seconds=60)
+def launched_app(tiny_weights):
+    """The tiny app launched in this process (server thread), with the same settings as `python app.py`
+    (tests/app_helpers.py's `launched`)."""
+    with launched(tiny_weights) as served:
+        yield served
 
 
 @pytest.fixture(scope="session")
-def app_url(app_demo):
-    """The tiny app launched in this process (server thread), with the same settings as `python app.py`."""
-    import app
+def app_demo(launched_app):
+    return launched_app.demo
 
-    port = _free_port()
-    app_demo.launch(prevent_thread_lock=True, quiet=True, **app.launch_kwargs("127.0.0.1", port))
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        app_demo.close()
+
+@pytest.fixture(scope="session")
+def app_url(launched_app):
+    return launched_app.url
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +88,56 @@ def client(app_url):
 @pytest.fixture
 def one_thread():
     """Tiny models: one thread is fastest, and stays fast on a machine busy with training runs."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def live(tiny_weights):
+    """The tiny app launched as `python app.py` launches it, with a queue of 4 (so that overflow really happens);
+    `calls` logs the time of each score-network evaluation. One per test module."""
+    with launched(tiny_weights, log_calls=True, max_queue=4) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def hard(tiny_weights, tmp_path_factory):
+    """`live`, launched after HF_HOME (with a token file) and secret env vars are set, with a gradio_client;
+    `calls` logs (time, output finite) for every score-network evaluation, in any pipeline. One per test module."""
+    import types
+
+    import torch
+
+    from diffusion.score import networks
+
+    mp = pytest.MonkeyPatch()
+    hf_home = tmp_path_factory.mktemp("hf_home")
+    token = hf_home / "token"
+    token.write_text(TOKEN_SECRET)
+    mp.setenv("HF_HOME", str(hf_home))
+    for k, v in ENV_SECRETS.items():
+        mp.setenv(k, v)
+    try:
+        with launched(tiny_weights, client=True, max_queue=4) as served:
+            calls: list[tuple[float, bool]] = []
+
+            def log(module, inputs, output):
+                calls.append((time.perf_counter(), bool(torch.isfinite(output).all())))
+
+            hooks = [net.register_forward_hook(log) for p in served.demo.lab.pipelines.values()
+                     for net in networks(p.score_model)]
+            downloads = tmp_path_factory.mktemp("downloads")
+            yield types.SimpleNamespace(url=served.url, port=served.port, demo=served.demo, client=served.client,
+                                        calls=calls, hf_home=hf_home, token=token, downloads=str(downloads))
+            for h in hooks:
+                h.remove()
+    finally:
+        mp.undo()
+
+
+ENV_SECRETS = {"HF_TOKEN": "hf_secret_test_value", "SECRET_TEST_VALUE": "secret-env-7f3a9c0d1e"}
+TOKEN_SECRET = "hf_tokenfile_secret_5b8e2d"     # the content of $HF_HOME/token, in the `hard` fixture

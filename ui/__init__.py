@@ -11,7 +11,7 @@ import torch
 from .controls import Page
 from .lab import DEFAULT_MAX_SECONDS, Lab
 from .image_cache import write_images_once
-from .limits import cap_editor_blobs
+from .sketch_blobs import cap_editor_blobs
 from .tab_about import AboutTab
 from .tab_compare import CompareTab
 from .tab_embeddings import EmbeddingsTab
@@ -71,7 +71,8 @@ def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | N
         for tab in tabs.values():
             with gr.Tab(tab.title):
                 tab.layout(page)
-    demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
+    demo.queue(default_concurrency_limit=concurrency, max_size=max_queue,
+               api_open=False)               # a queued handler runs only through the queue (its /run/ route: 404)
     cap_editor_blobs(demo)                     # every Sketchpad's blob route, whichever tab made it
     write_images_once()                        # a re-sent image is never rewritten while a browser reads it
     demo.lab, demo.tabs = lab, tabs

@@ -16,13 +16,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from gradio import processing_utils
+from . import gradio_seam
 
 
 def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
     """gradio's `save_pil_to_cache` contract (the path of the cached file), without ever rewriting a served file."""
-    data = processing_utils.encode_pil_to_bytes(img, format)
-    folder = Path(cache_dir) / processing_utils.hash_bytes(data)
+    encode, hash_bytes = gradio_seam.pil_cache_tools()
+    data = encode(img, format)
+    folder = Path(cache_dir) / hash_bytes(data)
     folder.mkdir(exist_ok=True, parents=True)
     target = (folder / f"{name}.{format}").resolve()
     try:
@@ -42,6 +43,5 @@ def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "w
 
 
 def write_images_once() -> None:
-    """Install the writer above (idempotent). gradio's image paths (`image_utils.save_image`, Gallery,
-    `save_img_array_to_cache`) all look the function up on `processing_utils` when they run."""
-    processing_utils.save_pil_to_cache = save_pil_to_cache
+    """Install the writer above (idempotent), through the seam (gradio_seam.replace_pil_cache_writer)."""
+    gradio_seam.replace_pil_cache_writer(save_pil_to_cache)

@@ -18,7 +18,11 @@ import diffusion.pipeline as dp
 from diffusion import hub
 from diffusion.cards_read import read_model_cards
 from diffusion.registry import DISTILLED_NAMES, SAMPLEABLE_NAMES
-from . import CSS, build_demo, limits
+from . import CSS, build_demo
+from .allocator import tune_allocator
+from .fair_queue import MAX_JOBS_PER_CLIENT, MAX_JOBS_PER_SESSION, FairQueue
+from .http_limits import app_kwargs
+from .sessions import SESSION_CAPACITY
 from .lab import DEFAULT_MAX_SECONDS
 from .tab_about import CARD_NAMES
 from .tab_live import student_messages
@@ -29,16 +33,20 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def launch_kwargs(host: str | None = None, port: int | None = None) -> dict:
+def launch_kwargs(host: str | None = None, port: int | None = None, *, max_jobs_per_session: int = MAX_JOBS_PER_SESSION,
+                  max_jobs_per_client: int = MAX_JOBS_PER_CLIENT) -> dict:
     """Launch settings: CSS, and gradio's routes this app does not use switched off (monitoring, MCP, PWA,
     run history); uploads (drawings) capped at 5 MB; nothing extra is served (no allowed_paths: the weights
-    stay private). ui/limits.py's middleware and lifespan hook: request bodies capped (413), unused routes closed,
-    nosniff, bounded session state, cancel and disconnect seen by the per-evaluation guard."""
+    stay private). ui/http_limits.py's middleware and ui/sessions.py's lifespan hook: request bodies capped (413),
+    unused routes closed, malformed events and queue bypasses refused by name, a fair share of the queue per session
+    and per client address, an upload budget, nosniff, bounded session state, cancel and disconnect seen by the
+    per-step guard."""
     return dict(server_name=host or os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                 server_port=int(port or os.environ.get("GRADIO_SERVER_PORT", 7860)),
                 css=CSS, footer_links=["api", "gradio"], run_history=False, enable_monitoring=False,
                 mcp_server=False, pwa=False, ssr_mode=False, show_error=False, max_file_size="5mb",
-                app_kwargs=limits.app_kwargs(), state_session_capacity=limits.SESSION_CAPACITY)
+                app_kwargs=app_kwargs(fair=FairQueue(max_jobs_per_session, max_jobs_per_client)),
+                state_session_capacity=SESSION_CAPACITY)
 
 
 def create_demo(weights_dir=None, hub_repo=None, revision=None, device=None, precision: str = "auto",
@@ -78,12 +86,18 @@ def main(argv=None) -> None:
     parser.add_argument("--port", type=int, default=None, help="default $GRADIO_SERVER_PORT or 7860")
     parser.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS, help="time limit per request")
     parser.add_argument("--max-queue", type=int, default=16, help="requests allowed to wait in the queue")
+    parser.add_argument("--max-jobs-per-session", type=int, default=MAX_JOBS_PER_SESSION,
+                        help="requests one browser session may have waiting or running")
+    parser.add_argument("--max-jobs-per-client", type=int, default=MAX_JOBS_PER_CLIENT,
+                        help="requests one client address (behind a proxy: the forwarded one) may have waiting or "
+                             "running")
     parser.add_argument("--precision", choices=dp.PRECISIONS, default="auto",
                         help="score network precision: auto = bf16 autocast on a CPU with bf16 hardware "
                              "(AVX512-BF16/AMX, measured 1.2-1.5x at equal quality), else fp32")
     args = parser.parse_args(argv)
-    limits.tune_allocator()         # before any thread: 2 malloc arenas, 1 MiB mmap threshold (the env wins)
+    tune_allocator()                # before any thread: 2 malloc arenas, 1 MiB mmap threshold (the env wins)
     app = create_demo(args.weights_dir, args.hub_repo, args.revision, max_seconds=args.max_seconds,
                       max_queue=args.max_queue, precision=args.precision)
-    app.launch(**launch_kwargs(args.host, args.port))
+    app.launch(**launch_kwargs(args.host, args.port, max_jobs_per_session=args.max_jobs_per_session,
+                               max_jobs_per_client=args.max_jobs_per_client))
 

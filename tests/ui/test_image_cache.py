@@ -10,7 +10,7 @@ import numpy as np
 from gradio import processing_utils
 from PIL import Image
 
-from ui import image_cache
+from ui import gradio_seam, image_cache
 
 
 def _noise_image(seed: int = 0, size: int = 700) -> Image.Image:
@@ -63,7 +63,7 @@ def test_a_reader_never_sees_a_partial_file_while_it_is_sent_again(tmp_path):
 
 def test_the_app_installs_it_for_gradio_images(app_demo):
     """After build_demo, gr.Image's own postprocess path (numpy -> save_img_array_to_cache) goes through it."""
-    assert processing_utils.save_pil_to_cache is image_cache.save_pil_to_cache
+    assert gradio_seam.pil_cache_writer() is image_cache.save_pil_to_cache
     grid = np.random.default_rng(0).random((56, 56))
     image = gr.Image(format="png")
     first = image.postprocess(grid).path
