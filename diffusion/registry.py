@@ -94,6 +94,7 @@ _SPECS: dict[str, ModelSpec] = {}
 
 
 def register(spec: ModelSpec) -> ModelSpec:
+    """Add a model kind; its name must be new (a test that needs one for a while uses `registered`)."""
     if spec.name in _SPECS:
         raise ValueError(f"model {spec.name!r} is registered already")
     _SPECS[spec.name] = spec
