@@ -37,10 +37,30 @@ def run_command() -> str:
 def setup(cfg: TrainConfig):
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    rank, world, device = dist_setup()
+    rank, world, device = dist_setup(cfg.device)
+    cfg._device = device
     x, y = load_mnist("train", cfg.mnist_dir or None, limit=cfg.train_limit or None)
     cfg._t_start = time.time()
     return rank, world, device, (x, y)
+
+
+def device_name(device: torch.device) -> str:
+    """What a record says the run ran on: the GPU's name, or the CPU with its thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def run_facts(cfg: TrainConfig) -> dict:
+    """Device, precision, steps, images seen and how the run ended, from what train_loop left in cfg._run_info."""
+    info = dict(getattr(cfg, "_run_info", {}))
+    device = getattr(cfg, "_device", None) or torch.device("cpu")
+    facts = {"device": device_name(device)}
+    for key in ("precision", "compile", "compiled", "compile_error", "eager_steps_per_s", "compiled_steps_per_s",
+                "compile_and_warm_s", "sizing", "steps_done", "planned_steps", "images_seen", "stopped_by"):
+        if key in info and info[key] not in (None, []):
+            facts[key] = info[key]
+    return facts
 
 
 def finish(cfg: TrainConfig, ema_model, summary: dict | None = None, extra_files=()):
@@ -48,7 +68,7 @@ def finish(cfg: TrainConfig, ema_model, summary: dict | None = None, extra_files
     record the run, optionally push."""
     summary = dict(summary or {})
     summary["wall_time_s"] = round(time.time() - getattr(cfg, "_t_start", time.time()), 1)
-    summary["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
+    summary.update(run_facts(cfg))
     if cfg.weights_dir:
         dest = save_weights(ema_model, cfg.weights_dir)
         for f in map(Path, extra_files):

