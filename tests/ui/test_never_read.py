@@ -1,0 +1,92 @@
+"""Issue 26 item 3, work nobody reads stops: a POST /call/<api> whose result stream is never opened, for every
+endpoint that computes (on the tiny app of tests/conftest.py). Each job would run for minutes on this shared CPU; it
+must stop once the read grace (ui/stops.py, 1 s) has passed, at its next step: one network evaluation, one MLP
+optimizer step (score_train_mlp) or one particle batch (score_particles). Counted here: score-network evaluations
+(forward hooks), the exact mixture score's evaluations and the tiny MLP's forward calls.
+
+Not here: /live (at most 4 evaluations per job by design: it ends before the grace), /forward_diffusion and
+/score_field (one picture each, no loop), /timelapse_play (replays stored pictures)."""
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+import pytest
+
+from diffusion.score import networks
+from diffusion.toy2d import MixtureScore, ToyScoreMLP
+from ui.stops import READ_GRACE_S
+
+# api -> (data, the evaluations the whole job would take)
+JOBS = {
+    "generate": (["pixel-cond", 3, "euler_maruyama", 1000, 2.0, 0, 16], 1000),
+    "compare": ([3, "euler_maruyama", 1000, 2.0, 0, 16], 2000),
+    "interpolate": (["pixel-cond", 1, 7, 0.5, 0, 16, "euler_maruyama", 1000, 2.0], 10 * 1000),
+    "race": (["pixel-cond", 3, 200, 2.0, 0, 9], 6 * 200),
+    "sdedit": (["test digit", 30, None, "pixel-cond", 3, 2.0, 1.0, 200, 0, 8, "none (SDEdit)"], 200),
+    "score_particles": (["two blobs", 2000, 1000, 0], 2 * 999),
+    "score_train_mlp": (["two blobs", 5000, 0.1, 0], 5000),
+}
+QUIET_S = 3.0          # no evaluation for this long: the job has stopped (one evaluation here can take ~1 s)
+
+
+@pytest.fixture
+def evaluations(app_demo, monkeypatch):
+    """Timestamps of every evaluation any handler of the tiny app makes; no time limit in the way."""
+    calls: list[float] = []
+    lab = app_demo.lab
+    pipes = [*lab.pipelines.values(), *(getattr(lab, "students", {}) or {}).values()]
+    hooks = [net.register_forward_hook(lambda *_: calls.append(time.monotonic()))
+             for p in pipes for net in networks(p.score_model)]
+
+    def counted(method):
+        def wrapper(self, *args, **kwargs):
+            calls.append(time.monotonic())
+            return method(self, *args, **kwargs)
+        return wrapper
+    monkeypatch.setattr(MixtureScore, "denoise", counted(MixtureScore.denoise))
+    monkeypatch.setattr(ToyScoreMLP, "forward", counted(ToyScoreMLP.forward))
+    monkeypatch.setattr(lab, "max_seconds", 10_000.0)
+    try:
+        yield calls
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _post_unread(app_url: str, api: str, data: list) -> str:
+    """POST /call/<api> and never open its result: the event id."""
+    req = urllib.request.Request(f"{app_url}gradio_api/call/{api}", json.dumps({"data": data}).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())["event_id"]
+
+
+def _wait_until_quiet(calls: list, quiet_s: float, timeout: float) -> bool:
+    """Poll until no new call for `quiet_s` seconds (True; at once when none came), or `timeout` passes with calls
+    still coming (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not calls or time.monotonic() - calls[-1] >= quiet_s:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("api", list(JOBS))
+def test_a_job_nobody_reads_stops_within_one_step_after_the_grace(evaluations, app_url, api):
+    data, whole_job = JOBS[api]
+    assert _wait_until_quiet(evaluations, 0.5, 120)                        # an earlier test's job has ended
+    start_n = len(evaluations)
+    posted = time.monotonic()
+    _post_unread(app_url, api, data)
+    deadline = time.monotonic() + 60
+    while len(evaluations) == start_n and time.monotonic() < deadline:      # it starts ...
+        time.sleep(0.05)
+    assert len(evaluations) > start_n, f"/{api} never started"
+    assert _wait_until_quiet(evaluations, QUIET_S, 60), f"/{api}: nobody reads it, yet it is still computing"
+    done = len(evaluations) - start_n
+    assert done < whole_job, f"/{api} ran to its end ({done} evaluations)"
+    # ... and stops at its first step after the grace: generous slack for one evaluation on a loaded shared CPU
+    assert evaluations[-1] - posted < READ_GRACE_S + 5.0, f"/{api} stopped {evaluations[-1] - posted:.1f} s late"
