@@ -244,6 +244,10 @@ def rehearse(workdir: Path, torch_from: str = "auto", wheelhouse: Path = WHEELHO
         torch_from = "index" if reachable(CPU_INDEX_HOST) else "host"
         log(f"torch: {torch_from} ({CPU_INDEX_HOST} {'answers' if torch_from == 'index' else 'is unreachable'})")
     requirements, torch_pin = space_requirements(space, torch_from)
+    wanted = str(front_matter((space / "README.md").read_text(encoding="utf-8")).get("python_version") or "")
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if wanted and wanted != here:
+        log(f"WARNING: the Space runs Python {wanted}; this rehearsal runs {here}")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     if torch_pin:
         requirements += host_torch(venv, torch_pin)
