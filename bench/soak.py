@@ -168,7 +168,7 @@ class Soak:
             except Exception as e:  # noqa: BLE001 - cancelled, refused by cost, or queue full
                 msg = str(e).lower()
                 kind = ("queue full" if "queue is full" in msg else "too much work" if "too much work" in msg
-                        else "cancelled")
+                        else "visitor's share" if "429" in msg else "cancelled")
                 with self.lock:
                     self.refused[f"cancel storm: {kind}"] += 1
         return len(jobs)
@@ -221,7 +221,10 @@ def main(argv=None) -> None:
         time.sleep(2)
         baseline = rss_mib(server.pid)
         soak = Soak(url, server.pid)
-        storm_clients = [Client(url, verbose=False) for _ in range(args.storm)]
+        # each storm client is its own visitor behind a proxy: the app's per-address share (ui/fair_queue.py)
+        # would otherwise refuse all but a few of them, as it should one visitor's flood
+        storm_clients = [Client(url, verbose=False, headers={"X-Forwarded-For": f"5.5.7.{k + 1}"})
+                         for k in range(args.storm)]
         rss, during, after_cancel, rounds = [baseline], [], [], 0
         stop = time.time() + args.minutes * 60
         next_probe = time.time()

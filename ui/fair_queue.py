@@ -87,7 +87,9 @@ class FairQueue:
         if fn.api_name in self.latest_wins:
             for event, running, e_session, e_address in jobs:
                 same = e_session == session if session else (e_session is None and e_address == address)
-                if not running and event.fn is fn and same and gradio_seam.drop_waiting(
+                # by api_name: a browser session's events carry its own copy of the BlockFunction
+                if not running and getattr(event.fn, "api_name", None) == fn.api_name and same and \
+                        gradio_seam.drop_waiting(
                         blocks, event, "Replaced by a newer request from the same visitor (only the latest setting "
                                        "is computed).", "Replaced"):
                     self.replaced += 1

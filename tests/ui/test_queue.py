@@ -196,6 +196,25 @@ def test_fair_queue_counts_sessions_and_addresses(monkeypatch):
     assert err.value.status == 503 and "Retry in about" in err.value.message
 
 
+def test_latest_wins_drops_only_the_same_visitors_waiting_request_of_that_endpoint(monkeypatch):
+    mine, running, other_api, other_visitor = (_event("a", "5.5.5.1", "live"), _event("a", "5.5.5.1", "live"),
+                                               _event("a", "5.5.5.1", "generate"), _event("b", "5.5.5.2", "live"))
+    jobs = [(mine, False), (running, True), (other_api, False), (other_visitor, False)]
+    dropped = []
+
+    def drop(blocks, event, message, title):
+        dropped.append((event, message))
+        jobs[:] = [j for j in jobs if j[0] is not event]
+        return True
+    monkeypatch.setattr(gradio_seam, "queue_jobs", lambda blocks: list(jobs))
+    monkeypatch.setattr(gradio_seam, "queue_capacity", lambda blocks: 16)
+    monkeypatch.setattr(gradio_seam, "drop_waiting", drop)
+    fair = FairQueue(per_session=3)
+    fair.admit(None, types.SimpleNamespace(api_name="live"), "a", "5.5.5.1")     # a copy of the fn: same api_name
+    assert [e for e, _ in dropped] == [mine] and "Replaced by a newer request" in dropped[0][1]
+    assert fair.replaced == 1
+
+
 def test_round_robin_puts_a_new_visitor_before_a_flooders_backlog(monkeypatch):
     running = _event("a", "5.5.5.1")
     line = [_event("a", "5.5.5.1"), _event("a", "5.5.5.1"), _event("b", "5.5.5.2"),
