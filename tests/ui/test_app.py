@@ -69,12 +69,18 @@ def test_weights_and_monitoring_are_not_served(app_url, tiny_weights):
 
 
 def _raw_call(app_url: str, api_name: str, data: list) -> str:
-    """POST /gradio_api/call/<api>, then read the event stream: what a hand-made HTTP client gets."""
+    """POST /gradio_api/call/<api>, then read the event stream: what a hand-made HTTP client gets (a request refused
+    at the door, 4xx, reads as "event: error" with the refusal's text)."""
     base = f"{app_url}gradio_api/call/{api_name}"
     req = urllib.request.Request(base, data=json.dumps({"data": data}).encode(),
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        event_id = json.loads(r.read())["event_id"]
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            event_id = json.loads(r.read())["event_id"]
+    except urllib.error.HTTPError as e:
+        if not 400 <= e.code < 500:
+            raise
+        return f"event: error\ndata: {e.read().decode()}"
     with urllib.request.urlopen(f"{base}/{event_id}", timeout=60) as r:
         return r.read().decode()
 
