@@ -93,7 +93,8 @@ class FairQueue:
                         blocks, event, "Replaced by a newer request from the same visitor (only the latest setting "
                                        "is computed).", "Replaced"):
                     self.replaced += 1
-            jobs = [j for j in jobs if j[0] in {e for e, _ in gradio_seam.queue_jobs(blocks)}]
+            alive = {id(e) for e, _ in gradio_seam.queue_jobs(blocks)}
+            jobs = [j for j in jobs if id(j[0]) in alive]
         keys = ["all", f"address:{address}"] + ([f"session:{session}"] if session else [])
         waiting, capacity = sum(1 for j in jobs if not j[1]), gradio_seam.queue_capacity(blocks)
         if capacity is not None and waiting + self.joining["all"] >= capacity:
