@@ -60,13 +60,21 @@ def check_event(blocks, route: str, body) -> None:
         kind, _, api = route.partition("/")
         if kind == "call" and api.startswith("v2/"):
             api = api[3:]
-        fn = gradio_seam.function_for(blocks, api_name=api)
-        where = f"/{api}"
-        if fn is None or not api or "/" in api:
-            raise Refusal(404, f"No API endpoint is named {where} in this app (GET /gradio_api/info lists them).",
-                          "unknown endpoint")
+        fn_index = body.get("fn_index") if isinstance(body, dict) and kind in ("run", "api") else None
+        if fn_index is not None:          # the browser calls /run/predict with the handler's index, as gradio allows
+            fn = gradio_seam.function_for(blocks, fn_index=fn_index)
+            where = f"/{api} (fn_index {fn_index!r})"
+            if fn is None:
+                raise Refusal(404, f"No event handler has fn_index {fn_index!r} in this app.", "unknown endpoint")
+        else:
+            fn = gradio_seam.function_for(blocks, api_name=api)
+            where = f"/{api}"
+            if fn is None or not api or "/" in api:
+                raise Refusal(404, f"No API endpoint is named {where} in this app (GET /gradio_api/info lists them).",
+                              "unknown endpoint")
         if route.startswith(QUEUED_ONLY_ROUTES) and fn.queue:
-            raise Refusal(404, f"{where} joins the queue: POST /gradio_api/call/{api} (then GET its result), or use "
+            name = fn.api_name or api
+            raise Refusal(404, f"/{name} joins the queue: POST /gradio_api/call/{name} (then GET its result), or use "
                                f"gradio_client; /{kind}/ would run it outside the queue's limits.", "queue bypass")
         if kind == "call" and route.startswith("call/v2/"):
             return                                   # named parameters: gradio maps them onto the inputs itself

@@ -64,6 +64,22 @@ def test_direct_routes_refuse_queued_handlers_by_name(live, route):
     assert status == 200 and "network evaluations" in body.decode()
 
 
+def test_the_browsers_run_predict_by_fn_index_still_works_for_plumbing_only(live):
+    """The browser sends a queue=False event as POST /run/predict with the handler's fn_index (gradio's JS client):
+    that works for plumbing, and is refused for a queued handler like any other /run call."""
+    fns = live.demo.fns
+    estimate = next(i for i, fn in fns.items() if fn.api_name == "estimate_cost")
+    generate = next(i for i, fn in fns.items() if fn.api_name == "generate")
+    body = {"data": ["pixel-cond", "dpmpp_2m", 10, 4, 1.0], "fn_index": estimate, "session_hash": "browser-1",
+            "event_data": None, "trigger_id": None}
+    status, _, answer = post_json(live, "gradio_api/run/predict", body)
+    assert status == 200 and "network evaluations" in answer.decode()
+    status, _, answer = post_json(live, "gradio_api/run/predict", {**body, "fn_index": generate, "data": GEN})
+    assert status == 404 and "/generate joins the queue" in json.loads(answer)["detail"]
+    status, _, answer = post_json(live, "gradio_api/run/predict", {**body, "fn_index": 10_000})
+    assert status == 404 and "No event handler has fn_index 10000" in json.loads(answer)["detail"]
+
+
 def test_concurrent_run_calls_run_nothing_and_queued_calls_run_one_at_a_time(live):
     """Six /run/generate at once: all refused, no network evaluation. Four /call/generate at once (four visitors,
     behind a proxy): all computed, never two at a time (the sampling group's concurrency is 1 on CPU)."""
