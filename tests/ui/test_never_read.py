@@ -4,10 +4,13 @@ must stop once the read grace (ui/stops.py, 1 s) has passed, at its next step: o
 optimizer step (score_train_mlp) or one particle batch (score_particles). Counted here: score-network evaluations
 (forward hooks), the exact mixture score's evaluations and the tiny MLP's forward calls.
 
+A client that goes away mid-job (its result stream closed) stops the handlers that evaluate no score network too.
+
 Not here: /live (at most 4 evaluations per job by design: it ends before the grace), /forward_diffusion and
 /score_field (one picture each, no loop), /timelapse_play (replays stored pictures)."""
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.request
@@ -16,6 +19,7 @@ import pytest
 
 from diffusion.score import networks
 from diffusion.toy2d import MixtureScore, ToyScoreMLP
+from ui import stops
 from ui.stops import READ_GRACE_S
 
 # api -> (data, the evaluations the whole job would take)
@@ -90,3 +94,26 @@ def test_a_job_nobody_reads_stops_within_one_step_after_the_grace(evaluations, a
     assert done < whole_job, f"/{api} ran to its end ({done} evaluations)"
     # ... and stops at its first step after the grace: generous slack for one evaluation on a loaded shared CPU
     assert evaluations[-1] - posted < READ_GRACE_S + 5.0, f"/{api} stopped {evaluations[-1] - posted:.1f} s late"
+
+
+@pytest.mark.parametrize("api", ["score_particles", "score_train_mlp"])
+def test_a_client_that_goes_away_stops_a_handler_without_a_score_network(evaluations, app_url, api, monkeypatch):
+    monkeypatch.setattr(stops, "GONE_GRACE_S", 0.2)
+    data, whole_job = JOBS[api]
+    assert _wait_until_quiet(evaluations, 0.5, 120)
+    start_n = len(evaluations)
+    event_id = _post_unread(app_url, api, data)
+    port = int(app_url.rstrip("/").rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", f"/gradio_api/call/{api}/{event_id}")               # the client reads its result ...
+    resp = conn.getresponse()
+    deadline = time.monotonic() + 60
+    while len(evaluations) - start_n < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(evaluations) - start_n >= 20, f"/{api} did not get going"
+    resp.close()
+    conn.close()                                                           # ... and goes away mid-job
+    gone = time.monotonic()
+    assert _wait_until_quiet(evaluations, QUIET_S, 60), f"/{api}: its client left, yet it is still computing"
+    assert len(evaluations) - start_n < whole_job, f"/{api} ran to its end"
+    assert evaluations[-1] - gone < stops.GONE_GRACE_S + 5.0

@@ -77,3 +77,19 @@ def test_score_particles_honour_the_time_limit(app_demo, monkeypatch):
     next(run)                                               # the prior is shown before any step
     with pytest.raises(gr.Error, match="limit"):
         next(run)
+
+
+def test_score_train_mlp_honours_the_time_limit_within_one_step(app_demo, monkeypatch):
+    from diffusion.toy2d import ToyScoreMLP
+
+    tab = app_demo.tabs["ScoreFieldTab"]
+    calls = []
+    forward = ToyScoreMLP.forward
+    monkeypatch.setattr(ToyScoreMLP, "forward", lambda self, *a: calls.append(1) or forward(self, *a))
+    monkeypatch.setattr(app_demo.lab, "max_seconds", 0.0)
+    run = tab.train_mlp("two blobs", 5000, 0.1, 0)
+    next(run)                                               # the untrained field is shown before any step
+    shown = len(calls)
+    with pytest.raises(gr.Error, match="limit per request is 0 s"):
+        next(run)
+    assert len(calls) - shown <= 1                          # at most one optimizer step's forward ran
