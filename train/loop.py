@@ -62,7 +62,7 @@ class TrainConfig:
     amp: str = "auto"                 # auto (bf16 autocast on cuda, fp32 on cpu) | bf16 | fp32
     compile: str = "off"              # off | on | auto (time eager vs torch.compile steps early on, keep the faster)
     deadline: float = 0.0             # unix time: at the first step boundary past it, save and finish (0: none)
-    fit_to_deadline: bool = False     # size --steps from the measured steps/s so the LR schedule ends at the deadline
+    fit_to_deadline: bool = False     # lower --steps (a cap) to what the measured steps/s fits before the deadline
     reserve_s: float = 30.0           # fit-to-deadline: seconds left free before the deadline (final samples, saving)
     probe_steps: int = 100            # steps timed per probe window (sizing; compile=auto times one window each way)
 
@@ -353,6 +353,7 @@ def train_loop(cfg: TrainConfig, model: torch.nn.Module, task, x_train: torch.Te
     noise_gen = torch.Generator().manual_seed(cfg.seed)
     gens = {"noise": noise_gen}
     info = {"device": str(device), "precision": precision, "compile": cfg.compile, "sizing": []}
+    step_cap = cfg.steps                 # fit_to_deadline sizes the plan at or below --steps
     start, history, wall_before = 0, [], 0.0
     if cfg.resume:
         ckpt = latest_checkpoint(run_dir)
@@ -467,7 +468,7 @@ def train_loop(cfg: TrainConfig, model: torch.nn.Module, task, x_train: torch.Te
             forward = probe.after(done, forward)
             if sizing_step is not None and done == sizing_step:
                 rate = info.get("probe_steps_per_s") or info["eager_steps_per_s"]   # the latter: compile failed
-                cfg.steps = steps_to_deadline(done, rate, cfg.deadline, cfg.reserve_s, time.time())
+                cfg.steps = min(step_cap, steps_to_deadline(done, rate, cfg.deadline, cfg.reserve_s, time.time()))
                 cfg.steps = _agree(cfg.steps, world, device)
                 info["sizing"].append({"at_step": done, "steps_per_s": round(rate, 2), "planned_steps": cfg.steps})
                 tqdm.write(f"{run_dir.name}: {rate:.1f} steps/s -> {cfg.steps} steps end at the deadline")
@@ -481,7 +482,7 @@ def train_loop(cfg: TrainConfig, model: torch.nn.Module, task, x_train: torch.Te
                     stopped_by = "SIGTERM" if stop.requested else "deadline"
             boundary = done % cfg.ckpt_every == 0 or done == cfg.steps or stopped_by
             if boundary and cfg.fit_to_deadline and info["sizing"] and not stopped_by and done < cfg.steps:
-                cfg.steps = _resize(cfg, done, last_size, world, device, info)
+                cfg.steps = _resize(cfg, done, last_size, world, device, info, step_cap)
                 bar.total, last_size = cfg.steps, (done, time.time())
             sampling = on_sample is not None and cfg.sample_every and done % cfg.sample_every == 0 and done != cfg.steps
             if boundary or sampling:
@@ -572,14 +573,15 @@ def _agree(value: int, world: int, device: torch.device, op=None) -> int:
     return int(t.item())
 
 
-def _resize(cfg: TrainConfig, done: int, last_size: tuple, world: int, device: torch.device, info: dict) -> int:
+def _resize(cfg: TrainConfig, done: int, last_size: tuple, world: int, device: torch.device, info: dict,
+            step_cap: int) -> int:
     """Re-size the plan at a checkpoint from the steps/s since the last sizing (samples and saving included), so
     the schedule still ends at the deadline when other runs on the same GPU start or stop. Each re-size moves the
     plan by at most 25%, so the cosine LR does not jump."""
     step0, t0 = last_size
     rate = (done - step0) / max(time.time() - t0, 1e-9)
     target = steps_to_deadline(done, rate, cfg.deadline, cfg.reserve_s, time.time())
-    target = _agree(min(max(target, int(cfg.steps * 0.8)), int(cfg.steps * 1.25)), world, device)
+    target = _agree(min(max(target, int(cfg.steps * 0.8)), int(cfg.steps * 1.25), step_cap), world, device)
     target = max(target, done + 1)
     if abs(target - cfg.steps) > 0.02 * cfg.steps:
         info["sizing"].append({"at_step": done, "steps_per_s": round(rate, 2), "planned_steps": target})

@@ -157,6 +157,10 @@ def test_fit_to_deadline_sizes_the_run_after_the_probe(tmp_path, monkeypatch):
     assert info["steps_done"] == info["planned_steps"] == len(history) == 24 and info["stopped_by"] is None
     meta = json.loads((latest_checkpoint(tmp_path) / "state.json").read_text())
     assert meta["planned_steps"] == 24 and meta["run_info"]["sizing"] == info["sizing"]
+    clock["t"] = 1000.0                                      # --steps is a cap: the fit never exceeds it
+    cfg, *_ = run(tmp_path / "capped", task_wrap=Tick, steps=20, warmup=20, probe_steps=5, fit_to_deadline=True,
+                  deadline=1006.0, reserve_s=3.0, ckpt_every=100_000)
+    assert cfg._run_info["sizing"][0]["planned_steps"] == 20 == cfg._run_info["steps_done"]
 
 
 # ---------------------------------------------------------------- precision and compile
@@ -241,13 +245,11 @@ def test_resume_of_a_fused_adam_checkpoint_on_cpu(tmp_path):
 
 
 def plan_args(**kw):
-    base = dict(budget_s=390.0, autoencoder_s=75.0, runs="", batch=512, lr=4e-3, ae_batch=512, ae_lr=2e-3,
-                warmup=1000, initial_steps=100000, ckpt_every=2000, sample_every=2000, log_every=100, probe_steps=100,
-                reserve_s=25.0, threads=3, device="cuda", amp="auto", compile="auto", train_limit=0, tiny=False,
-                plan="retrain", teacher="", distill_batch=256, distill_lr=1e-3, distill_amp="fp32",
-                stage1_steps=6000, round_steps="4000,4800,3600,3600")
-    import argparse
-    return argparse.Namespace(**{**base, **kw})
+    """The device plan's settings (the driver's defaults), with overrides."""
+    args = gpu_run.build_parser().parse_args([])
+    for k, v in kw.items():
+        setattr(args, k, v)
+    return args
 
 
 def flag(args, name):
@@ -263,8 +265,10 @@ def test_plan_trains_three_models_and_the_autoencoder_pair_to_one_deadline(tmp_p
         assert (flag(j.args, "--device"), flag(j.args, "--amp"), flag(j.args, "--compile")) == ("cuda", "auto", "auto")
         assert int(flag(j.args, "--warmup")) >= probe_end(TrainConfig(compile="auto", probe_steps=100), 0)
     deadlines = {j.run: float(flag(j.args, "--deadline")) for j in jobs}
-    assert deadlines == {"pixel-cond": 1390.0, "latent-cond": 1390.0, "pixel-uncond": 1390.0,
-                         "autoencoder-ae2": 1075.0, "latent-cond-ae2": 1390.0}
+    assert deadlines == {"pixel-cond": 1375.0, "latent-cond": 1375.0, "pixel-uncond": 1375.0,
+                         "autoencoder-ae2": 1075.0, "latent-cond-ae2": 1375.0}
+    assert (flag(jobs[0].args, "--batch-size"), flag(jobs[0].args, "--lr"), flag(jobs[0].args, "--steps")) == \
+        ("512", "0.004", "100000")
     pair = jobs[-1]
     assert pair.after == "autoencoder-ae2" and flag(pair.args, "--autoencoder") == str(tmp_path / "weights-ae2" / "autoencoder")
     assert flag(jobs[1].args, "--autoencoder") == str(ROOT / "weights" / "autoencoder")
