@@ -1,5 +1,7 @@
-"""The state the tabs share and the guards every handler runs: loaded pipelines and where they came from, the
-evaluation classifier, the time limit per request, the cost model, the shipped MNIST test digits, a temp dir."""
+"""The state the tabs share: loaded pipelines and where they came from, the evaluation classifier, the time limit per
+request, the cost model and the worst-case estimates admission reads, the shipped MNIST test digits, a temp dir. The
+run loop, the stop guard and admission's message are ui/run_loop.py's; `Lab.run` is that loop under this app's time
+limit, and `Lab.guard_nfe` puts its guard before every network evaluation."""
 from __future__ import annotations
 
 import atexit
