@@ -107,6 +107,8 @@ def run(steps: Iterable, max_seconds: float, *, interval: float = PREVIEW_INTERV
             step = next(it)
         except StopIteration:
             return
+        except gr.Error:                   # the guard inside a step (a network's pre-hook): as it is (gr.Error is a
+            raise                          # ValueError, so it must pass before the library's own checks)
         except LIBRARY_ERRORS as e:
             raise gr.Error(str(e), print_exception=False) from None
         check_time(clock() - start, max_seconds)

@@ -49,6 +49,8 @@ class EmbeddingsTab:
                 lab.check_time(time.perf_counter() - start)
                 e = ((1 - al) * emb[a] + al * emb[b])[None].clone()
                 strip.append(pipe.generate(e, **kw)[0][0])
+        except gr.Error:                  # the guard before a network evaluation (a ValueError too): as it is
+            raise
         except (ValueError, RuntimeError) as e:
             raise gr.Error(str(e), print_exception=False) from None
         total = time.perf_counter() - start

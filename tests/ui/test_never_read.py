@@ -84,7 +84,7 @@ def test_a_job_nobody_reads_stops_within_one_step_after_the_grace(evaluations, a
     assert _wait_until_quiet(evaluations, 0.5, 120)                        # an earlier test's job has ended
     start_n = len(evaluations)
     posted = time.monotonic()
-    _post_unread(app_url, api, data)
+    event_id = _post_unread(app_url, api, data)
     deadline = time.monotonic() + 60
     while len(evaluations) == start_n and time.monotonic() < deadline:      # it starts ...
         time.sleep(0.05)
@@ -94,6 +94,10 @@ def test_a_job_nobody_reads_stops_within_one_step_after_the_grace(evaluations, a
     assert done < whole_job, f"/{api} ran to its end ({done} evaluations)"
     # ... and stops at its first step after the grace: generous slack for one evaluation on a loaded shared CPU
     assert evaluations[-1] - posted < READ_GRACE_S + 5.0, f"/{api} stopped {evaluations[-1] - posted:.1f} s late"
+    # read now, the job says why it stopped, in the guard's own words
+    with urllib.request.urlopen(f"{app_url}gradio_api/call/{api}/{event_id}", timeout=30) as r:
+        stream = r.read().decode()
+    assert '"error": "Stopped: result never read."' in stream and '"title": "Stopped"' in stream, stream[-300:]
 
 
 @pytest.mark.parametrize("api", ["score_particles", "score_train_mlp"])

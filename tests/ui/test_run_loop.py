@@ -83,6 +83,16 @@ def test_the_libraries_own_checks_become_a_plain_error_message():
     assert info.value.message == "rk45 needed more than max_nfe = 10 evaluations"
 
 
+def test_a_stop_raised_inside_a_step_passes_through_unchanged():
+    def guarded():                                    # as the network's pre-hook guard stops a step midway
+        yield FakeStep(0, 1)
+        raise gr.Error("Stopped: cancelled.", title="Stopped", print_exception=False)
+
+    with pytest.raises(gr.Error) as info:
+        list(run(guarded(), 100.0))
+    assert info.value.message == "Stopped: cancelled." and info.value.title == "Stopped"
+
+
 def test_the_final_predicate_marks_the_last_update_of_plain_items():
     items = [(k, 0.5) for k in range(5)]             # (step, loss) pairs, as the tiny MLP's training yields them
     clock = Clock()
