@@ -22,9 +22,12 @@ from .tab_race import RaceTab
 from .tab_score_field import ScoreFieldTab
 from .tab_sdedit import SDEditTab
 from .tab_timelapse import TimelapseTab
+from .tab_inside import InsideTab
+from .tab_likelihood import LikelihoodTab
+from .tab_which_digit import WhichDigitTab
 
 TABS = [GenerateTab, LiveTab, CompareTab, EmbeddingsTab, ForwardTab, ScoreFieldTab, TimelapseTab, RaceTab, SDEditTab,
-        AboutTab]
+        WhichDigitTab, LikelihoodTab, InsideTab, AboutTab]
 
 HERE = Path(__file__).resolve().parent
 INTRO = (HERE / "intro.md").read_text(encoding="utf-8")
