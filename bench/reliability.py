@@ -197,6 +197,14 @@ def concurrent_run(srv: Server) -> dict:
     srv.quiet()
     run.update(queued_completed=sum(1 for s, b in done if s == 200 and "event: complete" in b),
                queued_wall_s=round(time.time() - t0, 1), queued_cpu_s=round(srv.cpu() - cpu0, 1))
+    alone = []
+    for k in range(2):                                 # the same request alone, twice: the one-by-one figure
+        cpu0 = srv.cpu()
+        srv.call("interpolate", INTERP, visitor(20 + k), timeout=300)
+        srv.quiet()
+        alone.append(srv.cpu() - cpu0)
+    run.update(one_alone_cpu_s=round(min(alone), 2),
+               queued_vs_one_by_one=round(run["queued_cpu_s"] / (6 * min(alone)), 2) if min(alone) > 0 else None)
     return run
 
 
@@ -369,6 +377,7 @@ FIGURES = [   # (scenario, key, what the row says, the issue's target)
     ("concurrent_run", "cpu_s", "... server CPU-s they cost", "-"),
     ("concurrent_run", "queued_completed", "the same 6 through /call (queue): completed", "6"),
     ("concurrent_run", "queued_cpu_s", "... server CPU-s (one at a time)", "-"),
+    ("concurrent_run", "queued_vs_one_by_one", "... CPU-s / (6 x one run alone)", "<= 1.1"),
     ("estimate_under_load", "ratio", "estimate after another session's load / idle", "<= 1.5x"),
     ("estimate_under_load", "admitted_after_load", "a request admitted idle, admitted after that load", "yes"),
     ("unread_flood", "cpu_s_in_20s", "6 unread /score_train_mlp: server CPU-s in the next 20 s", "<= 6"),
