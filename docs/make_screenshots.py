@@ -34,11 +34,12 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 @dataclass(frozen=True)
 class Shot:
-    """One picture: open `tabs` in order (a tab group's name first, when tabs are grouped), press `click`, wait
-    until each (elem_id, words) in `texts` shows the words, then for every image of the tab to be decoded."""
+    """One picture: open `tabs` in order (a tab group's name first, when tabs are grouped), press each button of
+    `clicks`, wait until each (elem_id, words) in `texts` shows the words, then for every image of the tab to be
+    decoded."""
     name: str
     tabs: tuple[str, ...]
-    click: str | None = None
+    clicks: tuple[str, ...] = ()
     texts: tuple[tuple[str, str], ...] = ()
     whole_page: bool = False
 
@@ -50,15 +51,19 @@ class Shot:
 
 # The tab titles are those of ui/tab_*.py (`title`); tests/test_docs.py checks that every tab has a shot here.
 SHOTS = (
-    Shot("app", ("Generate",), click="#gen-run", texts=(("status-line", "Done"),), whole_page=True),
+    Shot("app", ("Generate",), clicks=("#gen-run",), texts=(("status-line", "Done"),), whole_page=True),
     Shot("live", ("Live",), texts=(("live-status", "NFE"),)),
-    Shot("compare", ("Pixel vs latent",), click="#cmp-run", texts=(("cmp-table", "done"),)),
-    Shot("embeddings", ("Digit embeddings",), click="#emb-run"),
+    Shot("compare", ("Pixel vs latent",), clicks=("#cmp-run",), texts=(("cmp-table", "done"),)),
+    Shot("embeddings", ("Digit embeddings",), clicks=("#emb-run",)),
     Shot("forward", ("Forward diffusion",), texts=(("fwd-status", "test image #"),)),
-    Shot("score_field", ("Score field (2-D, exact)",), click="#sf-run", texts=(("sf-pstatus", "Done"),)),
+    Shot("score_field", ("Score field (2-D, exact)",), clicks=("#sf-run",), texts=(("sf-pstatus", "Done"),)),
     Shot("timelapse", ("Training time-lapse",), texts=(("tl-status", ""),)),
-    Shot("race", ("Sampler race",), click="#race-run", texts=(("race-table", "Fréchet"),)),
-    Shot("draw_and_denoise", ("Draw and denoise",), click="#sde-run", texts=(("sde-status", "Done"),)),
+    Shot("race", ("Sampler race",), clicks=("#race-run",), texts=(("race-table", "Fréchet"),)),
+    Shot("draw_and_denoise", ("Draw and denoise",), clicks=("#sde-run",), texts=(("sde-status", "Done"),)),
+    Shot("which_digit", ("Which digit?",), clicks=("#wd-run",), texts=(("wd-status", "network evaluations in"),)),
+    Shot("likelihood", ("How likely?",), clicks=("#lk-run",), texts=(("lk-status", "evaluations in"),)),
+    Shot("inside", ("Inside the network",), clicks=("#in-run", "#in-loss-run"),
+         texts=(("in-status", "network evaluation in"), ("in-loss-status", "network evaluations in"))),
     Shot("about", ("About",)),
 )
 
@@ -130,12 +135,43 @@ def wait_for_server(url: str, server: subprocess.Popen, log: Path, timeout: floa
     raise TimeoutError(f"the app did not answer at {url} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
+# true when no visible tab bar hides tabs in its overflow menu ("…"; gradio adds .hide to an unused one)
+TABS_FIT = """() => [...document.querySelectorAll('.overflow-menu')]
+  .filter(m => m.offsetParent !== null).every(m => m.classList.contains('hide'))"""
+WIDTH_STEP, MAX_WIDTH = 160, 2880
+
+
+def fit_tab_bar(page, width: int, height: int) -> int:
+    """Widen the viewport (up to MAX_WIDTH) until every tab's name shows in the tab bar; returns the width used."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    while True:
+        try:
+            page.wait_for_function(TABS_FIT, timeout=3000)      # the tab bar re-measures itself after a resize
+            return width
+        except PlaywrightTimeout:
+            if width >= MAX_WIDTH:
+                print(f"warning: some tabs stay in the overflow menu even at {width} px", flush=True)
+                return width
+            width = min(MAX_WIDTH, width + WIDTH_STEP)
+            page.set_viewport_size({"width": width, "height": height})
+
+
+def open_tab(page, name: str) -> None:
+    """Click the tab called `name`, from the tab bar or, where the bar is too narrow for it, its overflow menu."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    try:
+        page.get_by_role("tab", name=name, exact=True).click(timeout=5000)
+    except PlaywrightTimeout:            # present but hidden: the bar shows it in its "More tabs" menu
+        page.locator(".overflow-menu:not(.hide) button").first.click()
+        page.locator(".overflow-dropdown:not(.hide)").get_by_text(name, exact=True).click()
+
+
 def take(page, shot: Shot, out_dir: Path, timeout_ms: float) -> Path:
     """Open the shot's tab, run it, wait until it has finished drawing, and save the picture."""
     for tab in shot.tabs:
-        page.get_by_role("tab", name=tab, exact=True).click()
-    if shot.click:
-        page.click(shot.click)
+        open_tab(page, tab)
+    for button in shot.clicks:
+        page.click(button)
     for elem_id, words in shot.texts:
         page.wait_for_function("([id, words]) => { const e = document.getElementById(id);"
                                " const t = e ? e.innerText.trim() : '';"
@@ -174,9 +210,11 @@ def main(argv=None) -> None:
                 page.wait_for_selector("#gen-run", timeout=args.timeout * 1000)
                 for shot in selected(args.only):
                     started = time.monotonic()
+                    width = fit_tab_bar(page, args.width, args.height) if shot.whole_page else args.width
                     path = take(page, shot, args.out_dir, args.timeout * 1000)
+                    page.set_viewport_size({"width": args.width, "height": args.height})
                     print(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}"
-                          f"  ({time.monotonic() - started:.1f} s)", flush=True)
+                          f"  ({width} px wide, {time.monotonic() - started:.1f} s)", flush=True)
                 browser.close()
         finally:
             server.terminate()
