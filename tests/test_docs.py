@@ -216,6 +216,19 @@ def test_screenshot_arguments(screenshots):
         screenshots.parse_args(["--width", "300"])
 
 
+def test_a_screenshot_becomes_a_palette_png_that_looks_the_same(screenshots, tmp_path):
+    from PIL import Image
+    path = tmp_path / "shot.png"
+    grey = Image.linear_gradient("L").resize((64, 64)).convert("RGB")           # 256 grey levels, as digits have
+    grey.paste((249, 115, 22), (0, 0, 32, 8))                                   # and a flat UI colour
+    grey.save(path)
+    screenshots.to_palette(path)
+    with Image.open(path) as out:
+        assert out.mode == "P" and out.size == (64, 64)
+        diff = [abs(a - b) for p, q in zip(out.convert("RGB").getdata(), grey.getdata()) for a, b in zip(p, q)]
+    assert max(diff) <= 8 and sum(diff) / len(diff) < 2
+
+
 # ------------------------------------------------------------------ the README's model table agrees with the cards
 
 
