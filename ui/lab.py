@@ -69,7 +69,10 @@ class Lab:
             for name, pipe in self.pipelines.items():
                 decode = pipe.autoencoder.decode if pipe.is_latent else None
                 rate = self.cost.measure(name, pipe.score_model, decode)
-                self.call_floor[name] = max(1.0, seconds_per_nfe(pipe.score_model, 1, decoder=decode, reps=3) / rate)
+                # the same rule as the rate's (the fastest of a few calls: load can only slow a call down), so a
+                # busy CPU at start-up cannot inflate the per-call overhead that worst-case admission adds
+                one = seconds_per_nfe(pipe.score_model, 1, decoder=decode, reps=self.cost.reps, fastest=True)
+                self.call_floor[name] = max(1.0, one / rate)
         for pipe in self.pipelines.values():       # every network evaluation, in every handler, runs the guard
             for net in networks(pipe.score_model):    # both networks of an autoguided pair
                 net.register_forward_pre_hook(self.guard_nfe)
