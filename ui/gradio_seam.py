@@ -304,10 +304,10 @@ def editors(blocks) -> list:
 
 
 def wrap_blob_route(editor, policy) -> dict:
-    """Route the editor's blob uploads (the browser sends each layer while a person draws) through
-    `policy(upload_id, layer_index, store)`, which runs before gradio keeps the blob and may refuse it (False);
-    after gradio kept it, the store's oldest drawings are dropped while over budget by `trim(store)` given to
-    policy's caller. Returns the editor's blob store (an OrderedDict: upload id -> blobs).
+    """Route the editor's blob uploads (the browser sends each layer while a person draws) through `policy`:
+    `policy.admit(upload_id, layer_index)` runs before gradio keeps a blob and may refuse it (False);
+    `policy.kept(store, upload_id)` runs after, e.g. to drop the oldest drawings while over a budget. Returns the
+    editor's blob store (an OrderedDict: upload id -> blobs), which replaces gradio's unbounded dict.
 
     Why private: `ImageEditor.accept_blobs` is a server function gradio calls on its own route
     (`_is_server_fn`), and `blob_storage` is where it keeps what it accepted, with no bound."""
