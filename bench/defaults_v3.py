@@ -166,7 +166,7 @@ def report(rows: list[dict], out: Path | None = RESULTS / "defaults_v3.md") -> s
         misses = [k for k, ok in rule_v3_checks(best["metrics"]).items() if not ok]
         lines += [f"## {model}", "", f"**Pick: {_setting_text(best['setting'])}** (N = {n}, worst FD ratio "
                   f"{worst_fd_ratio_v3(best['metrics']):.2f}; "
-                  + (f"meets no setting's every constraint: misses {', '.join(misses)}" if misses
+                  + (f"no row meets every constraint; the pick, failing fewest, misses {', '.join(misses)}" if misses
                      else "meets every constraint") + ")", "", COLUMNS, "|---" * 12 + "|",
                   real_line(best["metrics"]["real"])]
         lines += [row_line(r, best) for r in at_n]
