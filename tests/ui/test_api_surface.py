@@ -10,7 +10,8 @@ from ui.controls import PLUMBING
 
 
 REAL = {"generate", "compare", "interpolate", "live", "forward_diffusion", "score_field", "score_particles",
-        "score_train_mlp", "timelapse_open", "timelapse_frame", "timelapse_play", "race", "sdedit"}
+        "score_train_mlp", "timelapse_open", "timelapse_frame", "timelapse_play", "race", "sdedit",
+        "which_digit", "how_likely", "inside_network", "loss_by_level"}
 
 
 PLUMBING_NAMES = {"random_seed", "estimate_cost", "recommended_settings", "pick_test_digit", "use_drawing",
