@@ -28,6 +28,13 @@ from .tab_which_digit import WhichDigitTab
 
 TABS = [GenerateTab, LiveTab, CompareTab, EmbeddingsTab, ForwardTab, ScoreFieldTab, TimelapseTab, RaceTab, SDEditTab,
         WhichDigitTab, LikelihoodTab, InsideTab, AboutTab]
+# The tabs as a path a learner can follow (ui/intro.md names it): a group's tab, then the tabs inside it. Every
+# class of TABS is in exactly one group (tests/ui/test_tab_groups.py); no group name contains a tab title.
+TAB_GROUPS = [("1 · Make digits", [GenerateTab, LiveTab, CompareTab]),
+              ("2 · Watch the process", [ForwardTab, ScoreFieldTab, TimelapseTab, EmbeddingsTab]),
+              ("3 · Look inside", [WhichDigitTab, LikelihoodTab, InsideTab]),
+              ("4 · Experiment", [RaceTab, SDEditTab]),
+              ("5 · Background", [AboutTab])]
 
 HERE = Path(__file__).resolve().parent
 INTRO = (HERE / "intro.md").read_text(encoding="utf-8")
@@ -71,9 +78,12 @@ def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | N
         gr.Markdown(INTRO)
         _models_panel(lab, device, concurrency, max_queue, max_seconds)
         page = Page(lab, demo, concurrency, dict(cards or {}))
-        for tab in tabs.values():
-            with gr.Tab(tab.title):
-                tab.layout(page)
+        with gr.Tabs(elem_id="tab-groups"):
+            for group, members in TAB_GROUPS:
+                with gr.Tab(group), gr.Tabs():
+                    for cls in members:
+                        with gr.Tab(cls.title):
+                            tabs[cls.__name__].layout(page)
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue,
                api_open=False)               # a queued handler runs only through the queue (its /run/ route: 404)
     cap_editor_blobs(demo)                     # every Sketchpad's blob route, whichever tab made it

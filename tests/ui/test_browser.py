@@ -32,6 +32,15 @@ def page(app_url):
 LIVE_IMG = "#live-grid img"
 
 
+def open_tab(page, title: str) -> None:
+    """Click a tab by its title, its group's tab first (the tabs are grouped into a path: ui.TAB_GROUPS)."""
+    from ui import TAB_GROUPS
+
+    group = next(g for g, members in TAB_GROUPS if any(cls.title == title for cls in members))
+    page.get_by_role("tab", name=group, exact=True).click()
+    page.get_by_role("tab", name=title, exact=True).click()
+
+
 def _natural_width(page, selector: str) -> int:
     return page.eval_on_selector(selector, "img => img.complete ? img.naturalWidth : 0")
 
@@ -56,7 +65,7 @@ def test_a_generate_preset_in_the_browser(page):
     """A preset click sets the controls (the cost line follows them) and shows its pictures, computed on this first
     click by the Generate button's handler and cached (ui/presets.py)."""
     ARTIFACTS.mkdir(exist_ok=True)
-    page.get_by_role("tab", name="Generate").click()
+    open_tab(page, "Generate")
     page.locator("#generate-presets").get_by_text("one step", exact=False).click()
     page.wait_for_function("() => { const s = document.querySelector('#status-line');"
                            " return s && s.innerText.includes('digit 5') && s.innerText.includes('1 steps')"
@@ -71,15 +80,15 @@ def test_a_generate_preset_in_the_browser(page):
 
 @pytest.mark.parametrize("tab", ["Pixel vs latent", "Digit embeddings", "Forward diffusion", "About"])
 def test_other_tabs_render(page, tab):
-    page.get_by_role("tab", name=tab).click()
+    open_tab(page, tab)
     page.wait_for_timeout(1500)
     page.screenshot(path=str(ARTIFACTS / f"app_{tab.lower().replace(' ', '_')}.png"), full_page=True)
-    assert page.get_by_role("tab", name=tab).get_attribute("aria-selected") == "true"
+    assert page.get_by_role("tab", name=tab, exact=True).get_attribute("aria-selected") == "true"
     assert page.locator('[data-testid="toast-body"]').count() == 0, page.inner_text("body")[:300]  # no error popped
 
 
 def test_compare_in_the_browser(page):
-    page.get_by_role("tab", name="Pixel vs latent").click()
+    open_tab(page, "Pixel vs latent")
     page.click("#cmp-run")
     page.wait_for_function("() => (document.querySelector('#cmp-table') || {}).innerText?.includes('done')",
                            timeout=60_000)
@@ -89,7 +98,7 @@ def test_compare_in_the_browser(page):
 
 
 def test_interpolation_in_the_browser(page):
-    page.get_by_role("tab", name="Digit embeddings").click()
+    open_tab(page, "Digit embeddings")
     page.click("#emb-run")
     page.wait_for_function("() => { const i = document.querySelector('#emb-strip img');"
                            " return i && i.complete && i.naturalWidth > 0; }", timeout=60_000)
@@ -97,7 +106,7 @@ def test_interpolation_in_the_browser(page):
 
 
 def test_forward_pick_and_draw(page):
-    page.get_by_role("tab", name="Forward diffusion").click()
+    open_tab(page, "Forward diffusion")
     page.wait_for_selector("#fwd-grid img", timeout=30_000)
     page.wait_for_function("() => (document.querySelector('#fwd-status') || {}).innerText?.includes('test image #')",
                            timeout=30_000)
@@ -133,7 +142,7 @@ def _live_image(page) -> tuple[str, bytes]:
 
 def test_live_redraws_while_the_guidance_slider_is_dragged(page):
     """Opening Live draws a grid (no button); dragging the guidance slider draws it again, for the new w."""
-    page.get_by_role("tab", name="Live").click()
+    open_tab(page, "Live")
     page.wait_for_function("() => (document.querySelector('#live-status') || {}).innerText?.includes('NFE')",
                            timeout=120_000)
     assert "guidance w = 2 " in page.inner_text("#live-status")
@@ -168,7 +177,7 @@ def _image_ready(page, elem_id: str, timeout: int = 60_000) -> None:
 
 
 def test_score_field_in_the_browser(page):
-    page.get_by_role("tab", name="Score field (2-D, exact)").click()
+    open_tab(page, "Score field (2-D, exact)")
     _image_ready(page, "sf-field")
     page.click("#sf-run")
     page.wait_for_function("() => (document.querySelector('#sf-pstatus') || {}).innerText?.includes('Done')",
@@ -178,7 +187,7 @@ def test_score_field_in_the_browser(page):
 
 
 def test_timelapse_in_the_browser(page):
-    page.get_by_role("tab", name="Training time-lapse").click()
+    open_tab(page, "Training time-lapse")
     page.wait_for_function("() => (document.querySelector('#tl-status') || {}).innerText?.length > 0",
                            timeout=30_000)
     assert "time-lapse" in page.inner_text("#tl-status") or "checkpoint" in page.inner_text("#tl-status")
@@ -186,7 +195,7 @@ def test_timelapse_in_the_browser(page):
 
 
 def test_sampler_race_in_the_browser(page):
-    page.get_by_role("tab", name="Sampler race").click()
+    open_tab(page, "Sampler race")
     page.click("#race-run")
     page.wait_for_function("() => (document.querySelector('#race-table') || {}).innerText?.includes('Fréchet')",
                            timeout=120_000)
@@ -195,9 +204,45 @@ def test_sampler_race_in_the_browser(page):
 
 
 def test_draw_and_denoise_in_the_browser(page):
-    page.get_by_role("tab", name="Draw and denoise").click()
+    open_tab(page, "Draw and denoise")
     page.click("#sde-run")
     page.wait_for_function("() => (document.querySelector('#sde-status') || {}).innerText?.includes('Done')",
                            timeout=120_000)
     _image_ready(page, "sde-strip")
     _shot(page, "draw_and_denoise")
+
+
+def test_which_digit_in_the_browser(page):
+    open_tab(page, "Which digit?")
+    page.click("#wd-run")
+    page.wait_for_function("() => (document.querySelector('#wd-status') || {}).innerText?.includes('network evaluations')",
+                           timeout=120_000)
+    _image_ready(page, "wd-input")
+    _image_ready(page, "wd-plot")
+    assert "p = " in page.inner_text("#wd-status")
+    _shot(page, "which_digit")
+
+
+def test_how_likely_in_the_browser(page):
+    open_tab(page, "How likely?")
+    page.locator("#lk-run").scroll_into_view_if_needed()
+    page.click("#lk-run")
+    page.wait_for_function("() => (document.querySelector('#lk-status') || {}).innerText?.includes('bits/dim')",
+                           timeout=180_000)
+    _image_ready(page, "lk-strip")
+    _image_ready(page, "lk-plot")
+    _shot(page, "how_likely")
+
+
+def test_inside_the_network_in_the_browser(page):
+    open_tab(page, "Inside the network")
+    page.click("#in-run")
+    page.wait_for_function("() => (document.querySelector('#in-status') || {}).innerText?.includes('network evaluation')",
+                           timeout=120_000)
+    for elem_id in ("in-outputs", "in-time", "in-features", "in-labels"):
+        _image_ready(page, elem_id)
+    page.click("#in-loss-run")
+    page.wait_for_function("() => (document.querySelector('#in-loss-status') || {}).innerText?.includes('DSM loss')",
+                           timeout=120_000)
+    _image_ready(page, "in-loss")
+    _shot(page, "inside_the_network")

@@ -63,7 +63,7 @@ def test_how_likely_scores_the_variants_and_every_label(client):
 
 @pytest.mark.parametrize("param, value, match", [
     ("model", "latent-cond", "diffuses autoencoder latents"),
-    ("steps", 0, "ode_steps (ODE steps) must be a whole number from 2 to 50"),
+    ("steps", 0, "ode_steps (ODE steps) must be a whole number from 2 to 60"),
     ("test_index", 100, "test_index (Test image) must be a whole number from 0 to 99"),
 ])
 def test_how_likely_rejects_bad_input(client, param, value, match):
