@@ -94,6 +94,22 @@ def pick_v3(rows: list[dict], model: str, samples: int | None = None) -> dict:
     return choose_setting_v3([r for r in mine if r["samples"] == n])
 
 
+GRID = 0.0625      # the issue's guidance grid
+GRID_BEYOND = 0.5  # ...from w = 1 to the rule's optimum + this
+
+
+def coverage_gaps(rows: list[dict], model: str, samples: int | None = None) -> list[float]:
+    """The guidance weights on the GRID from 1.0 to the pick's w + GRID_BEYOND not yet measured with the pick's sampler,
+    steps and extras at the pick's N: empty when the sweep covers the model fully (then its default must be the pick)."""
+    mine = [r for r in rows if r["model"] == model]
+    n = samples or max(r["samples"] for r in mine)
+    best = pick_v3(rows, model, n)["setting"]
+    same = {r["setting"]["guidance"] for r in mine if r["samples"] == n and
+            {k: v for k, v in r["setting"].items() if k != "guidance"} == {k: v for k, v in best.items() if k != "guidance"}}
+    grid = [1.0 + GRID * i for i in range(int(round((best["guidance"] + GRID_BEYOND - 1.0) / GRID)) + 1)]
+    return [w for w in grid if w not in same]
+
+
 def _setting_text(s: dict) -> str:
     extras = "".join(f", {k} = {v:g}" for k, v in s.items() if k not in ("sampler", "steps", "guidance"))
     return f"{s['sampler']} {s['steps']}, w = {s['guidance']:g}{extras}"
@@ -167,7 +183,10 @@ def report(rows: list[dict], out: Path | None = RESULTS / "defaults_v3.md") -> s
         lines += [f"## {model}", "", f"**Pick: {_setting_text(best['setting'])}** (N = {n}, worst FD ratio "
                   f"{worst_fd_ratio_v3(best['metrics']):.2f}; "
                   + (f"no row meets every constraint; the pick, failing fewest, misses {', '.join(misses)}" if misses
-                     else "meets every constraint") + ")", "", COLUMNS, "|---" * 12 + "|",
+                     else "meets every constraint") + "). "
+                  + (f"Grid not yet covered (w = 1 to the pick + {GRID_BEYOND:g} by {GRID:g}): "
+                     + ", ".join(f"{w:g}" for w in gaps) if (gaps := coverage_gaps(rows, model, n))
+                     else "The grid is covered (w = 1 to the pick + 0.5 by 0.0625)."), "", COLUMNS, "|---" * 12 + "|",
                   real_line(best["metrics"]["real"])]
         lines += [row_line(r, best) for r in at_n]
         lines.append("")

@@ -124,13 +124,34 @@ def test_defaults_follow_the_two_evaluator_rule_on_the_shipped_sweep():
     from bench import defaults as bd
     from diffusion.pipeline import MODEL_DEFAULTS
 
+    from bench import defaults_v3 as dv
+
     rows = bd.load_rows()
     swept = sorted({r["model"] for r in rows} & set(MODEL_DEFAULTS))
     assert swept, "bench/results/defaults.json holds no sweep of a shipped model"
-    for model in swept:
+    v3_rows = dv.load_rows(dv.STORE)
+    decided_by_v3 = {m for m in {r["model"] for r in v3_rows} if not dv.coverage_gaps(v3_rows, m)}
+    for model in sorted(set(swept) - decided_by_v3):       # a model rule v3 has covered is checked below instead
         best = bd.pick(rows, model)["setting"]
         d = MODEL_DEFAULTS[model]
         assert (best["sampler"], best["steps"], best["guidance"]) == (d.sampler, d.steps, d.guidance), model
+
+
+def test_defaults_are_rule_v3s_pick_wherever_its_sweep_covers_the_grid():
+    """Rule v3 (bench/defaults_v3.py, bench/results/defaults_v3.json): a model whose sweep covers the guidance grid
+    (w = 1 to the pick + 0.5 by 0.0625, the pick's sampler and steps) ships the pick; a model not yet covered keeps
+    its earlier default (checked above), and the gaps are what the sweep must still measure."""
+    from bench import defaults_v3 as dv
+    from diffusion.pipeline import MODEL_DEFAULTS
+
+    rows = dv.load_rows(dv.STORE)
+    assert "pixel-cond" in {r["model"] for r in rows}, "bench/results/defaults_v3.json holds no pixel-cond sweep"
+    for model in sorted({r["model"] for r in rows} & set(MODEL_DEFAULTS)):
+        gaps = dv.coverage_gaps(rows, model)
+        assert all(1.0 <= w and (w - 1.0) / dv.GRID == round((w - 1.0) / dv.GRID) for w in gaps), gaps
+        if not gaps:
+            best, d = dv.pick_v3(rows, model)["setting"], MODEL_DEFAULTS[model]
+            assert (best["sampler"], best["steps"], best["guidance"]) == (d.sampler, d.steps, d.guidance), model
 
 
 def test_autoguidance_report_picks_the_rules_best_and_lists_the_unguided_images_once():

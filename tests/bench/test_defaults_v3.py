@@ -45,3 +45,22 @@ def test_a_queue_runs_once_per_setting_and_the_report_puts_real_digits_first(tin
     assert sum(line.startswith(f"| **{dv._setting_text(pick['setting'])}**") for line in lines) == 1
     assert any(line.startswith("| dpmpp_2m_sde 2, w = 1.5, eta = 0.5 |") for line in lines) or \
         pick["setting"].get("eta") == 0.5
+
+
+def test_coverage_gaps_list_the_grid_from_one_to_the_pick_plus_half_not_yet_measured():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "diffusion"))
+    from test_metrics_v3 import v3_row   # rows whose metrics rule v3 reads, built by hand
+
+    def at(w, fd, **extras):
+        r = v3_row(w, (0.995, 0.995), 0.005, 0.80, (fd, 0.1 * fd, 2 * fd))
+        r["model"], r["samples"] = "m", 2000
+        r["setting"].update(extras)
+        return r
+    rows = [at(1.0, 1.3), at(1.125, 1.1), at(1.25, 1.2), at(1.1875, 1.4, eta=0.5)]   # pick: w = 1.125, eta = 1
+    assert dv.pick_v3(rows, "m")["setting"]["guidance"] == 1.125 and "eta" not in dv.pick_v3(rows, "m")["setting"]
+    # the grid 1 .. 1.625 by 0.0625, less 1, 1.125 and 1.25 (the eta = 0.5 row is another setting)
+    assert dv.coverage_gaps(rows, "m") == [1.0625, 1.1875, 1.3125, 1.375, 1.4375, 1.5, 1.5625, 1.625]
+    rows += [at(w, 1.5) for w in (1.0625, 1.1875, 1.3125, 1.375, 1.4375, 1.5, 1.5625, 1.625)]
+    assert dv.coverage_gaps(rows, "m") == []
