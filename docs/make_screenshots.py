@@ -49,22 +49,25 @@ class Shot:
         return Path("screenshot.png") if self.whole_page else Path("screenshots") / f"{self.name}.png"
 
 
-# The tab titles are those of ui/tab_*.py (`title`); tests/test_docs.py checks that every tab has a shot here.
+# The tab titles are those of ui/tab_*.py (`title`), each after its group's name (TAB_GROUPS in ui/__init__.py), in
+# the page's order; tests/test_docs.py checks that every tab has a shot here.
+MAKE, WATCH, INSIDE, EXPERIMENT, BACKGROUND = ("1 · Make digits", "2 · Watch the process", "3 · Look inside",
+                                               "4 · Experiment", "5 · Background")
 SHOTS = (
-    Shot("app", ("Generate",), clicks=("#gen-run",), texts=(("status-line", "Done"),), whole_page=True),
-    Shot("live", ("Live",), texts=(("live-status", "NFE"),)),
-    Shot("compare", ("Pixel vs latent",), clicks=("#cmp-run",), texts=(("cmp-table", "done"),)),
-    Shot("embeddings", ("Digit embeddings",), clicks=("#emb-run",)),
-    Shot("forward", ("Forward diffusion",), texts=(("fwd-status", "test image #"),)),
-    Shot("score_field", ("Score field (2-D, exact)",), clicks=("#sf-run",), texts=(("sf-pstatus", "Done"),)),
-    Shot("timelapse", ("Training time-lapse",), texts=(("tl-status", ""),)),
-    Shot("race", ("Sampler race",), clicks=("#race-run",), texts=(("race-table", "Fréchet"),)),
-    Shot("draw_and_denoise", ("Draw and denoise",), clicks=("#sde-run",), texts=(("sde-status", "Done"),)),
-    Shot("which_digit", ("Which digit?",), clicks=("#wd-run",), texts=(("wd-status", "network evaluations in"),)),
-    Shot("likelihood", ("How likely?",), clicks=("#lk-run",), texts=(("lk-status", "evaluations in"),)),
-    Shot("inside", ("Inside the network",), clicks=("#in-run", "#in-loss-run"),
+    Shot("app", (MAKE, "Generate"), clicks=("#gen-run",), texts=(("status-line", "Done"),), whole_page=True),
+    Shot("live", (MAKE, "Live"), texts=(("live-status", "NFE"),)),
+    Shot("compare", (MAKE, "Pixel vs latent"), clicks=("#cmp-run",), texts=(("cmp-table", "done"),)),
+    Shot("forward", (WATCH, "Forward diffusion"), texts=(("fwd-status", "test image #"),)),
+    Shot("score_field", (WATCH, "Score field (2-D, exact)"), clicks=("#sf-run",), texts=(("sf-pstatus", "Done"),)),
+    Shot("timelapse", (WATCH, "Training time-lapse"), texts=(("tl-status", ""),)),
+    Shot("embeddings", (WATCH, "Digit embeddings"), clicks=("#emb-run",)),
+    Shot("which_digit", (INSIDE, "Which digit?"), clicks=("#wd-run",), texts=(("wd-status", "network evaluations in"),)),
+    Shot("likelihood", (INSIDE, "How likely?"), clicks=("#lk-run",), texts=(("lk-status", "evaluations in"),)),
+    Shot("inside", (INSIDE, "Inside the network"), clicks=("#in-run", "#in-loss-run"),
          texts=(("in-status", "network evaluation in"), ("in-loss-status", "network evaluations in"))),
-    Shot("about", ("About",)),
+    Shot("race", (EXPERIMENT, "Sampler race"), clicks=("#race-run",), texts=(("race-table", "Fréchet"),)),
+    Shot("draw_and_denoise", (EXPERIMENT, "Draw and denoise"), clicks=("#sde-run",), texts=(("sde-status", "Done"),)),
+    Shot("about", (BACKGROUND, "About")),
 )
 
 # every <img> in the visible tab panels decoded, and no output of theirs still marked busy (gradio's status tracker

@@ -137,13 +137,34 @@ def tab_titles() -> dict[str, str]:
     return titles
 
 
-def test_the_readme_lists_every_tab():
+def tab_group_members() -> dict[str, list[str]]:
+    """{group name: [tab titles]} of TAB_GROUPS in ui/__init__.py, in order ({} while the tabs are not grouped)."""
+    titles = {}                                          # tab class name -> its title
+    for path in (ROOT / "ui").glob("tab_*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if isinstance(item, ast.Assign) and getattr(item.targets[0], "id", None) == "title":
+                        titles[node.name] = ast.literal_eval(item.value)
+    for node in ast.parse((ROOT / "ui" / "__init__.py").read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "TAB_GROUPS":
+            return {ast.literal_eval(group.elts[0]): [titles[cls.id] for cls in group.elts[1].elts]
+                    for group in node.value.elts}
+    return {}
+
+
+def tab_groups() -> list[str]:
+    return list(tab_group_members())
+
+
+def test_the_readme_lists_every_tab_and_group():
     text = README.read_text(encoding="utf-8")
     table = text.split("## The tabs", 1)[1].split("\n## ", 1)[0]
-    rows = {line.split("|")[1].strip().strip("*") for line in table.splitlines() if line.startswith("| **")}
+    rows = [line.split("|")[1].strip().strip("*") for line in table.splitlines() if line.startswith("| **")]
     titles = tab_titles()
     assert len(titles) >= 10
-    assert sorted(set(titles.values()) - rows) == [], "tabs missing from the README's table"
+    assert sorted(set(titles.values()) - set(rows)) == [], "tabs missing from the README's table"
+    assert [row for row in rows if row in tab_groups()] == tab_groups(), "the README's table and TAB_GROUPS differ"
 
 
 # ------------------------------------------------------------------ docs/ARCHITECTURE.md
@@ -187,6 +208,8 @@ def screenshots():
 def test_there_is_a_screenshot_for_every_tab(screenshots):
     shot_tabs = {tab for shot in screenshots.SHOTS for tab in shot.tabs}
     assert sorted(set(tab_titles().values()) - shot_tabs) == []
+    for group, members in tab_group_members().items():     # each shot opens its tab's group first
+        assert {shot.tabs for shot in screenshots.SHOTS if shot.tabs[0] == group} == {(group, m) for m in members}
     names = [s.name for s in screenshots.SHOTS]
     assert len(names) == len(set(names))
     assert [s.path for s in screenshots.SHOTS if s.whole_page] == [Path("screenshot.png")]
