@@ -82,22 +82,22 @@ class LikelihoodTab:
         est = self.lab.cost.estimate(model, 2 * steps * VJP_COST, rows)
         return nfe, rows, est
 
-    def estimate(self, model, steps) -> str:
+    def estimate(self, model, ode_steps) -> str:
         try:
             self._pipe(model)
-            steps = check_int("ode_steps", steps, MIN_STEPS, MAX_ODE_STEPS)
+            steps = check_int("ode_steps", ode_steps, MIN_STEPS, MAX_ODE_STEPS)
         except gr.Error as e:
             return f"⚠️ {e.message}"
         nfe, rows, est = self.seconds(model, steps)
         return (f"Cost: {steps} Heun steps = {2 * steps} evaluations of the ODE (each a forward pass and a "
                 f"vector–Jacobian product) on {rows} images" + (f" ≈ {fmt_s(est)} here." if est is not None else "."))
 
-    def likelihood(self, source, test_index, sketch, model, steps, seed):
+    def likelihood(self, source, test_index, sketch, model, ode_steps, seed):
         """The variants with their bits/dim, per-digit bits/dim for a conditional model, and a summary."""
         lab = self.lab
         image, what_in = digit_input(lab, source, test_index, sketch)
         pipe = self._pipe(model)
-        steps = check_int("ode_steps", steps, MIN_STEPS, MAX_ODE_STEPS)
+        steps = check_int("ode_steps", ode_steps, MIN_STEPS, MAX_ODE_STEPS)
         seed = check_int("seed", seed, 0, MAX_SEED)
         nfe, rows, est = self.seconds(model, steps)
         admit(est, lab.max_seconds, params="ode_steps", what="this likelihood", advice="Use fewer ODE steps.")
