@@ -98,3 +98,19 @@ def test_cost_lines_follow_the_settings(client):
     assert "12 Heun steps = 24 evaluations" in client.predict("pixel-cond", 12, api_name="/how_likely_cost")
     assert "12 levels × 20 held-out digits = 240 evaluations" in client.predict("latent-cond", 12, 2,
                                                                                  api_name="/inside_cost")
+
+
+def test_which_digit_and_how_likely_from_a_drawing(client, tmp_path):
+    from gradio_client import handle_file
+
+    canvas = np.zeros((280, 280, 3), np.uint8)
+    canvas[60:220, 130:150] = 255                                      # a one
+    path = tmp_path / "one.png"
+    Image.fromarray(canvas).save(path)
+    sketch = {"background": None, "layers": [], "composite": handle_file(str(path)), "id": None}
+    *_, status = client.predict(*_wd_args(source="drawing", sketch=sketch), api_name="/which_digit")
+    assert "reads your drawing as a" in status
+    *_, status = client.predict(*_lk_args(source="drawing", sketch=sketch), api_name="/how_likely")
+    assert "your drawing" in status and "| inverted |" in status
+    with pytest.raises(AppError, match="Drawing"):                      # an empty canvas is refused, named
+        client.predict(*_wd_args(source="drawing"), api_name="/which_digit")
