@@ -33,5 +33,14 @@ def test_a_raised_floor_must_name_a_requirement(tmp_path):
 @pytest.mark.slow
 def test_the_runtime_floors_hold(tmp_path):
     """requirements.txt's lower bounds, installed together in a fresh venv, pass the Hub and deploy tests and import
-    the app (tests/ui/test_app.py). Minutes the first time (wheels downloaded once into the wheelhouse)."""
-    assert check_floors(tmp_path, ("tests/hub/test_hub.py", "tests/hub/test_deploy.py", "tests/ui/test_app.py")) == 0
+    the app (tests/ui/test_app.py). In the suite, a sample of each file keeps it to about a minute after the wheels are
+    downloaded once into the wheelhouse; `python -m train.check_floors` runs the three files whole (~5 min: measured
+    2026-12-04 on a busy 2-core AMD EPYC, huggingface_hub 1.33 + gradio 6.24, 112 passed)."""
+    sample = ("tests/hub/test_hub.py::test_push_cli_verifies_all_then_pushes_and_records",
+              "tests/hub/test_hub.py::test_pinned_load_downloads_once_then_needs_no_network",
+              "tests/hub/test_hub.py::test_repo_revision_and_file_not_found_each_say_which",
+              "tests/hub/test_deploy.py",
+              "tests/ui/test_app.py::test_every_tab_has_a_named_endpoint",
+              "tests/ui/test_app.py::test_generate_streams_previews_then_final_grid_and_gif",
+              "tests/ui/test_app.py::test_forward_diffusion_from_a_drawing")
+    assert check_floors(tmp_path, sample) == 0
