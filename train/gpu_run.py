@@ -12,10 +12,11 @@ deadline, re-sizing at each checkpoint as the other runs start and stop),
 --compile auto (eager vs torch.compile, timed, the faster kept) and bf16 autocast (--amp auto on CUDA). A process
 still alive `grace_s` after the deadline gets SIGTERM (the loop stops at the next step and saves), then SIGKILL.
 
-What comes back (each file <= 16 MiB, checked; a checkpoint is dropped from a tarball rather than exceed it):
+What comes back (<= 8 files of <= 16 MiB, checked; a group too big for one file is split into parts, and
+checkpoints, then sample grids, are left out rather than exceed the limits):
     log.txt                 the whole command's output (written by gpu_retrain.sh)
     summary.json            per run: steps, images seen and their ratio to the shipped CPU run's, steps/s, compile
-                            decision, precision, device, wall time, how it stopped; what was left out of a tarball
+                            decision, precision, device, wall time, how it stopped; what was left out
     <group>.tar.gz          weights*/<name>/ (save_pretrained layout + timelapse), runs/<run>/ (config, history,
                             record, sample grids, the last checkpoint for a resume), logs/<run>.log
 train/gpu_unpack.py turns them back into weights-layout folders outside weights/ for train.evaluate.
@@ -254,19 +255,41 @@ def _files(job: Job, work: Path, with_ckpt: bool, with_png: bool):
             yield f, name
 
 
-def pack(group: str, jobs: list[Job], work: Path, out: Path) -> tuple[Path, list[str]]:
-    """<group>.tar.gz of the group's weights, runs and logs, at most MAX_FILE_BYTES: when too big, the checkpoint
-    is left out first, then the sample grids. Returns the file and what was left out."""
-    dest = out / f"{group}.tar.gz"
-    for left_out in ([], ["checkpoints"], ["checkpoints", "sample grids"]):
+def pack(group: str, jobs: list[Job], work: Path, out: Path, left_out=()) -> list[Path]:
+    """<group>.tar.gz (and <group>-2.tar.gz, ... when the group's files exceed one file's limit: the distillation's
+    stage students do) of the group's weights, runs and logs, each part under MAX_FILE_BYTES."""
+    files = [fn for j in jobs for fn in _files(j, work, "checkpoints" not in left_out, "sample grids" not in left_out)]
+    parts: list[list] = [[]]
+    size = 0
+    for f, name in files:
+        n = f.stat().st_size + 2048                     # tar header and padding; gzip cannot shrink float weights much
+        if parts[-1] and size + n > MAX_FILE_BYTES - 2 ** 16:
+            parts.append([])
+            size = 0
+        parts[-1].append((f, name))
+        size += n
+    dests = []
+    for i, members in enumerate(parts, start=1):
+        dest = out / (f"{group}.tar.gz" if i == 1 else f"{group}-{i}.tar.gz")
         with tarfile.open(dest, "w:gz") as tar:
-            for j in jobs:
-                for f, name in _files(j, work, "checkpoints" not in left_out, "sample grids" not in left_out):
-                    tar.add(f, arcname=name)
-        if dest.stat().st_size <= MAX_FILE_BYTES:
-            return dest, left_out
-    dest.unlink()
-    return dest, left_out + [f"everything: over {MAX_FILE_BYTES} bytes even without them"]
+            for f, name in members:
+                tar.add(f, arcname=name)
+        dests.append(dest)
+    return dests
+
+
+def pack_all(groups: dict[str, list[Job]], work: Path, out: Path, reserved: int = 2) -> tuple[list[Path], list[str]]:
+    """Every group packed, at most MAX_FILES - reserved files (log.txt and summary.json are the reserved ones), each
+    at most MAX_FILE_BYTES: when they do not fit, the checkpoints are left out, then the sample grids.
+    Returns the files and what was left out."""
+    for left_out in ([], ["checkpoints"], ["checkpoints", "sample grids"]):
+        for old in out.glob("*.tar.gz"):
+            old.unlink()
+        dests = [d for group, jobs in groups.items() for d in pack(group, jobs, work, out, left_out)]
+        if len(dests) <= MAX_FILES - reserved and all(d.stat().st_size <= MAX_FILE_BYTES for d in dests):
+            return dests, left_out
+    raise SystemExit(f"{len(dests)} tarballs even without checkpoints and sample grids: over the {MAX_FILES} files "
+                     f"of {MAX_FILE_BYTES} bytes that come back")
 
 
 def warm_mnist_cache(log) -> None:
@@ -362,12 +385,10 @@ def main(argv=None) -> int:
         groups: dict[str, list[Job]] = {}
         for j in jobs:
             groups.setdefault(j.group, []).append(j)
-        if len(groups) + 2 > MAX_FILES:
-            raise SystemExit(f"{len(groups)} tarballs + log + summary exceed the {MAX_FILES} files that come back")
-        for group, members in groups.items():
-            dest, left_out = pack(group, members, a.work, a.out)
-            summary["files"][dest.name] = {"bytes": dest.stat().st_size if dest.exists() else 0, "left_out": left_out}
-            log(f"{dest.name}: {summary['files'][dest.name]}")
+        dests, left_out = pack_all(groups, a.work, a.out)
+        summary["files"] = {d.name: d.stat().st_size for d in dests}
+        summary["left_out_of_the_tarballs"] = left_out
+        log(f"{len(dests)} tarballs: {summary['files']}" + (f", left out: {', '.join(left_out)}" if left_out else ""))
         summary["wall_s"] = round(time.time() - t0, 1)
         (a.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         for r in summary["runs"]:

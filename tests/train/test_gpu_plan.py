@@ -315,23 +315,35 @@ def _fake_run(work: Path, run: str, n_ckpts=2, ckpt_bytes=1000, png_bytes=500):
     (work / "logs" / f"{run}.log").write_text("log")
 
 
-def test_pack_keeps_only_the_newest_checkpoint_and_fits_the_file_limit(tmp_path, monkeypatch):
+def test_pack_keeps_only_the_newest_checkpoint_and_fits_the_file_limits(tmp_path, monkeypatch):
     work, out = tmp_path / "work", tmp_path / "out"
     out.mkdir()
     _fake_run(work, "pixel-cond", ckpt_bytes=20_000, png_bytes=5_000)
     job = gpu_run.Job("pixel-cond", "m", "weights/pixel-cond", "pixel-cond", "pixel-cond")
-    dest, left_out = gpu_run.pack("pixel-cond", [job], work, out)
+    (dest,) = gpu_run.pack("pixel-cond", [job], work, out)
     with tarfile.open(dest) as tar:
         names = sorted(tar.getnames())
-    assert left_out == [] and "runs/pixel-cond/ckpt-00000002/state.safetensors" in names
-    assert not any("ckpt-00000001" in n for n in names)
+    assert "runs/pixel-cond/ckpt-00000002/state.safetensors" in names
+    assert not any("ckpt-00000001" in n for n in names)                # only the newest checkpoint travels
     assert {"weights/pixel-cond/model.safetensors", "logs/pixel-cond.log", "runs/pixel-cond/config.json"} <= set(names)
-    monkeypatch.setattr(gpu_run, "MAX_FILE_BYTES", 15_000)        # too big with the checkpoint: it is left out
-    dest, left_out = gpu_run.pack("pixel-cond", [job], work, out)
-    assert left_out == ["checkpoints"] and dest.stat().st_size <= 15_000
-    monkeypatch.setattr(gpu_run, "MAX_FILE_BYTES", 1_000)         # then the sample grids
-    dest, left_out = gpu_run.pack("pixel-cond", [job], work, out)
-    assert left_out == ["checkpoints", "sample grids"] and dest.stat().st_size <= 1_000
+    # a group bigger than one file is split into parts (the distillation's stage students): every file still travels
+    monkeypatch.setattr(gpu_run, "MAX_FILE_BYTES", 2 ** 16 + 26_000)
+    dests = gpu_run.pack("pixel-cond", [job], work, out)
+    assert len(dests) > 1 and [d.name for d in dests] == ["pixel-cond.tar.gz"] + [
+        f"pixel-cond-{i}.tar.gz" for i in range(2, len(dests) + 1)]
+    together = []
+    for d in dests:
+        assert d.stat().st_size <= gpu_run.MAX_FILE_BYTES
+        with tarfile.open(d) as tar:
+            together += tar.getnames()
+    assert sorted(together) == names
+    # too many parts for the 8 files (6 once log and summary are counted): checkpoints go, then sample grids
+    monkeypatch.setattr(gpu_run, "MAX_FILES", 3)
+    dests, left_out = gpu_run.pack_all({"pixel-cond": [job]}, work, out)
+    assert left_out == ["checkpoints"] and len(dests) == 1 and sorted(p.name for p in out.iterdir()) == [dests[0].name]
+    monkeypatch.setattr(gpu_run, "MAX_FILES", 2)
+    with pytest.raises(SystemExit, match="even without checkpoints and sample grids"):
+        gpu_run.pack_all({"pixel-cond": [job], "other": [job]}, work, out)
 
 
 # ---------------------------------------------------------------- coming back
@@ -370,7 +382,7 @@ def test_round_trip_of_a_killed_run_exports_its_checkpoint(tmp_path, monkeypatch
     shutil.rmtree(written)                                      # as if SIGKILLed after its last checkpoint
     out.mkdir()
     job = gpu_run.Job("pixel-cond", "train.pixel_cond", "weights/pixel-cond", "pixel-cond", "pixel-cond")
-    gpu_run.pack("pixel-cond", [job], work, out)
+    gpu_run.pack_all({"pixel-cond": [job]}, work, out)
     (out / "summary.json").write_text(json.dumps({"runs": [gpu_run.run_summary(job, work)]}))
     report = gpu_unpack.unpack(out, tmp_path / "results")
     assert report["exported_from_checkpoint"] == {"pixel-cond": "ckpt-00000002"}
