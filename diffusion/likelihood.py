@@ -97,8 +97,6 @@ def ode_log_likelihood(score_model, x: torch.Tensor, labels=None, *, rtol: float
     with NFEBudgetExceeded past `max_nfe` evaluations (None: no cap); method="heun": `num_steps` fixed Heun steps
     evenly spaced in ln std(t), exactly 2 * num_steps evaluations (a bounded cost, for interactive use).
     shared_probe=True: one probe for every row (rows that are one image under different labels: paired figures)."""
-    from scipy.integrate import solve_ivp
-
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if method == "heun" and (isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1):
@@ -139,6 +137,8 @@ def ode_log_likelihood(score_model, x: torch.Tensor, labels=None, *, rtol: float
     if method == "heun":
         y1 = torch.from_numpy(_heun(rhs, heun_times(sde, eps, num_steps), y0))
     else:
+        from scipy.integrate import solve_ivp      # imported only when used: a first import can take seconds
+
         sol = solve_ivp(rhs, (eps, 1.0), y0, method="RK45", rtol=rtol, atol=atol)
         if not sol.success:
             raise RuntimeError(f"probability-flow ODE solve failed: {sol.message}")

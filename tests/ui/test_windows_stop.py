@@ -58,7 +58,7 @@ def test_a_window_nobody_reads_stops_after_the_grace(evaluations, app_url, api):
                                  {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as r:
         event_id = json.loads(r.read())["event_id"]
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120             # a loaded shared CPU: the first call can be slow to come
     while len(evaluations) == start_n and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(evaluations) > start_n, f"/{api} never started"
