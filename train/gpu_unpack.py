@@ -86,7 +86,7 @@ def add_companions(dest: Path) -> list[str]:
     if (weights / "latent-cond").is_dir() and not (weights / "autoencoder").exists():
         shutil.copytree(SHIPPED / "autoencoder", weights / "autoencoder")
     uncond = weights / "pixel-uncond"
-    if (uncond / "config.json").is_file() and "autoguide" not in json.loads((uncond / "config.json").read_text()):
+    if (uncond / "config.json").is_file() and not json.loads((uncond / "config.json").read_text()).get("autoguide"):
         from diffusion.score import ScoreModel
         from train.guides import install_guide
         guide = ScoreModel.from_pretrained(str(SHIPPED / "pixel-uncond-guide")).eval()

@@ -392,6 +392,21 @@ def test_round_trip_of_a_killed_run_exports_its_checkpoint(tmp_path, monkeypatch
         assert (tmp_path / "results" / "weights" / name / "model.safetensors").is_file()
 
 
+def test_the_new_pixel_uncond_gets_the_shipped_guide(tmp_path):
+    """The GPU run trains no guide (--guide-step 0); unpacking names the shipped one in the new model's config (whose
+    `autoguide` key is written as null), so the pipeline loads the autoguided pair."""
+    from diffusion.hub import load_pipeline
+    from factories import tiny_model
+    weights = tmp_path / "results" / "weights"
+    tiny_model("pixel-uncond").save_pretrained(weights / "pixel-uncond")
+    assert json.loads((weights / "pixel-uncond" / "config.json").read_text()).get("autoguide") is None
+    notes = gpu_unpack.add_companions(tmp_path / "results")
+    assert notes == ["pixel-uncond: guided by the shipped pixel-uncond-guide"]
+    assert json.loads((weights / "pixel-uncond" / "config.json").read_text())["autoguide"] == "pixel-uncond-guide"
+    assert load_pipeline("pixel-uncond", weights_dir=weights).guided
+    assert gpu_unpack.add_companions(tmp_path / "results") == []          # a second unpack changes nothing
+
+
 # ---------------------------------------------------------------- preparing
 
 
