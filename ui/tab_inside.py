@@ -13,6 +13,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from diffusion.anatomy import (label_contributions, look_inside, loss_by_level, strongest_channels, time_features,
@@ -118,7 +119,7 @@ def label_figure(model, inside) -> Figure | None:
 def loss_figure(sigmas, losses, draw: dict, sde, model: str) -> Figure:
     fig = Figure(figsize=(9, 3.6), layout="constrained")
     ax = fig.subplots()
-    cmap = __import__("matplotlib").colormaps["tab10"]
+    cmap = colormaps["tab10"]
     sig = sigmas.numpy()
     for c in range(losses.shape[0]):
         if not torch.isnan(losses[c]).all():

@@ -20,7 +20,7 @@ from .lab import Lab, fmt_s
 from .pictures import labelled_strip
 from .run_loop import admit
 from .tab_which_digit import SOURCES, digit_input, sketchpad, use_drawing
-from .validation import LABELS, MAX_SEED, check_int
+from .validation import LABELS, MAX_SEED, bad, check_int
 
 LABELS.update({"ode_steps": "ODE steps"})
 MIN_STEPS, MAX_ODE_STEPS, DEFAULT_ODE_STEPS = 2, 60, 24
@@ -68,9 +68,8 @@ class LikelihoodTab:
     def _pipe(self, model):
         pipe = self.lab.pipeline(model)
         if pipe.is_latent:
-            raise gr.Error(f"model: {model} diffuses autoencoder latents, so its likelihood is that of the latents, "
-                           "not bits per pixel; pick pixel-uncond or pixel-cond.", title="Invalid input",
-                           print_exception=False)
+            raise bad("model", "must be a pixel model (pixel-uncond or pixel-cond): latent-cond diffuses autoencoder "
+                      "latents, so its likelihood is that of the latents, not bits per pixel", model)
         return pipe
 
     def seconds(self, model: str, steps: int) -> tuple[int, int, float | None]:

@@ -10,6 +10,7 @@ import time
 import gradio as gr
 import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from diffusion.images import grid
@@ -60,7 +61,7 @@ def curves_figure(res, title: str) -> Figure:
     ax, bars = fig.subplots(1, 2, width_ratios=[3, 2])
     sig = res.sigmas.numpy()
     order = res.ranking[0].tolist()
-    cmap = __import__("matplotlib").colormaps["tab10"]
+    cmap = colormaps["tab10"]
     for c in reversed(order):
         i = res.labels.index(c)
         err = res.errors[0, i].numpy()
