@@ -69,7 +69,7 @@ def curves_figure(res, title: str) -> Figure:
         ax.plot(sig, err / sig**2, marker="o", ms=3, lw=2.2 if c == order[0] else 1.0,
                 ls="-" if kept else ":", color=cmap(c % 10), label=f"{c}" + ("" if kept else " (dropped)"))
     ax.set(xscale="log", yscale="log", xlabel="noise level σ", ylabel="‖D(x+σz; σ, c) − x‖² / σ²",
-           title="denoising error per label (lower = this label explains x better)")
+           title="denoising error per label (lower = fits x better)")
     ax.legend(title="label", fontsize=7, ncol=2)
     probs = res.probs[0].numpy()
     bars.bar([str(c) for c in res.labels], probs, color=[cmap(c % 10) for c in res.labels])
@@ -138,7 +138,7 @@ class WhichDigitTab:
                    f"Reproduce: `classify_images(load_pipeline('{model}'), image[None], num_levels={levels}"
                    + (f", stop_early=StopEarly({se.first_levels}, {se.keep})" if se else "")
                    + f", generator=torch.Generator().manual_seed({seed}))`")
-        fig = curves_figure(res, f"p(c | x): softmax of −ELBO, uniform prior ({model})")
+        fig = curves_figure(res, "p(c | x) = softmax(−ELBO)")
         return grid(image[None], scale=8), fig, summary
 
     # -- layout and wiring -------------------------------------------------------------------------
@@ -169,8 +169,8 @@ class WhichDigitTab:
             stop = gr.Button("Stop", variant="stop")
         status = gr.Markdown("", elem_id="wd-status")
         with gr.Row():
-            shown = gr.Image(label="input", height=240, elem_id="wd-input", **IMG)
-            plot = gr.Plot(label="error per label and p(c | x)", elem_id="wd-plot")
+            shown = gr.Image(label="input", height=240, elem_id="wd-input", scale=1, **IMG)
+            plot = gr.Plot(label="error per label and p(c | x)", elem_id="wd-plot", scale=3)
         note("Left curves: for each label c, the denoiser's squared error divided by σ², at each noise level σ; the "
              "area under a curve (in log σ) is the label's −ELBO, so the lowest curve wins. At very small σ every "
              "label just returns the image and at very large σ none can see it: the labels differ in between.")
