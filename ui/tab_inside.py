@@ -110,8 +110,8 @@ def label_figure(model, inside) -> Figure | None:
     ax.set_yticks(range(len(names)), names)
     for (i, j), v in np.ndenumerate(sizes):
         ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < sizes.max() / 2 else "black")
-    ax.set(xlabel="digit label", title="label pathway: size of the cross-attention's output per level "
-           "(‖W_out W_v e_c + b_out‖ / RMS of the features there)")
+    ax.set(xlabel="digit label", title="label pathway: size of the cross-attention's output ‖W_out W_v e_c + b_out‖\n"
+           "per level, relative to the RMS size of the features it is added to")
     fig.colorbar(im, ax=ax)
     return fig
 
