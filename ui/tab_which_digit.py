@@ -127,7 +127,7 @@ class WhichDigitTab:
         ranking = res.ranking[0].tolist()
         probs = {c: float(p) for c, p in zip(res.labels, res.probs[0])}
         best = ranking[0]
-        rows = " · ".join(f"{c}: {probs[c]:.3f}" for c in ranking[:3])
+        rows = " · ".join(f"{c}: {probs[c]:.3f}" for c in ranking[1:4])
         space = "latents (encoded by the autoencoder)" if pipe.is_latent else "pixels"
         summary = (f"**{model}** reads {what_in} as a **{best}** (p = {probs[best]:.3f}); next: {rows}. "
                    f"{levels} noise levels from σ = {float(res.sigmas[0]):.3g} to {float(res.sigmas[-1]):.3g}, "
