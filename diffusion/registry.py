@@ -233,6 +233,9 @@ class SpecTable(Mapping):
 # worse-of-two FD ratio) over bench/results/defaults.json (tests/bench/test_bench.py checks it). For both conditional
 # models that is the SDE form of DPM-Solver++(2M): its noise removes the isolated specks the ODE carries to the end
 # (pixel-cond: 0.35% against 2.3% with dpmpp_2m at w = 1.5, real digits 0.69%).
+# Since Quality v3 (issue 27) a model whose rule-v3 sweep covers the guidance grid (bench/results/defaults_v3.md) ships
+# rule v3's pick (diffusion.metrics.choose_setting_v3: every figure within real digits' own real-vs-real tolerance, in
+# every view, then the lowest worst FD ratio): pixel-cond -> dpmpp_2m_sde 10, w = 1 (no guidance; docs/quality-v3.md).
 # pixel-uncond: w is the autoguidance weight (its guide, pixel-uncond-guide: diffusion/autoguidance.py), chosen by the
 # two-evaluator rule (bench/results/defaults.md).
 # Distilled students of pixel-cond (diffusion/distill.py, train/distill.py): the step count is the one each was
@@ -249,7 +252,7 @@ register(ModelSpec(
                 "(`autoguide`); `load_pipeline` loads the pair."))
 register(ModelSpec(
     "pixel-cond", ScoreModel, "score", "train.pixel_cond", conditional=True, guidance="classifier-free",
-    defaults=SamplingDefaults("dpmpp_2m_sde", 10, 1.375), evaluation_order=3,
+    defaults=SamplingDefaults("dpmpp_2m_sde", 10, 1.0), evaluation_order=3,   # rule v3: docs/quality-v3.md
     summary="class-conditional score model, 28x28 pixels",
     description="Class-conditional score model on 28x28 MNIST pixels (VE SDE, sigma = 25). Digits condition the U-Net "
                 "through cross-attention to a learned label embedding; 10% of training labels were replaced by a null "
