@@ -32,7 +32,7 @@ def test_which_digit_ranks_ten_labels(client):
     shown, plot, status = client.predict(*_wd_args(), api_name="/which_digit")
     assert _img(shown).shape[:2] == (224, 224)
     assert plot is not None
-    # stop early on 4 levels: all 4 are the first stage, so 10 labels x 4 levels
+    # stop early on 5 levels of 4: all 4 are the first stage, so 10 labels x 4 levels
     assert "reads test image #7" in status and "40 network evaluations" in status and "p = " in status
     *_, status = client.predict(*_wd_args(model="latent-cond", stop_early=False, levels=3), api_name="/which_digit")
     assert "latents (encoded by the autoencoder)" in status and "30 network evaluations" in status
@@ -92,8 +92,8 @@ def test_inside_rejects_bad_input(client):
 
 
 def test_cost_lines_follow_the_settings(client):
-    assert "10 labels × 4 levels, then the best 3 × the other 6 = 58 network evaluations" in \
-        client.predict("pixel-cond", 10, True, api_name="/which_digit_cost")
+    assert "10 labels × 5 levels, then the best 3 × the other 15 = 95 network evaluations" in \
+        client.predict("pixel-cond", 20, True, api_name="/which_digit_cost")
     assert "⚠️" in client.predict("pixel-cond", 99, True, api_name="/which_digit_cost")
     assert "12 Heun steps = 24 evaluations" in client.predict("pixel-cond", 12, api_name="/how_likely_cost")
     assert "12 levels × 20 held-out digits = 240 evaluations" in client.predict("latent-cond", 12, 2,
