@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,12 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import diffusion.pipeline as dp  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ui.server import free_port  # noqa: E402
 
 
 def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = 300) -> None:

@@ -4,16 +4,10 @@ Imported by tests/conftest.py's fixtures and by test modules that need an app of
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
 import types
 
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ui.server import free_port  # noqa: F401  (one free_port, re-exported for the tests)
 
 
 def wait_until(condition, timeout: float = 30.0, interval: float = 0.01, what: str = "the condition"):

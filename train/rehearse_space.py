@@ -33,6 +33,7 @@ import urllib.request
 from pathlib import Path
 
 from train.deploy_space import ROOT, front_matter, space_upload, write_space
+from ui.server import free_port
 
 CPU_INDEX_HOST = "download.pytorch.org"
 WHEELHOUSE = Path.home() / ".cache" / "mnist-diffusion-lab" / "space-wheels"
@@ -139,12 +140,6 @@ def install(venv: Path, requirements: list[str], wheelhouse: Path, workdir: Path
 
 
 # ------------------------------------------------------------------ run and click
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def app_env(workdir: Path, port: int) -> dict:

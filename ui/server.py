@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 
 import gradio as gr
 import torch
@@ -31,6 +32,13 @@ from .tab_live import student_messages
 def pick_device() -> torch.device:
     """The one place the app chooses a device."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now (for tests, benches and rehearsals that start a server of their own)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def launch_kwargs(host: str | None = None, port: int | None = None, *, max_jobs_per_session: int = MAX_JOBS_PER_SESSION,

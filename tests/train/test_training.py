@@ -4,7 +4,6 @@ import importlib.util
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import train.loop as loop
+from ui.server import free_port
 from diffusion import timelapse
 from diffusion.score import ScoreModel
 from train.loop import (EMA, NonFiniteLoss, TrainConfig, latest_checkpoint, lr_at, parse_config, save_weights,
@@ -295,12 +295,6 @@ def test_training_script_end_to_end_and_nan_keeps_weights(tmp_path, monkeypatch)
     assert (weights / "README.md").read_text() == "model card"
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow  # two fresh Python processes importing torch: ~20 s on 2 busy cores
 def test_ddp_two_processes_match_one(tmp_path):
     steps = 5
@@ -308,7 +302,7 @@ def test_ddp_two_processes_match_one(tmp_path):
     x, y = W.tiny_data()
     ref_ema, ref_history = train_loop(W.tiny_config(tmp_path / "single", steps=steps), model, W.tiny_task(model), x, y,
                                       optimizer_cls=W.sgd)
-    port = _free_port()
+    port = free_port()
     result = tmp_path / "ddp.safetensors"
     procs = []
     for rank in range(2):
