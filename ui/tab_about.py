@@ -6,12 +6,13 @@ from pathlib import Path
 import gradio as gr
 
 from diffusion.cards_read import card_metrics
+from diffusion.registry import EVALUATOR_NAMES, first
 
 from .controls import Page, note
 from .lab import MODEL_NAMES, Lab
 
 ABOUT = (Path(__file__).resolve().parent / "about.md").read_text(encoding="utf-8")
-CARD_NAMES = (*MODEL_NAMES, "autoencoder", "classifier")
+CARD_NAMES = (*MODEL_NAMES, first(role="autoencoder"), EVALUATOR_NAMES[0])   # the cards the About tab shows
 
 
 class AboutTab:

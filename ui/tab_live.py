@@ -13,7 +13,7 @@ import gradio as gr
 import torch
 
 from diffusion.cost import seconds_per_nfe, work_batch
-from diffusion.registry import DISTILLED_NAMES
+from diffusion.registry import DISTILLED_NAMES, model_spec
 from diffusion.samplers import sampler_spec
 
 from .controls import DEFAULT_DIGIT, DEFAULT_SEED, IMG, Page, note
@@ -25,7 +25,8 @@ from .validation import MAX_SEED, bad, check_float, check_int
 MAX_LIVE_IMAGES, DEFAULT_LIVE_IMAGES = 16, 16
 LIVE_TARGET_S = 0.25                  # network seconds for DEFAULT_LIVE_IMAGES: what "live" means (issue 16)
 ALL_DIGITS = "all"                    # the digit choice that draws 0-9 in turn
-TEACHER, FALLBACK_SAMPLER, FALLBACK_STEPS = "pixel-cond", "dpmpp_2m", 5   # FD 7.94 at w = 2 (bench/results/samplers.md)
+TEACHER = model_spec(DISTILLED_NAMES[0]).teacher     # the students' teacher: what runs when they are missing
+FALLBACK_SAMPLER, FALLBACK_STEPS = "dpmpp_2m", 5   # FD 7.94 at w = 2 (bench/results/samplers.md)
 FALLBACK_GUIDANCE_RANGE = (0.0, 4.0)  # train.distill's default w range: the page is the same once students arrive
 BUILD_COMMAND = ("python -m train.distill --teacher weights/pixel-cond --out runs/pixel-cond-distilled "
                  "--weights-dir weights/pixel-cond-distilled")
