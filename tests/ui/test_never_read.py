@@ -1,4 +1,4 @@
-"""Issue 26 item 3, work nobody reads stops: a POST /call/<api> whose result stream is never opened, for every
+"""Issue 26 item 3, work nobody reads stops (the three windows included): a POST /call/<api> whose result stream is never opened, for every
 endpoint that computes (on the tiny app of tests/conftest.py). Each job would run for minutes on this shared CPU; it
 must stop once the read grace (ui/stops.py, 1 s) has passed, at its next step: one network evaluation, one MLP
 optimizer step (score_train_mlp) or one particle batch (score_particles). Counted here: score-network evaluations
@@ -33,6 +33,14 @@ JOBS = {
     "score_train_mlp": (["two blobs", 5000, 0.1, 0], 5000),
 }
 QUIET_S = 3.0          # no evaluation for this long: the job has stopped (one evaluation here can take ~1 s)
+# the three windows (Which digit?, How likely?, Inside the network): short jobs on the tiny app, so each network
+# evaluation is slowed to SLOW_S (fixture `slowed`) and every job outlasts the grace several times over
+SLOW_S = 0.1
+WINDOW_JOBS = {
+    "which_digit": (["test digit", 7, None, "pixel-cond", 40, False, 0], 40),            # 40 calls of 10 labels
+    "how_likely": (["test digit", 3, None, "pixel-cond", 60, 0], 2 * 2 * 60),           # two solves of 120
+    "loss_by_level": (["pixel-cond", 30, 10, 0], 30),                                   # 30 levels, one call each
+}
 
 
 @pytest.fixture
@@ -54,6 +62,18 @@ def evaluations(app_demo, monkeypatch):
     monkeypatch.setattr(lab, "max_seconds", 10_000.0)
     try:
         yield calls
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+@pytest.fixture
+def slowed(app_demo):
+    """Every score-network evaluation of the tiny app takes SLOW_S longer."""
+    hooks = [net.register_forward_hook(lambda *_: time.sleep(SLOW_S))
+             for p in app_demo.lab.pipelines.values() for net in networks(p.score_model)]
+    try:
+        yield SLOW_S
     finally:
         for h in hooks:
             h.remove()
@@ -121,3 +141,24 @@ def test_a_client_that_goes_away_stops_a_handler_without_a_score_network(evaluat
     assert _wait_until_quiet(evaluations, QUIET_S, 60), f"/{api}: its client left, yet it is still computing"
     assert len(evaluations) - start_n < whole_job, f"/{api} ran to its end"
     assert evaluations[-1] - gone < stops.GONE_GRACE_S + 5.0
+
+
+@pytest.mark.parametrize("api", list(WINDOW_JOBS))
+def test_a_window_nobody_reads_stops_after_the_grace(evaluations, slowed, app_url, api):
+    """The windows' jobs stop through the same guard (run before every network evaluation by ui/lab.py's hook)."""
+    data, whole_job = WINDOW_JOBS[api]
+    assert _wait_until_quiet(evaluations, 0.5, 120)
+    start_n = len(evaluations)
+    posted = time.monotonic()
+    event_id = _post_unread(app_url, api, data)
+    deadline = time.monotonic() + 120             # a loaded shared CPU: the first call can be slow to come
+    while len(evaluations) == start_n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(evaluations) > start_n, f"/{api} never started"
+    assert _wait_until_quiet(evaluations, QUIET_S, 60), f"/{api}: nobody reads it, yet it is still computing"
+    done = len(evaluations) - start_n
+    assert done < whole_job, f"/{api} ran to its end ({done} evaluations)"
+    assert evaluations[-1] - posted < READ_GRACE_S + 8.0, f"/{api} stopped {evaluations[-1] - posted:.1f} s late"
+    with urllib.request.urlopen(f"{app_url}gradio_api/call/{api}/{event_id}", timeout=30) as r:
+        stream = r.read().decode()
+    assert '"error": "Stopped: result never read."' in stream, stream[-300:]
