@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,20 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.app_latency import free_port, wait_ready  # noqa: E402
+from diffusion.pipeline import cpu_name  # noqa: E402
 from diffusion.registry import DISTILLED_NAMES  # noqa: E402
 
 STEPS_OF = dict(zip((4, 2, 1), DISTILLED_NAMES))
 TARGET_S = 0.25
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def make_weights(weights_dir: Path, teacher_dir: Path, out: Path) -> Path:
@@ -152,7 +142,7 @@ def main() -> None:
     import torch
 
     lines = [f"{args.num_images} images of digit {args.digit}, guidance {args.guidance:g}, {args.repeats} calls per row "
-             f"(after {args.warmup} warm-up calls) through gradio_client; {cpu_model()}, {os.cpu_count()} cores, "
+             f"(after {args.warmup} warm-up calls) through gradio_client; {cpu_name()}, {os.cpu_count()} cores, "
              f"torch {torch.__version__}, {threads} torch thread(s) in the app, precision {args.precision}"
              + (", untrained students made from " + args.students_from + " (same cost per call as trained ones)"
                 if args.students_from else ""),

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -38,6 +37,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from bench.soak import cpu_s, request, rss_mib
+from diffusion.pipeline import cpu_name
+from ui.server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_SECONDS = 60.0                                   # the app's time limit per request, in this benchmark
@@ -59,48 +62,18 @@ MALFORMED = [("call/forward_diffusion", {"data": FWD[:1]}), ("call/forward_diffu
 
 # ---------------------------------------------------------------- the server and the wire
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU-seconds of a process (all its threads)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(x.split()[1]) for x in f if x.startswith("VmRSS:")) / 1024
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
-
-
 def http(url, payload=None, headers=None, timeout=60, raw: bytes | None = None) -> tuple[int, bytes]:
+    """(status, body) of a GET, or of a POST of `payload` as JSON (or of `raw` bytes); -1 for a failure."""
     data = raw if raw is not None else (json.dumps(payload).encode() if payload is not None else None)
     hdrs = {"Content-Type": "application/json", **(headers or {})} if payload is not None else dict(headers or {})
-    req = urllib.request.Request(url, data=data, headers=hdrs)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except Exception as e:  # noqa: BLE001 - a benchmark counts failures, it does not stop on them
-        return -1, repr(e).encode()
+    return request(url, data, hdrs, timeout)
 
 
 class Server:
     """`python app.py` from `repo` on a free loopback port, its log in a file, its own temp folders."""
 
     def __init__(self, repo: Path, weights: Path, work: Path):
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/gradio_api/"
         work.mkdir(parents=True, exist_ok=True)
         self.uploads = work / "gradio-tmp"

@@ -18,26 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
 
+from diffusion.pipeline import cpu_name
 from diffusion.zero_shot import StopEarly, classify_images, first_level_indices
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STOP_EARLY_VARIANTS = (StopEarly(4, 3), StopEarly(5, 3), StopEarly(5, 2), StopEarly(10, 3))
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def predictions_from(errors: torch.Tensor, weights: torch.Tensor, stop_early: StopEarly | None = None,
