@@ -63,8 +63,9 @@ def load_local(name: str, weights_dir=None, device="cpu"):
                 f"never opened. Convert them to {WEIGHTS_NAME} with a trusted script, or use the shipped weights.")
         raise WeightsNotFound(
             f"no trained weights for {name!r} in {folder} (need {CONFIG_NAME} and {WEIGHTS_NAME}). "
-            f"Get them with `git lfs pull`/a fresh clone (they ship in weights/), download them with "
-            f"--hub-repo REPO_ID, or train them: {train_command(name)}")
+            f"Point --weights-dir (or MNIST_DIFFUSION_WEIGHTS) at a folder that has them, get them with `git lfs "
+            f"pull`/a fresh clone (they ship in weights/), download them with --hub-repo REPO_ID, or train them: "
+            f"{train_command(name)}")
     return cls.from_pretrained(str(folder), map_location=str(device)).to(device)
 
 
