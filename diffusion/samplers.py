@@ -131,8 +131,7 @@ def _noise_levels(sde, num_steps: int, sigmas) -> list[float]:
 
 
 @register_sampler("dpmpp_2m", nfe=lambda n: n,
-                  description="DPM-Solver++(2M): multistep 2nd-order ODE solver, 1 NFE/step, the conditional models' "
-                              "default")
+                  description="DPM-Solver++(2M): multistep 2nd-order ODE solver, 1 NFE/step, deterministic")
 def dpmpp_2m(score_model, x, labels=None, *, num_steps, generator=None, guidance=1.0, sigmas=None):
     """DPM-Solver++(2M), multistep 2nd order in lambda = -log sigma (Lu et al. 2022, algorithm 2; k-diffusion
     `sample_dpmpp_2m`): the probability-flow ODE, i.e. dpmpp_2m_sde at eta = 0. One score call per step."""
@@ -142,7 +141,7 @@ def dpmpp_2m(score_model, x, labels=None, *, num_steps, generator=None, guidance
 
 @register_sampler("dpmpp_2m_sde", nfe=lambda n: n,
                   description="DPM-Solver++(2M) SDE: dpmpp_2m with fresh noise each step, 1 NFE/step; corrects score "
-                              "errors, pixel-uncond's default")
+                              "errors, the score models' default")
 @torch.no_grad()
 def dpmpp_2m_sde(score_model, x, labels=None, *, num_steps, generator=None, guidance=1.0, sigmas=None, eta=1.0):
     """DPM-Solver++(2M) SDE (Lu et al. 2022, sec. 4; k-diffusion `sample_dpmpp_2m_sde`, midpoint variant), on the

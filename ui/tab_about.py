@@ -24,8 +24,9 @@ class AboutTab:
     def layout(self, page: Page) -> None:
         gr.Markdown(ABOUT)
         note("Below: the evaluation sections of each model's card (`weights/NAME/README.md`), measured when the "
-             "weights were built. FID here is computed on the project's own MNIST classifier features, so it is "
-             "comparable between these models only.")
+             "weights were built. Frechet distances there are computed on the features of the project's own two MNIST "
+             "classifiers (weights/classifier, weights/classifier-resnet), so they compare these models with each other "
+             "and with real digits' own floor, not with figures published elsewhere.")
         for name in CARD_NAMES:
             with gr.Accordion(f"Model card: {name}", open=name in page.available[:1]):
                 text = page.cards.get(name)
