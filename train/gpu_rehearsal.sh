@@ -76,15 +76,9 @@ ev.load_evaluator = functools.partial(ev.load_evaluator, floor_n=1000)
 results = Path(sys.argv[1])
 ev.evaluate(["pixel-cond", "latent-cond", "pixel-uncond"], 20, None, None, None, results / "weights")
 ev.evaluate(["autoencoder"], 20, None, None, None, results / "weights-ae2")
-try:
-    ev.evaluate(["latent-cond"], 20, None, None, None, results / "weights-ae2")
-except ValueError as e:   # a 24-step model on a 24-step autoencoder can draw digits without a single ink pixel
-    if "Distribution can't be empty" not in str(e):
-        raise
-    print("latent-cond (weights-ae2): KNOWN diffusion.metrics.pixel_stats raises on samples without ink "
-          "(stroke widths empty): sampled and classified, stopped at the pixel statistics")
+ev.evaluate(["latent-cond"], 20, None, None, None, results / "weights-ae2")   # blank samples score, not raise
 PY
-grep -cE "^(pixel-cond|latent-cond|pixel-uncond|autoencoder) (\{|\(weights-ae2\): KNOWN)" "$SCRATCH/evaluate.log" \
+grep -cE "^(pixel-cond|latent-cond|pixel-uncond|autoencoder) \{" "$SCRATCH/evaluate.log" \
   | sed 's/^/  models evaluated (of 5): /'
 
 cd "$ROOT"

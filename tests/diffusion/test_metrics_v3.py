@@ -173,3 +173,13 @@ def test_evaluator_reports_real_figures_at_the_same_n_in_every_view():
     assert set(rule_v3_checks(out)) >= {"accuracy classifier", "speck", "recall pixel-pca"}
     with pytest.raises(ValueError, match="need 2 disjoint subsets"):
         ev.real_figures(61)
+
+
+def test_pixel_stats_of_blank_images_read_as_width_zero_not_an_error():
+    from diffusion.metrics import pixel_stats, pixel_summary
+    bar = torch.zeros(1, 28, 28)
+    bar[0, 5:20, 12:15] = 1.0                                    # a straight stroke 3 px wide
+    reference = pixel_summary(bar)
+    stats = pixel_stats(pixel_summary(torch.zeros(4, 28, 28)), reference)
+    assert stats["ink_share"] == 0.0 and stats["stroke_width_mean"] == 0.0
+    assert stats["stroke_width_w1"] == pytest.approx(float(reference["widths"].mean()))
