@@ -192,16 +192,17 @@ def run_phase(srv: Server, n: int, endpoint: str, *, requests: int | None, durat
     threads = [threading.Thread(target=visit, args=(k,), daemon=True) for k in range(n)]
     for t in threads:
         t.start()
-    cpu0 = srv.cpu()
+    cpu0, client_cpu0 = srv.cpu(), time.process_time()
     t0[0] = time.perf_counter()
     start_gate.wait()
     for t in threads:
         t.join(timeout + 30)
     window = time.perf_counter() - t0[0]
-    cpu = srv.cpu() - cpu0
+    cpu, client_cpu = srv.cpu() - cpu0, time.process_time() - client_cpu0
     for c in clients:
         c.close()
-    return summarise(n, [r for rs in records for r in rs], window, cpu)
+    # the clients' own CPU (this process, every thread): the load generator shares the cores with the server
+    return {**summarise(n, [r for rs in records for r in rs], window, cpu), "client_cpu_s": round(client_cpu, 2)}
 
 
 # ---------------------------------------------------------------- servers, the run, the report
@@ -242,7 +243,8 @@ def report(results: dict) -> str:
             ("p95 s", lambda p: _cell(p["latency_s"]["p95"])), ("done/sent", lambda p: f"{p['completed']}/"
                                                                                       f"{p['requests']}"),
             ("refused / errors", lambda p: ", ".join(f"{k}: {v}" for k, v in p["refused"].items()) or "0"),
-            ("server CPU-s", lambda p: _cell(p["server_cpu_s"], "{:.1f}"))]
+            ("server CPU-s", lambda p: _cell(p["server_cpu_s"], "{:.1f}")),
+            ("clients' CPU-s", lambda p: _cell(p.get("client_cpu_s"), "{:.1f}"))]
     head = ["visitors"] + [f"{name} {label}" for name, _ in cols for label in labels]
     if len(labels) == 2:
         head.append("throughput after/before")
@@ -260,6 +262,9 @@ def report(results: dict) -> str:
                   f"{verdict[t['throughput_met']]}); after's p95 / a lone visitor's p50 = "
                   f"{_cell(t['p95_over_lone_p50'])}x (target <= {t['p95_target']:g}x: {verdict[t['p95_met']]}).", ""]
     s = results["settings"]
+    lines.append("- images/s: images of the completed requests / the phase's wall window (first submit to last answer); "
+                 "latency: submit to the final answer (queue wait included); server CPU-s: the app's process over the "
+                 "window; clients' CPU-s: the load generator's (it shares the cores)")
     lines.append(f"- requests: {s['endpoint']} ({s['request']}), {s['stop']}, phase deadline {s['phase_timeout_s']:g} s"
                  f"; each visitor its own session and forwarded address; weights: {s['weights']}")
     m = results["machine"]
@@ -323,7 +328,7 @@ def main(argv=None) -> dict:
                            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())},
                "settings": {"endpoint": args.endpoint, "request": f"{api} {inputs} (seed per visitor and request)",
                             "visitors": args.visitors, "stop": stop, "phase_timeout_s": args.phase_timeout,
-                            "weights": str(args.weights_dir), "refused_backoff_s": REFUSED_BACKOFF_S},
+                            "weights": str(args.weights_dir.resolve()), "refused_backoff_s": REFUSED_BACKOFF_S},
                "rows": {label: {"repo": str(repo.resolve()), "commit": commit_of(repo), "phases": {}}
                         for label, repo in checkouts.items()}}
     work = Path(tempfile.mkdtemp(prefix="load-"))

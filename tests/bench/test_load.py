@@ -144,7 +144,7 @@ def test_two_visitors_two_requests_against_a_launched_app(tmp_path):
     for n, phase in results["rows"]["after"]["phases"].items():
         assert set(phase) == {"visitors", "requests", "completed", "images", "window_s", "images_per_s",
                               "latency_s", "refused", "server_cpu_s", "server_cpu_s_per_image", "load_avg_start",
-                              "load_avg_end", "rss_end_mib"}
+                              "load_avg_end", "rss_end_mib", "client_cpu_s"}
         assert phase["requests"] == phase["completed"] == 2 * int(n) and phase["refused"] == {}
         assert phase["images"] == 16 * phase["completed"] and phase["images_per_s"] > 0
         assert 0 < phase["latency_s"]["p50"] <= phase["latency_s"]["p95"] <= phase["latency_s"]["max"]
