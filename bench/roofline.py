@@ -334,7 +334,7 @@ def main(argv=None) -> dict:
     result["networks"] = measure_networks(networks_of(pipes), args.batches, args.reps, rates, columns)
     del pipes
     if not args.skip_requests:
-        from bench.roofline_requests import measure_requests
+        from bench.roofline_gradio import measure_requests
 
         result["requests"] = measure_requests(args.weights_dir, reps=args.reps, gradio=not args.skip_gradio)
     result["machine"].update(machine("end"))

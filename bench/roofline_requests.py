@@ -2,29 +2,28 @@
 (the 4-step student, 16 images) and Pixel vs latent (the Compare tab at the same defaults).
 
 The app is built as `python app.py` builds it (`app.create_demo`: every model, precision "auto", calibrated, so
-warm), its three handlers wrapped by timers before it is built (so gradio serves the wrapped ones), and run two ways:
-in-process (the handler generator drained here) and end to end through gradio_client against the same app launched
-on loopback. Each part is timed where it happens:
+warm), with its three handlers wrapped by timers before it is built (so gradio serves the wrapped ones: every
+request is timed, whoever sends it). Each part is timed where it happens:
 
   network       forward pre/post hooks (perf_counter) around every score-network (U-Net) call
   decode        hooks around the autoencoder's decoder (latent previews and the final decode)
   bookkeeping   the pipeline's stream (sampler arithmetic, guidance's combination, preconditioning, the step's
                 images as tensors) minus network and decode
-  images        the handler's image work: ui/pictures.py's show_grid and captioned, as the tab modules call them
+  images        the handler's image work: every ui/pictures.py function a tab module calls (show_grid, captioned)
   gif           Lab.write_gif (the trajectory GIF, Generate only)
   classifier    Lab.classifier_line (Generate's reading of the grid by the evaluation classifier)
   handler other the handler's own time (inside its generator) minus all of the above
-  png           every image the handler yields encoded as gradio's postprocess does (its encoder, PNG), timed
-                in-process; inside gradio's share in the end-to-end run
+  png           every image the handler yields encoded as gradio's postprocess does (its encoder, PNG), timed on
+                in-process drains of the same requests; inside gradio's share in an end-to-end request
   gradio        end-to-end seconds through gradio_client (queue, postprocess, transfer, the client's downloads)
-                minus the same request's handler time, minus png
-Figures are medians over the repetitions (in-process and gradio requests interleaved, one warm-up of each first).
+                minus the same request's handler time, minus png (bench/roofline_gradio.py)
+The table gives means over the repetitions (means add up: each request's parts sum to its end-to-end time), after
+one warm-up request of each kind; medians are kept in the JSON.
 """
 from __future__ import annotations
 
 import contextlib
 import statistics
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ class Timers:
 
     def __init__(self):
         self.parts: dict[str, float] = defaultdict(float)
+        self.depth: dict[str, int] = defaultdict(int)      # nesting of timed_function calls, per name
 
     def add(self, name: str, seconds: float) -> None:
         self.parts[name] += seconds
@@ -71,34 +71,51 @@ def timed_generator(gen, timers: Timers, name: str):
 
 
 def timed_function(fn, timers: Timers, name: str):
+    """fn, adding its seconds to timers[name]; a call made inside another timed call of the same name (one picture
+    helper calling another) is not counted twice."""
     def run(*args, **kwargs):
+        timers.depth[name] += 1
         start = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
-            timers.add(name, time.perf_counter() - start)
+            timers.depth[name] -= 1
+            if not timers.depth[name]:
+                timers.add(name, time.perf_counter() - start)
     return run
 
 
+def picture_helpers(module) -> list[str]:
+    """The names under which a tab module holds ui/pictures.py's functions (show_grid, captioned, ...)."""
+    import inspect
+
+    return sorted(n for n, obj in vars(module).items()
+                  if inspect.isfunction(obj) and obj.__module__ == "ui.pictures")
+
+
 @contextlib.contextmanager
-def timed_handlers(timers: Timers):
-    """The tabs' handler methods (HANDLERS) replaced, on their classes, by generators that add their own time to
-    timers["handler"]; a demo built inside this block registers those with gradio. Restored on exit."""
+def timed_handlers(timers: Timers, on_done):
+    """The tabs' handler methods (HANDLERS) replaced, on their classes, by generators that start `timers` afresh,
+    add their own time to timers["handler"] and, when drained, call on_done(request name, split(timers.take())):
+    one record per request, whoever drives it. A demo built inside this block registers these with gradio (so a
+    request through gradio is timed too). Restored on exit."""
     import functools
 
     import ui
 
-    def timed_method(original):
+    def timed_method(original, request):
         @functools.wraps(original)            # gradio reads the original's signature (inspect follows __wrapped__)
         def wrapper(self, *args, **kwargs):
+            timers.begin()
             yield from timed_generator(original(self, *args, **kwargs), timers, "handler")
+            on_done(request, split(timers.take()))
         return wrapper
 
     saved = []
-    for cls_name, method in HANDLERS.values():
+    for request, (cls_name, method) in HANDLERS.items():
         cls = getattr(ui, cls_name)
         saved.append((cls, method, cls.__dict__[method]))
-        setattr(cls, method, timed_method(cls.__dict__[method]))
+        setattr(cls, method, timed_method(cls.__dict__[method], request))
     try:
         yield
     finally:
@@ -137,9 +154,8 @@ def instrument(lab, timers: Timers):
             hook_pair(pipe.autoencoder.decoder, "decode")
         stream = pipe.stream
         patch(pipe, "stream", lambda *a, _s=stream, **k: timed_generator(_s(*a, **k), timers, "stream"))
-    for module, names in ((ui.tab_generate, ("show_grid", "captioned")), (ui.tab_live, ("show_grid",)),
-                          (ui.tab_compare, ("show_grid",))):
-        for name in names:
+    for module in (ui.tab_generate, ui.tab_live, ui.tab_compare):
+        for name in picture_helpers(module):
             patch(module, name, timed_function(getattr(module, name), timers, "images"))
     patch(lab, "write_gif", timed_function(lab.write_gif, timers, "gif"))
     patch(lab, "classifier_line", timed_function(lab.classifier_line, timers, "classifier"))
@@ -159,17 +175,18 @@ _ABSENT = object()
 
 
 def png_seconds(outputs: list) -> float:
-    """Seconds to encode every image array in every update (a tuple of outputs) as gradio's postprocess does."""
+    """Seconds to encode every image (array or PIL image) in every update (a tuple of outputs) as gradio's
+    postprocess does: PIL image, then gradio's own encoder, PNG (the app's gr.Image format)."""
     from PIL import Image
 
     from ui.gradio_seam import pil_cache_tools
 
     encode, _ = pil_cache_tools()
-    arrays = [o for update in outputs for o in (update if isinstance(update, tuple) else (update,))
-              if isinstance(o, np.ndarray)]
+    images = [o for update in outputs for o in (update if isinstance(update, tuple) else (update,))
+              if isinstance(o, (np.ndarray, Image.Image))]
     start = time.perf_counter()
-    for a in arrays:
-        encode(Image.fromarray(a), "png")
+    for img in images:
+        encode(img if isinstance(img, Image.Image) else Image.fromarray(img), "png")
     return time.perf_counter() - start
 
 
@@ -234,81 +251,51 @@ def with_seed(req: Request, seed: int) -> list:
     return args
 
 
-def in_process(req: Request, demo, timers: Timers, seed: int) -> dict:
-    """Drain the handler here: its parts, png (its images encoded), and wall (the whole drain)."""
-    timers.begin()
+def in_process(req: Request, demo, records: list, seed: int) -> dict:
+    """Drain the handler here: its parts (the record its timed wrapper appended to `records`), png (its images
+    encoded as gradio would) and wall (the whole drain)."""
     start = time.perf_counter()
     outputs = list(req.handler(demo)(*with_seed(req, seed)))
     wall = time.perf_counter() - start
-    parts = split(timers.take())
-    return {**parts, "png": png_seconds(outputs), "wall": wall}
+    return {**records[-1][1], "png": png_seconds(outputs), "wall": wall}
 
 
-def through_gradio(req: Request, client, timers: Timers, seed: int) -> dict:
-    """One end-to-end request through gradio_client: e2e seconds and the same request's handler time."""
-    timers.begin()
-    start = time.perf_counter()
-    client.submit(*with_seed(req, seed), api_name=req.api_name).result()
-    e2e = time.perf_counter() - start
-    return {"e2e": e2e, "handler": split(timers.take())["handler"]}
+def in_process_phase(demo, records: list, reps: int, log=print) -> dict:
+    """{request name: {"settings", "api_name", "args", "runs"}}: one warm-up and `reps` drains of each request."""
+    out = {}
+    for req in default_requests(demo):
+        in_process(req, demo, records, seed=10_000)                 # warm-up (first-call costs)
+        runs = [in_process(req, demo, records, seed=k) for k in range(reps)]
+        out[req.name] = {"settings": req.settings, "api_name": req.api_name, "args": req.args, "runs": runs}
+        log(f"{req.name} in-process: handler {statistics.median(r['handler'] for r in runs) * 1e3:.0f} ms")
+    return out
 
 
 def summarise(runs: list[dict], e2e_runs: list[dict]) -> dict:
-    """Medians of each part over the in-process runs; gradio = median(e2e - handler) - png."""
-    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    """The breakdown, as means (they add up: the parts of each request sum to its end-to-end time): the parts of
+    the requests served through gradio (of the in-process ones when there are none), png from the in-process runs,
+    gradio = mean(e2e - handler) - png. Also the median end-to-end and in-process handler times."""
+    source = e2e_runs or runs
+    out = {k: statistics.fmean(r[k] for r in source) for k in split({})}
+    out["png"] = statistics.fmean(r["png"] for r in runs)
+    out["wall"] = statistics.fmean(r["wall"] for r in runs)
+    out["handler_in_process_median"] = statistics.median(r["handler"] for r in runs)
     if e2e_runs:
-        med["e2e"] = statistics.median(r["e2e"] for r in e2e_runs)
-        med["gradio"] = statistics.median(r["e2e"] - r["handler"] for r in e2e_runs) - med["png"]
-    return med
-
-
-def measure_requests(weights_dir, reps: int = 5, gradio: bool = True, log=print) -> dict:
-    """{request name: {"settings", "runs", "e2e_runs", "median"}} for default_requests, on the app built from
-    `weights_dir` (see the module docstring)."""
-    import app
-    from ui.server import free_port
-
-    timers = Timers()
-    results = {}
-    with timed_handlers(timers):
-        demo = app.create_demo(weights_dir=weights_dir)
-        client = None
-        try:
-            if gradio:
-                from gradio_client import Client
-
-                port = free_port()
-                demo.launch(prevent_thread_lock=True, quiet=True, **app.launch_kwargs("127.0.0.1", port))
-                client = Client(f"http://127.0.0.1:{port}/", verbose=False,
-                                download_files=tempfile.mkdtemp(prefix="roofline-dl-"))
-            with instrument(demo.lab, timers):
-                for req in default_requests(demo):
-                    in_process(req, demo, timers, seed=10_000)              # warm-up (first-call costs)
-                    if client is not None:
-                        through_gradio(req, client, timers, seed=10_000)
-                    runs, e2e_runs = [], []
-                    for k in range(reps):                                  # interleaved
-                        runs.append(in_process(req, demo, timers, seed=k))
-                        if client is not None:
-                            e2e_runs.append(through_gradio(req, client, timers, seed=k))
-                    results[req.name] = {"settings": req.settings, "runs": runs, "e2e_runs": e2e_runs,
-                                         "median": summarise(runs, e2e_runs)}
-                    m = results[req.name]["median"]
-                    log(f"{req.name}: handler {m['handler'] * 1e3:.0f} ms (network {m['network'] * 1e3:.0f} ms)"
-                        + (f", end to end {m['e2e'] * 1e3:.0f} ms" if "e2e" in m else ""))
-        finally:
-            if client is not None:
-                demo.close()
-    return results
+        out["e2e"] = statistics.fmean(r["e2e"] for r in e2e_runs)
+        out["e2e_median"] = statistics.median(r["e2e"] for r in e2e_runs)
+        out["gradio"] = statistics.fmean(r["e2e"] - r["handler"] for r in e2e_runs) - out["png"]
+    return out
 
 
 def breakdown_table(requests: dict) -> list[str]:
     """Markdown: one row per part, one column per request, ms and % of the end-to-end time (or of the in-process
     wall time when gradio was skipped)."""
     names = list(requests)
-    meds = [requests[n]["median"] for n in names]
+    meds = [requests[n]["summary"] for n in names]
     totals = [m.get("e2e", m["wall"]) for m in meds]
-    lines = [f"- **{n}**: {requests[n]['settings']}; median of {len(requests[n]['runs'])} requests" for n in names]
+    lines = [f"- **{n}**: {requests[n]['settings']}; mean of {len(requests[n]['e2e_runs'] or requests[n]['runs'])} "
+             "requests" + (f" (median end to end {requests[n]['summary']['e2e_median'] * 1e3:.0f} ms)"
+                           if requests[n]['e2e_runs'] else "") for n in names]
     lines += ["", "| part | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for part in PARTS:
         if not any(part in m for m in meds):
@@ -316,8 +303,9 @@ def breakdown_table(requests: dict) -> list[str]:
         lines.append(f"| {LABELS[part]} | " + " | ".join(
             f"{m[part] * 1e3:.1f} ms ({100 * m[part] / t:.0f}%)" if part in m else "n/a"
             for m, t in zip(meds, totals)) + " |")
-    lines.append("| handler, total (in-process) | " + " | ".join(f"{m['handler'] * 1e3:.1f} ms" for m in meds) + " |")
+    lines.append("| handler, total | " + " | ".join(f"{m['handler'] * 1e3:.1f} ms" for m in meds) + " |")
     lines.append("| **end to end** | " + " | ".join(
         f"**{m['e2e'] * 1e3:.1f} ms**" if "e2e" in m else f"{m['wall'] * 1e3:.1f} ms (in-process)" for m in meds)
         + " |")
     return lines
+

@@ -102,9 +102,10 @@ def test_a_column_that_fails_records_its_error_and_the_others_still_run(one_thre
 
 
 def _fake_requests():
-    med = {"network": 0.5, "decode": 0.0, "bookkeeping": 0.1, "images": 0.05, "gif": 0.1, "classifier": 0.02,
-           "handler other": 0.03, "handler": 0.8, "png": 0.04, "wall": 0.81, "e2e": 1.0, "gradio": 0.16}
-    return {"Generate": {"settings": "pixel-cond, 16 images", "runs": [med], "e2e_runs": [], "median": med}}
+    s = {"network": 0.5, "decode": 0.0, "bookkeeping": 0.1, "images": 0.05, "gif": 0.1, "classifier": 0.02,
+         "handler other": 0.03, "handler": 0.8, "png": 0.04, "wall": 0.81, "e2e": 1.0, "e2e_median": 0.9,
+         "gradio": 0.16}
+    return {"Generate": {"settings": "pixel-cond, 16 images", "runs": [s], "e2e_runs": [s], "summary": s}}
 
 
 def test_report_has_every_column_and_round_trips_as_json(tmp_path):
@@ -138,11 +139,19 @@ def test_split_and_summary_arithmetic():
     parts = rr.split(raw)
     assert parts["bookkeeping"] == pytest.approx(0.3)            # stream - network - decode
     assert parts["handler other"] == pytest.approx(0.15)         # handler - stream - images - gif - classifier
-    runs = [{**parts, "png": 0.1, "wall": 1.6}, {**parts, "png": 0.3, "wall": 1.8}, {**parts, "png": 0.2, "wall": 9}]
-    e2e = [{"e2e": 2.0, "handler": 1.5}, {"e2e": 3.0, "handler": 1.4}, {"e2e": 2.2, "handler": 1.6}]
-    med = rr.summarise(runs, e2e)
-    assert med["png"] == pytest.approx(0.2) and med["wall"] == pytest.approx(1.8) and med["e2e"] == 2.2
-    assert med["gradio"] == pytest.approx(0.6 - 0.2)              # median(e2e - handler) - png
+    runs = [{**parts, "png": 0.1, "wall": 1.6}, {**parts, "png": 0.3, "wall": 1.8}, {**parts, "png": 0.2, "wall": 8.6}]
+    e2e = [{**parts, "handler": 1.5, "e2e": 2.0}, {**parts, "handler": 1.4, "e2e": 3.0},
+           {**parts, "handler": 1.6, "e2e": 2.2}]
+    s = rr.summarise(runs, e2e)
+    assert s["png"] == pytest.approx(0.2) and s["wall"] == pytest.approx(4.0) and s["e2e"] == pytest.approx(2.4)
+    assert s["e2e_median"] == 2.2 and s["handler"] == pytest.approx(1.5)
+    assert s["gradio"] == pytest.approx((0.5 + 1.6 + 0.6) / 3 - 0.2)      # mean(e2e - handler) - png
+    # the parts add up to the end-to-end time
+    inside = sum(s[k] for k in ("network", "decode", "bookkeeping", "images", "gif", "classifier", "handler other"))
+    assert inside == pytest.approx(s["handler"])
+    assert s["handler"] + s["png"] + s["gradio"] == pytest.approx(s["e2e"])
+    alone = rr.summarise(runs, [])                               # no gradio: the in-process runs' parts
+    assert "gradio" not in alone and alone["handler"] == pytest.approx(1.5)
 
 
 def test_bad_arguments_are_clear_errors(capsys, tmp_path):
@@ -194,19 +203,49 @@ def test_timers_on_a_tiny_app_add_up_and_the_handlers_are_restored(tiny_weights,
     import ui
 
     original = ui.GenerateTab.__dict__["generate"]
-    timers = rr.Timers()
-    with rr.timed_handlers(timers):
+    timers, records = rr.Timers(), []
+    with rr.timed_handlers(timers, lambda request, parts: records.append((request, parts))):
         demo = app.create_demo(weights_dir=tiny_weights, device=torch.device("cpu"), max_seconds=60)
         with rr.instrument(demo.lab, timers):
             reqs = {r.name: r for r in rr.default_requests(demo)}
             assert list(reqs) == ["Generate", "Live", "Pixel vs latent"]
-            gen = rr.in_process(reqs["Generate"], demo, timers, seed=1)
-            cmp = rr.in_process(reqs["Pixel vs latent"], demo, timers, seed=1)
+            gen = rr.in_process(reqs["Generate"], demo, records, seed=1)
+            cmp = rr.in_process(reqs["Pixel vs latent"], demo, records, seed=1)
+            live = rr.in_process(reqs["Live"], demo, records, seed=1)
+    assert [name for name, _ in records] == ["Generate", "Pixel vs latent", "Live"]
     assert ui.GenerateTab.__dict__["generate"] is original
     assert "stream" not in demo.lab.pipelines["pixel-cond"].__dict__ and "write_gif" not in demo.lab.__dict__
-    for r in (gen, cmp):
-        assert r["network"] > 0 and r["images"] > 0 and r["png"] > 0
+    for r in (gen, cmp, live):
+        assert r["network"] > 0 and r["images"] > 0 and r["png"] > 0 and r["bookkeeping"] > 0
         assert r["handler"] >= r["network"] + r["decode"] + r["images"]
         assert r["wall"] >= r["handler"]
     assert gen["gif"] > 0 and gen["decode"] == 0
     assert cmp["decode"] > 0 and cmp["gif"] == 0                 # latent-cond decodes its previews; no GIF
+    assert live["gif"] == live["decode"] == live["classifier"] == 0
+
+
+@pytest.mark.slow
+def test_end_to_end_breakdown_through_a_served_tiny_app(tiny_weights):
+    from bench.roofline_gradio import measure_requests
+
+    result = measure_requests(tiny_weights, reps=1, log=lambda *_: None)
+    assert list(result) == ["Generate", "Live", "Pixel vs latent"]
+    for r in result.values():
+        s = r["summary"]
+        assert len(r["e2e_runs"]) == 1 and s["e2e"] >= s["handler"] > s["network"] > 0
+        assert s["handler"] + s["png"] + s["gradio"] == pytest.approx(s["e2e"])
+    lines = rr.breakdown_table(result)
+    assert lines[-1].startswith("| **end to end** |") and lines[-1].count("ms**") == 3
+
+
+def test_a_picture_helper_called_inside_another_is_counted_once():
+    import ui.tab_generate
+
+    timers, adds = rr.Timers(), []
+    timers.add = lambda name, seconds: adds.append(name)
+    inner = rr.timed_function(lambda: 1, timers, "images")
+    outer = rr.timed_function(lambda: inner() + inner(), timers, "images")
+    assert outer() == 2 and adds == ["images"]
+    assert inner() == 1 and adds == ["images", "images"]
+    helpers = rr.picture_helpers(ui.tab_generate)
+    assert helpers and all(getattr(ui.tab_generate, n).__module__ == "ui.pictures" for n in helpers)
