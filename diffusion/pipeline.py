@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 
+from .backends import BACKENDS, attach, install, resolve_backend
 from .editing import sdedit
 from .registry import FLAGSHIP, SAMPLEABLE_NAMES, SamplingDefaults, defaults_for, evaluation_order
 from .samplers import sampler_spec
 
-__all__ = ["DEFAULT_GUIDANCE", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "MODEL_DEFAULTS", "PRECISIONS", "Pipeline",
+__all__ = ["BACKENDS", "DEFAULT_GUIDANCE", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "MODEL_DEFAULTS", "PRECISIONS", "Pipeline",
            "PipelineStep", "SamplingDefaults", "cpu_has_bf16", "cpu_name", "defaults_for", "resolve_precision"]
 
 
@@ -119,12 +120,17 @@ class PipelineStep:
 
 
 class Pipeline:
-    def __init__(self, score_model, autoencoder=None, name: str = "", precision: str = "auto"):
+    def __init__(self, score_model, autoencoder=None, name: str = "", precision: str = "auto",
+                 backend: str = "auto"):
         self.score_model = score_model.eval()
         self.autoencoder = autoencoder.eval() if autoencoder is not None else None
         self.name = name
         resolve_precision(precision, "cpu")              # fail early on a bad value
         self.precision = precision                       # "auto" | "fp32" | "bf16"; resolved per call (device)
+        resolve_backend(backend, "cpu")                  # fail early on a bad value
+        self.backend = backend                           # one of BACKENDS (diffusion.backends); resolved per call
+        if self.compute_backend != "eager":
+            attach(score_model)                          # now, under any wrapper installed later (backends.attach)
         if autoencoder is not None and tuple(score_model.sample_shape) != tuple(autoencoder.latent_shape):
             raise ValueError(f"score model works on {score_model.sample_shape}, autoencoder latents are "
                              f"{autoencoder.latent_shape}")
@@ -158,10 +164,20 @@ class Pipeline:
         """What the score network runs in: "fp32" or "bf16" (autocast; the sampler's own arithmetic stays fp32).
         "auto" keeps a distilled student in fp32: its 1-4 steps have no later step to correct the rounding, and
         under bf16 autocast the 2-step student's digits came out blurred (FD ratio 14.9 vs 2.6 in fp32, 1000
-        samples, bench/results/distillation.md); "bf16" asked for explicitly is honoured."""
+        samples, bench/results/distillation.md); "bf16" asked for explicitly is honoured. The onnxruntime backend
+        runs fp32 whatever was asked (its CPU provider has no bf16 convolutions)."""
+        precision = self._requested_precision()
+        return "fp32" if resolve_backend(self.backend, self.device, precision) == "onnxruntime" else precision
+
+    def _requested_precision(self) -> str:
         if self.precision == "auto" and getattr(self.score_model, "distilled", None):
             return "fp32"
         return resolve_precision(self.precision, self.device)
+
+    @property
+    def compute_backend(self) -> str:
+        """What evaluates the score network (diffusion.backends): "auto" resolved for this device and precision."""
+        return resolve_backend(self.backend, self.device, self._requested_precision())
 
     def _labels(self, labels, num_images):
         """labels: None, a sequence of ints, an int tensor (B,), or a float tensor (B, D) of embeddings."""
@@ -238,8 +254,13 @@ class Pipeline:
         yield from self._previews(steps, int(num_steps), preview_every, start)
 
     def _network(self):
-        """The score model as the samplers call it: under bf16 autocast when that is the compute precision."""
-        return _Autocast(self.score_model) if self.compute_precision == "bf16" else self.score_model
+        """The score model as the samplers call it: its U-Net(s) evaluated by the compute backend (installed in
+        place, diffusion.backends: `score_model.net` stays the same module, hooks included), under bf16 autocast
+        when that is the compute precision of a PyTorch backend (OpenVINO takes the precision as its own hint)."""
+        backend, precision = self.compute_backend, self.compute_precision
+        install(self.score_model, backend, precision)
+        torch_backend = backend in ("eager", "channels_last", "compile")
+        return _Autocast(self.score_model) if precision == "bf16" and torch_backend else self.score_model
 
     def _previews(self, steps, num_steps: int, preview_every: int, start: float):
         """A sampler's Steps -> PipelineSteps: every `preview_every`-th (0: none) and the final one, as images."""

@@ -18,7 +18,7 @@ import torch
 
 from .hub import WeightsNotFound, load_pipeline
 from .images import save_grid
-from .pipeline import MODEL_DEFAULTS, PRECISIONS
+from .pipeline import BACKENDS, MODEL_DEFAULTS, PRECISIONS
 from .registry import FLAGSHIP, SAMPLEABLE_NAMES, defaults_for, model_names
 from .samplers import SAMPLERS
 
@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="score network precision: auto = bf16 autocast on a CPU with bf16 hardware, else fp32")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="what evaluates the score network (diffusion/backends.py): auto = the measured winner for "
+                        "this CPU and precision (bench/results/backends.md), eager = plain PyTorch, the reference")
     return p
 
 
@@ -98,7 +101,7 @@ def main(argv=None) -> int:
     except WeightsNotFound as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    pipe.precision = args.precision
+    pipe.precision, pipe.backend = args.precision, args.backend
     if pipe.conditional:
         if args.n is not None:
             parser.error(f"--n is for unconditional models; {args.model} takes --digits and --per-digit")
@@ -128,6 +131,7 @@ def main(argv=None) -> int:
         save_grid(torch.from_numpy(images), args.grid, nrow=nrow)
     print(f"wrote {total} images to {args.out} ({args.model}, {args.sampler}, {args.steps} steps, NFE {nfe}/batch, "
           f"guidance {args.guidance if pipe.guided else 'n/a'}, seed {args.seed}, {pipe.compute_precision}, "
+          f"{pipe.compute_backend}, "
           f"{time.perf_counter() - t0:.1f}s)")
     return 0
 

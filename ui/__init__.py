@@ -51,7 +51,9 @@ def _models_panel(lab: Lab, device, concurrency: int, max_queue: int, max_second
         precision = " / ".join(sorted({p.compute_precision for p in pipelines.values()})) or "fp32"
         if "bf16" in precision:
             precision += " (autocast; `python app.py --precision fp32` turns it off)"
-        lines.append(f"- device: `{torch.device(device)}`, score network in {precision}; {concurrency} "
+        backend = " / ".join(sorted({p.compute_backend for p in pipelines.values()})) or "eager"
+        lines.append(f"- device: `{torch.device(device)}`, score network in {precision} on {backend} "
+                     f"(diffusion/backends.py); {concurrency} "
                      f"generation(s) at a time, up to "
                      f"{max_queue} more waiting; each is stopped after {max_seconds:.0f} s")
         if lab.classifier is not None:
