@@ -2,18 +2,30 @@
 each timed on its own; the table shows what the latent model's autoencoder costs."""
 from __future__ import annotations
 
+import math
+
 import gradio as gr
 
 from diffusion.registry import pixel_and_latent
+from diffusion.samplers import sampler_spec
 
 from . import presets
 from .controls import DEFAULT_DIGIT, DEFAULT_IMAGES, DEFAULT_SEED, IMG, Page, note, sampling_controls
 from .lab import Lab, fmt_s, param_count, preview_every
-from .pictures import show_grid
-from .run_loop import Lane, lockstep
+from .pictures import sent_grid, upscaled
+from .run_loop import PREVIEW_INTERVAL, Lane, lockstep
 from .validation import MAX_IMAGES, MAX_SEED, check_int
 
 NAMES = pixel_and_latent()           # (pixel-cond, latent-cond): the registry's pair
+
+
+def decode_every(every: int, steps: int, seconds: float | None, interval: float = PREVIEW_INTERVAL) -> int:
+    """Decode a latent preview every k-th step, k >= `every`, so that decoded previews come about once per `interval`
+    of the run's expected wall time `seconds` for `steps` steps (the run loop streams no more often than that:
+    a preview decoded between two updates is never seen). Unknown time (no estimate): `every` as it is."""
+    if not seconds or seconds <= 0 or steps <= 0:
+        return every
+    return max(every, min(steps, math.ceil(interval * steps / seconds)))
 
 
 class CompareTab:
@@ -34,15 +46,20 @@ class CompareTab:
         for name in NAMES:
             worst = lab.refuse_runaway(name, sampler, steps, n, guidance, also_seconds=worst)
         every = preview_every(sampler, steps)
+        # both lanes step in turn, so a step of the pair costs both models' step; the latent lane decodes (the
+        # autoencoder, a cost of its own) only the previews the page can show; pixel previews are free to make
+        estimates = [lab.estimate_seconds(name, sampler, steps, n, guidance) for name in NAMES]
+        pair = sum(estimates) if all(estimates) and not sampler_spec(sampler).adaptive else None
         lanes = [Lane(name, p.stream([digit] * n, sampler=sampler, num_steps=steps, guidance=guidance, seed=seed,
-                                     preview_every=every)) for name, p in zip(NAMES, pipes)]
+                                     preview_every=decode_every(every, steps, pair) if p.is_latent else every))
+                 for name, p in zip(NAMES, pipes)]
         yield None, None, None, None, "starting…"
         # each lane's own time: its pipeline's compute (the other's turn excluded)
         for _, due in lab.run(lockstep(lanes), final=lambda _: all(q.done for q in lanes)):
             if due:
                 last, own, done = [q.step for q in lanes], [q.own for q in lanes], [q.done for q in lanes]
-                imgs = [show_grid(s.x, 380) if s else gr.skip() for s in last] + \
-                       [show_grid(s.x0, 380) if s else gr.skip() for s in last]
+                imgs = [sent_grid(s.x) if s else gr.skip() for s in last] + \
+                       [sent_grid(s.x0) if s else gr.skip() for s in last]
                 yield imgs[0], imgs[2], imgs[1], imgs[3], self.table(pipes, last, own, done)
 
     @staticmethod
@@ -84,13 +101,13 @@ class CompareTab:
             with gr.Column():
                 gr.Markdown("#### pixel-cond")
                 with gr.Row():
-                    pix_xt = gr.Image(label="x_t", height=390, **IMG)
-                    pix_x0 = gr.Image(label="x̂0", height=390, **IMG)
+                    pix_xt = gr.Image(label="x_t", height=390, elem_id="cmp-pix-xt", **upscaled(IMG))
+                    pix_x0 = gr.Image(label="x̂0", height=390, elem_id="cmp-pix-x0", **upscaled(IMG))
             with gr.Column():
                 gr.Markdown("#### latent-cond (decoded)")
                 with gr.Row():
-                    lat_xt = gr.Image(label="decoded z_t", height=390, **IMG)
-                    lat_x0 = gr.Image(label="decoded ẑ0", height=390, **IMG)
+                    lat_xt = gr.Image(label="decoded z_t", height=390, elem_id="cmp-lat-xt", **upscaled(IMG))
+                    lat_x0 = gr.Image(label="decoded ẑ0", height=390, elem_id="cmp-lat-x0", **upscaled(IMG))
         table = gr.Markdown("", elem_id="cmp-table")
         note("A decoded noisy latent does not look like pixel noise: the decoder maps any code to something "
              "smooth. Decoding each preview counts in the autoencoder's share; a run without previews "

@@ -12,8 +12,15 @@ from diffusion.samplers import SAMPLERS, sampler_spec
 from . import presets
 from .controls import DEFAULT_DIGIT, DEFAULT_IMAGES, DEFAULT_SEED, IMG, PLUMBING, Page, note, sampling_controls
 from .lab import MODEL_NAMES, Lab, fmt_s, preview_every
-from .pictures import GIF_PX, GRID_PX, FrameBuffer, captioned, show_grid
+from .pictures import GIF_PX, GRID_PX, FrameBuffer, captioned, sent_grid, show_grid, upscaled
 from .validation import MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, MAX_STEPS, check_choice, check_float, check_int
+
+
+def gif_frame(step, total) -> np.ndarray:
+    """One GIF frame: x_t | x̂0 at GIF_PX each, the step written underneath (ASCII: PIL's default font has no
+    Greek)."""
+    caption = f"x_t | x0-hat   step {step.i + 1}/{total}  t={step.t:.3f}  sigma={step.sigma:.3g}  NFE {step.nfe}"
+    return captioned([show_grid(step.x, GIF_PX), show_grid(step.x0, GIF_PX)], caption)
 
 
 class GenerateTab:
@@ -41,24 +48,22 @@ class GenerateTab:
         yield None, None, what + "\n\nstarting…", None, None, None
         # pixel models: every step comes back here (x and x0 are cheap to copy), so that the time limit and the stop
         # guard (ui/run_loop.py, before each step) act within a step, not k steps; latent models decode each
-        # preview, so only every k-th step is decoded
+        # preview, so only every k-th step is decoded (the GIF's frames: it needs them all)
         every = preview_every(sampler, steps) if pipe.is_latent else 1
         stream = pipe.stream(labels, num_images=n, sampler=sampler, num_steps=steps, guidance=guidance,
                              seed=seed, preview_every=every)
         for step, due in lab.run(stream):
             total = "?" if adaptive else step.num_steps
-            progress = (f"step {step.i + 1}/{total} · t = {step.t:.3f} · σ(t) = {step.sigma:.3g} · "
-                        f"NFE {step.nfe} · {fmt_s(step.elapsed)}")
-            caption = (f"x_t | x0-hat   step {step.i + 1}/{total}  t={step.t:.3f}  sigma={step.sigma:.3g}  "
-                       f"NFE {step.nfe}")                    # ASCII: PIL's default font has no Greek
-            frames.add(lambda s=step, c=caption: captioned(
-                [show_grid(s.x, GIF_PX), show_grid(s.x0, GIF_PX)], c), final=step.final)
+            # a GIF frame per kept step, rendered only at the end and only if the GIF keeps it (FrameBuffer)
+            frames.add(lambda s=step, total=total: gif_frame(s, total), final=step.final)
             if due and not step.final:                       # <= 10 updates/s; the final one below
-                yield (show_grid(step.x), show_grid(step.x0), f"{what}\n\n{progress}", gr.skip(), gr.skip(),
+                progress = (f"step {step.i + 1}/{total} · t = {step.t:.3f} · σ(t) = {step.sigma:.3g} · "
+                            f"NFE {step.nfe} · {fmt_s(step.elapsed)}")
+                yield (sent_grid(step.x), sent_grid(step.x0), f"{what}\n\n{progress}", gr.skip(), gr.skip(),
                        gr.skip())
         batch = lab.work_batch(pipe, n, guidance)
         lab.cost.learn(model, step.nfe, batch, step.elapsed - step.decode_time)
-        final = show_grid(step.x)
+        final = sent_grid(step.x)
         decode = f" (autoencoder decoding: {fmt_s(step.decode_time)})" if pipe.is_latent else ""
         label_arg = f"[{digit}] * {n}" if pipe.conditional else f"None, num_images={n}"
         per_nfe = (f"each on a batch of {batch}" if batch == n else
@@ -68,9 +73,8 @@ class GenerateTab:
                    f"{lab.classifier_line(step.x, digit if pipe.conditional else None)}.\n\n"
                    f"Reproduce: `load_pipeline('{model}').generate({label_arg}, sampler='{sampler}', "
                    f"num_steps={steps}, guidance={guidance:g}, seed={seed})`")
-        yield final, final, summary + "\n\nwriting the GIF…", final, gr.skip(), gr.skip()
         stem = f"{model}_{f'digit{digit}_' if pipe.conditional else ''}{sampler}_{steps}steps_seed{seed}"
-        gif = lab.write_gif(frames.frames, stem)
+        gif = lab.write_gif(frames.frames, stem)             # ~11 small frames: a few ms, so one final update
         yield final, final, summary, final, gif, gif       # complete, so that predict() returns everything
 
     def estimate(self, model, sampler, steps, num_images, guidance) -> str:
@@ -129,12 +133,13 @@ class GenerateTab:
             stop = gr.Button("Stop", variant="stop")
         status = gr.Markdown("", elem_id="status-line")
         with gr.Row():
-            xt = gr.Image(label="x_t: the noisy sample", height=GRID_PX + 10, elem_id="gen-xt", **IMG)
-            x0 = gr.Image(label="x̂0: denoised estimate (Tweedie)", height=GRID_PX + 10, elem_id="gen-x0", **IMG)
+            xt = gr.Image(label="x_t: the noisy sample", height=GRID_PX + 10, elem_id="gen-xt", **upscaled(IMG))
+            x0 = gr.Image(label="x̂0: denoised estimate (Tweedie)", height=GRID_PX + 10, elem_id="gen-x0",
+                          **upscaled(IMG))
         note("When sampling ends, x_t and x̂0 coincide: the last step jumps to the denoised estimate (no noise "
              "is added at the end). The GIF shows every k-th step, at most 40 frames, x_t left and x̂0 right.")
         with gr.Row():
-            final = gr.Image(label="Final samples", height=GRID_PX + 10, elem_id="gen-final", **IMG)
+            final = gr.Image(label="Final samples", height=GRID_PX + 10, elem_id="gen-final", **upscaled(IMG))
             with gr.Column():
                 anim = gr.Image(label="The whole trajectory (x_t | x̂0), replayed", height=GRID_PX - 110,
                                 elem_id="gen-anim", interactive=False, elem_classes=["pixelated"],

@@ -19,7 +19,7 @@ from diffusion.samplers import sampler_spec
 from .controls import DEFAULT_DIGIT, DEFAULT_SEED, IMG, Page, note
 from .gradio_seam import current_block
 from .lab import Lab, fmt_s
-from .pictures import GRID_PX, show_grid
+from .pictures import GRID_PX, sent_grid, upscaled
 from .validation import MAX_SEED, bad, check_float, check_int
 
 MAX_LIVE_IMAGES, DEFAULT_LIVE_IMAGES = 16, 16
@@ -146,7 +146,7 @@ class LiveTab:
         for step, due in lab.run(stream, lead=False):
             if due and not step.final:      # slow (busy CPU, teacher): a point where a cancel takes effect; the page
                 yield gr.skip(), gr.skip(), gr.skip()       # keeps the last grid and its text
-        picture = show_grid(step.x)
+        picture = sent_grid(step.x)                  # ~230 px: the page upscales it (crisp, ui/style.css)
         server = time.perf_counter() - start
         batch = runner.batch(n, guidance)
         calls = (f"one network call per step on a batch of {batch}"
@@ -234,7 +234,8 @@ class LiveTab:
             dice = gr.Button("Random seed", scale=0, min_width=130, interactive=usable)
             n = gr.Slider(1, MAX_LIVE_IMAGES, DEFAULT_LIVE_IMAGES, step=1, label="Number of images",
                           elem_id="live-n", interactive=usable)
-        out = gr.Image(None, label="Samples (updated live)", height=GRID_PX + 10, elem_id="live-grid", **IMG)
+        out = gr.Image(None, label="Samples (updated live)", height=GRID_PX + 10, elem_id="live-grid",
+                       **upscaled(IMG))
         status = gr.Markdown("Opening this tab or moving any control draws the grid." if usable else "",
                              elem_id="live-status")
         info = gr.JSON(None, visible=False, label="timing")          # for gradio_client: server time, NFE, batch

@@ -45,14 +45,27 @@ def _natural_width(page, selector: str) -> int:
     return page.eval_on_selector(selector, "img => img.complete ? img.naturalWidth : 0")
 
 
+def _shown_width(page, selector: str) -> float:
+    """CSS px the picture itself takes on the page (object-fit letterboxes it inside the <img> box)."""
+    return page.eval_on_selector(selector, "img => img.complete && img.naturalWidth ? Math.min(img.clientWidth / "
+                                 "img.naturalWidth, img.clientHeight / img.naturalHeight) * img.naturalWidth : 0")
+
+
+def _sent_small_and_shown_large(page, selector: str) -> None:
+    """A grid sent at ~SENT_PX (ui/pictures.py) and shown upscaled, crisp (ui/style.css: .upscaled, .pixelated)."""
+    assert 200 <= _natural_width(page, selector) <= 240
+    assert _shown_width(page, selector) >= 400
+    assert page.eval_on_selector(selector, "img => getComputedStyle(img).imageRendering") == "pixelated"
+
+
 def test_generate_in_the_browser(page):
     ARTIFACTS.mkdir(exist_ok=True)
     page.click("#gen-run")
     page.wait_for_selector("#gen-final img", timeout=60_000)
     page.wait_for_function("() => { const i = document.querySelector('#gen-final img');"
                            " return i && i.complete && i.naturalWidth > 0; }", timeout=30_000)
-    assert _natural_width(page, "#gen-final img") >= 400
-    assert _natural_width(page, "#gen-xt img") >= 400 and _natural_width(page, "#gen-x0 img") >= 400
+    for selector in ("#gen-final img", "#gen-xt img", "#gen-x0 img"):
+        _sent_small_and_shown_large(page, selector)
     page.wait_for_selector("#gen-gif a, #gen-gif .file-name, #gen-gif td", timeout=30_000)
     page.wait_for_function("() => { const i = document.querySelector('#gen-anim img');"
                            " return i && i.complete && i.naturalWidth > 0 && i.src.endsWith('.gif'); }", timeout=30_000)
@@ -72,7 +85,7 @@ def test_a_generate_preset_in_the_browser(page):
                            " && s.innerText.includes('Done'); }", timeout=60_000)
     page.wait_for_function("() => { const i = document.querySelector('#gen-final img');"
                            " return i && i.complete && i.naturalWidth > 0; }", timeout=30_000)
-    assert _natural_width(page, "#gen-final img") >= 400
+    _sent_small_and_shown_large(page, "#gen-final img")
     body = page.inner_text("body")
     assert "Cost: 1 steps × 1 = 1 network evaluations" in body          # the estimate saw the preset's steps
     page.screenshot(path=str(ARTIFACTS / "app_generate_preset.png"), full_page=True)
@@ -94,6 +107,9 @@ def test_compare_in_the_browser(page):
                            timeout=60_000)
     assert "autoencoder decoding" in page.inner_text("#cmp-table")
     page.wait_for_timeout(500)
+    for selector in ("#cmp-pix-xt img", "#cmp-lat-x0 img"):       # sent small, upscaled into their narrower boxes
+        assert 200 <= _natural_width(page, selector) <= 240
+        assert _shown_width(page, selector) > 1.2 * _natural_width(page, selector)
     page.screenshot(path=str(ARTIFACTS / "app_pixel_vs_latent_run.png"), full_page=True)
 
 
@@ -147,7 +163,7 @@ def test_live_redraws_while_the_guidance_slider_is_dragged(page):
                            timeout=120_000)
     assert "guidance w = 2 " in page.inner_text("#live-status")
     before_src, before = _live_image(page)
-    assert _natural_width(page, LIVE_IMG) >= 400
+    _sent_small_and_shown_large(page, LIVE_IMG)
     track = page.locator("#live-guidance input[type=range]").bounding_box()
     y = track["y"] + track["height"] / 2
     page.mouse.move(track["x"] + track["width"] * 0.5, y)            # the thumb: w = 2 on [0, 4]

@@ -16,7 +16,7 @@ from diffusion.pipeline import Pipeline
 from diffusion.registry import DISTILLED_NAMES
 from factories import tiny_model, tiny_students
 from ui import build_demo
-from ui.pictures import show_grid
+from ui.pictures import SENT_PX, sent_grid
 from ui.tab_live import BUILD_COMMAND, FALLBACK_STEPS, student_messages
 
 LIVE = dict(api_name="/live")
@@ -74,9 +74,9 @@ def test_each_student_takes_one_network_call_per_step_on_the_images_alone(live, 
 @pytest.mark.parametrize("n", [1, 5, 16])
 def test_the_grid_holds_the_number_of_images_asked_for(live, n):
     picture, _, timing = run(live, num_images=n)
-    assert picture.shape == show_grid(torch.zeros(n, 28, 28)).shape      # ceil(sqrt(n)) columns, nearest-upscaled
+    assert picture.shape == sent_grid(torch.zeros(n, 28, 28)).shape      # ceil(sqrt(n)) columns, nearest-upscaled
     assert timing["num_images"] == n
-    assert 400 <= picture.shape[1] <= 470                                 # the page's fixed grid size
+    assert 160 <= picture.shape[1] <= SENT_PX       # sent at most SENT_PX; the page upscales it to its fixed box
 
 
 def test_same_settings_same_grid_and_every_control_changes_it(live):
@@ -213,7 +213,7 @@ def test_live_endpoint_through_gradio_client(client):
                                                                           "num_images"]
     path, summary, timing = client.predict(5, 2, 1.5, 42, 9, **LIVE)
     with Image.open(path) as im:
-        assert im.size[0] == im.size[1] >= 400          # 3 x 3 digits, nearest-upscaled
+        assert im.size == sent_grid(torch.zeros(9, 28, 28)).shape    # 3 x 3 digits, nearest-upscaled x2
     assert timing["nfe"] == 2 and timing["batch"] == 9 and timing["seed"] == 42 and timing["digit"] == 5
     assert math.isfinite(timing["server_s"]) and "seed 42" in summary and "**2 NFE**" in summary
     again = client.predict(5, 2, 1.5, 42, 9, **LIVE)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from app_helpers import wait_until, wait_until_quiet
 from ui.lab import PREVIEW_INTERVAL
-from ui.pictures import show_grid
+from ui.pictures import sent_grid
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
@@ -37,7 +37,7 @@ def test_twelve_concurrent_clients_on_the_bounded_queue(hard):
     'Queue is full'; every admitted job ends with the right grid, and every forward pass was finite."""
     n_clients, steps, n_images = 12, 50, 2
     clients = [Client(hard.url, verbose=False, download_files=hard.downloads) for _ in range(n_clients)]
-    expected = show_grid(torch.zeros(n_images, 28, 28)).shape          # (H, W) of the final grid
+    expected = sent_grid(torch.zeros(n_images, 28, 28)).shape          # (H, W) of the final grid
     barrier = threading.Barrier(n_clients)
     results: list[tuple] = [None] * n_clients
     first_call = len(hard.calls)
