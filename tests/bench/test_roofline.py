@@ -68,6 +68,21 @@ def test_rate_arithmetic_and_its_errors():
         rl.matmul_rate("int8")
     with pytest.raises(ValueError, match=r"reps must be >= 1, got 0"):
         rl.time_call(lambda: None, 0)
+    with pytest.raises(ValueError, match=r"reps must be >= 1, got 0"):
+        rl.time_interleaved({"a": lambda: None}, 0)
+
+
+def test_interleaved_timing_calls_every_run_in_turn_and_drops_one_that_fails():
+    calls = []
+
+    def failing():
+        calls.append("b")
+        raise RuntimeError("b broke")
+    timed, errors = rl.time_interleaved({"a": lambda: calls.append("a"), "b": failing,
+                                         "c": lambda: calls.append("c")}, reps=2, warmup=1)
+    assert calls == ["a", "b", "c", "a", "c", "a", "c"]
+    assert set(timed) == {"a", "c"} and errors == {"b": {"error": "RuntimeError: b broke"}}
+    assert all(median >= best >= 0 for best, median in timed.values())
 
 
 def test_matmul_rate_is_positive_for_both_precisions():
@@ -92,13 +107,19 @@ def test_every_cell_is_flops_over_the_best_time_against_its_precisions_matmul(on
 def test_a_column_that_fails_records_its_error_and_the_others_still_run(one_thread):
     def broken(net, batch):
         raise RuntimeError("no such backend here\nsecond line")
+
+    def fails_when_run(net, batch):
+        def run():
+            raise ValueError("cannot run this")
+        return run
     nets = rl.networks_of({"pixel-cond": _pipelines()["pixel-cond"]})
-    rows = rl.measure_networks(nets, [2], 1, {"fp32": 1.0, "bf16": 1.0}, rl.variants({"broken": ("fp32", broken)}),
-                               log=lambda *_: None)
+    rows = rl.measure_networks(nets, [2], 1, {"fp32": 1.0, "bf16": 1.0}, rl.variants({"broken": ("fp32", broken), "late": ("bf16", fails_when_run)}), log=lambda *_: None)
+    assert list(rows[0]["columns"]) == ["fp32", "bf16", "broken", "late"]
     assert rows[0]["columns"]["broken"] == {"error": "RuntimeError: no such backend here"}
+    assert rows[0]["columns"]["late"] == {"error": "ValueError: cannot run this"}
     assert rows[0]["columns"]["fp32"]["gflops"] > 0
-    table = rl.network_table(rows, ["fp32", "bf16", "broken"])
-    assert "RuntimeError: no such backend here" in table[2]
+    table = rl.network_table(rows, ["fp32", "bf16", "broken", "late"])
+    assert "| RuntimeError: no such backend here | ValueError: cannot run this |" in table[2]
 
 
 def _fake_requests():
@@ -109,29 +130,47 @@ def _fake_requests():
 
 
 def test_report_has_every_column_and_round_trips_as_json(tmp_path):
+    decoder_error = {"error": "ValueError: a backend accelerates score networks, not the decoder"}
     rows = [{"network": "pixel-cond", "role": "score", "batch": 16, "mflop_per_image": 101.6,
              "gflop_per_call": 1.6256, "columns": {
                  c: {"best_s": 0.02, "median_s": 0.03, "gflops": 81.28, "pct_of_matmul": 40.0, "peak": "fp32"}
-                 for c in ("fp32", "bf16")}}]
-    result = {"argv": ["--quick"], "reps": 2, "batches": [16], "matmul_reps": 5, "matmul_gflops": {"fp32": 80.0,
-              "bf16": 350.0}, "machine": {"cpu": "Test CPU", "torch": "2.x", "threads": 2, "cores": 2,
-                                          "load_start": [0.5, 0.4, 0.3], "load_end": [0.6, 0.5, 0.4]},
-              "backends": [], "columns": ["fp32", "bf16"], "networks": rows, "missing": [], "wall_s": 12.0,
-              "requests": _fake_requests()}
+                 for c in ("fp32", "bf16", "openvino bf16")}},
+            {"network": "latent-cond decoder", "role": "decoder", "batch": 16, "mflop_per_image": 6.3,
+             "gflop_per_call": 0.1, "columns": {
+                 "fp32": {"best_s": 0.002, "median_s": 0.003, "gflops": 50.0, "pct_of_matmul": 50.0, "peak": "fp32"},
+                 "bf16": {"error": "RuntimeError: " + "x" * 100}, "openvino bf16": decoder_error}}]
+    rates = {"fp32": 80.0, "bf16": 350.0}
+    result = {"argv": ["--quick"], "reps": 2, "batches": [16], "matmul_reps": 8, "matmul_gflops": rates,
+              "matmul_start": rates, "matmul_end": {"fp32": 70.0, "bf16": 300.0},
+              "machine": {"cpu": "Test CPU", "torch": "2.x", "threads": 2, "cores": 2,
+                          "load_start": [0.5, 0.4, 0.3], "load_end": [0.6, 0.5, 0.4]},
+              "backends": ["openvino"], "columns": ["fp32", "bf16", "openvino bf16"], "networks": rows,
+              "missing": [], "wall_s": 12.0, "requests": _fake_requests()}
     text = rl.write_report(result, tmp_path)
-    header = next(line for line in text.splitlines() if line.startswith("| network |"))
-    for col in ("network", "batch", "MFLOP / image", "GFLOP / call", "fp32 ms (best / median)", "fp32 GFLOP/s",
-                "fp32 % of matmul", "bf16 ms (best / median)", "bf16 GFLOP/s", "bf16 % of matmul"):
-        assert f"| {col} |" in header
-    row = next(line for line in text.splitlines() if line.startswith("| pixel-cond |"))
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("| network |"))
+    assert header == "| network | batch | MFLOP / image | GFLOP / call | fp32 | bf16 | openvino bf16 |"
+    row = next(line for line in lines if line.startswith("| pixel-cond |"))
     assert row.count("|") == header.count("|")
-    assert "| 20.0 / 30.0 | 81.3 | 40% |" in row
+    assert row.endswith("| 20.0 ms (30.0) · 81.3 GFLOP/s · 40% |")
+    dec = next(line for line in lines if line.startswith("| latent-cond decoder |"))
+    assert dec.count("|") == header.count("|")
+    assert f"| RuntimeError: {'x' * 46} | n/a (score networks only) |" in dec
     assert "fp32 80.0 GFLOP/s" in text and "bf16 350.0 GFLOP/s" in text and "Test CPU" in text
+    assert "end 70.0 / 300.0" in text and "0.5 / 0.4 / 0.3" in text
     for label in rr.LABELS.values():
         assert f"| {label} |" in text
     assert "| network (score U-Net forward) | 500.0 ms (50%) |" in text
     assert json.loads((tmp_path / "roofline.json").read_text()) == result
     assert (tmp_path / "roofline.md").read_text() == text
+
+
+def test_apply_rates_reads_each_cell_against_its_own_precision():
+    rows = [{"columns": {"fp32": {"gflops": 40.0, "peak": "fp32"}, "ov": {"gflops": 40.0, "peak": "bf16"},
+                         "broken": {"error": "x"}}}]
+    rl.apply_rates(rows, {"fp32": 80.0, "bf16": 160.0})
+    assert rows[0]["columns"]["fp32"]["pct_of_matmul"] == 50.0 and rows[0]["columns"]["ov"]["pct_of_matmul"] == 25.0
+    assert rows[0]["columns"]["broken"] == {"error": "x"}
 
 
 def test_split_and_summary_arithmetic():
