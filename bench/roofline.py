@@ -304,7 +304,7 @@ def write_report(result: dict, out: Path) -> str:
     lines = ["# Roofline: the app's networks against this CPU's matmul rate", "",
              f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} torch threads. Load average "
              f"(1/5/15 min) at start {' / '.join(map(str, m['load_start']))}, at end "
-             f"{' / '.join(map(str, m.get('load_end', [])))}. `python -m bench.roofline {' '.join(result['argv'])}`"
+             f"{' / '.join(map(str, m.get('load_end', [])))}. `{' '.join(['python -m bench.roofline', *result['argv']])}`"
              f" ({result['wall_s']:.0f} s).", "",
              f"Matmul ({MATMUL_N}² @ {MATMUL_N}², the best of {result['matmul_reps']} at the start and "
              f"{result['matmul_reps']} at the end): **fp32 {rates['fp32']:.1f} GFLOP/s**, **bf16 {rates['bf16']:.1f} "
