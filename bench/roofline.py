@@ -8,15 +8,18 @@ Part 2, achieved GFLOP/s of every shipped network at the app's batch sizes. FLOP
 `torch.utils.flop_counter.FlopCounterMode` on one image (convolutions, matmuls: 2 x MACs; the single-token
 cross-attention's SDPA is not counted and is negligible), and an evaluation of B images costs B times that.
 Time: best and median of `--reps` calls after two warm-up calls, under `torch.inference_mode`, the columns of a
-row interleaved call by call; achieved
-GFLOP/s = flops_per_image x B / best seconds, beside the matmul rate of the same precision. Networks: the score
+row interleaved call by call; achieved GFLOP/s = flops_per_image x B / best seconds, beside the matmul rate of the
+same precision. Networks: the score
 models the app samples (pixel-cond, latent-cond, pixel-uncond and its autoguidance guide), the 4-step student
 pixel-cond-distilled, the autoencoder's decoder. Batches 16 / 32 (Generate's 16-image grid without / with the
 doubled guidance batch), 64, 128. Columns: fp32, bf16 autocast, and with `--backends` (when `diffusion/backends.py`
-exists; bench/roofline_backends.py, import-guarded) each backend in fp32 and bf16, as the pipeline runs it.
+exists; bench/roofline_backends.py, import-guarded) each backend in fp32 and bf16 (ONNX Runtime: fp32), as the
+pipeline runs it. torch.compile is offered too but compiles for about a minute per network and precision.
 
-Part 3 (bench/roofline_requests.py): the wall time of one Generate, Live and Pixel-vs-latent request split into
-network, autoencoder decode, sampler/guidance bookkeeping, preview images, GIF, PNG encoding and gradio.
+Part 3 (bench/roofline_requests.py, bench/roofline_gradio.py): the wall time of one Generate, Live and
+Pixel-vs-latent request split into network, autoencoder decode, sampler/guidance bookkeeping, preview images, GIF,
+classifier check, PNG encoding and gradio, the app in a server process of its own and requests sent through
+gradio_client.
 
     python -m bench.roofline [--reps 5] [--quick] [--batches 16 32 64 128] [--backends all | NAME ...]
                              [--skip-requests] [--skip-gradio]
@@ -112,7 +115,18 @@ def machine(stage: str) -> dict:
     from diffusion.pipeline import cpu_name
 
     return {"cpu": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cores": os.cpu_count(), f"load_{stage}": [round(v, 2) for v in os.getloadavg()]}
+            "cores": os.cpu_count(), f"load_{stage}": [round(v, 2) for v in os.getloadavg()], "commit": git_commit()}
+
+
+def git_commit() -> str:
+    """The repository's HEAD (short), or "?" outside a git checkout."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=RESULTS.parent.parent, text=True,
+                              capture_output=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
 
 
 # ---------------------------------------------------------------- the networks
@@ -305,7 +319,7 @@ def write_report(result: dict, out: Path) -> str:
              f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} torch threads. Load average "
              f"(1/5/15 min) at start {' / '.join(map(str, m['load_start']))}, at end "
              f"{' / '.join(map(str, m.get('load_end', [])))}. `{' '.join(['python -m bench.roofline', *result['argv']])}`"
-             f" ({result['wall_s']:.0f} s).", "",
+             f" ({result['wall_s']:.0f} s" + (f", commit {m['commit']}" if m.get("commit") else "") + ").", "",
              f"Matmul ({MATMUL_N}² @ {MATMUL_N}², the best of {result['matmul_reps']} at the start and "
              f"{result['matmul_reps']} at the end): **fp32 {rates['fp32']:.1f} GFLOP/s**, **bf16 {rates['bf16']:.1f} "
              f"GFLOP/s** (start {result['matmul_start']['fp32']:.1f} / {result['matmul_start']['bf16']:.1f}, end "
