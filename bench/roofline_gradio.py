@@ -112,7 +112,12 @@ def measure_requests(weights_dir, reps: int = 5, gradio: bool = True, log=print)
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
     try:
-        wait_ready(f"http://127.0.0.1:{port}/", proc, timeout=900)
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/", proc, timeout=900)
+        except (RuntimeError, TimeoutError) as e:
+            tail = "\n".join((work / "server.out").read_text(errors="replace").splitlines()[-15:])
+            raise RuntimeError(f"the benchmark's app server did not come up ({e}); {work / 'server.out'} ends:\n"
+                               f"{tail}") from None
         phase = json.loads((work / "phase.json").read_text())
         e2e = gradio_phase(phase, f"http://127.0.0.1:{port}/", work / "log.jsonl", reps, log)
     finally:
