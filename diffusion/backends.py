@@ -40,7 +40,11 @@ __all__ = ["AUTO_BACKEND", "BACKENDS", "BackendUnavailable", "attach", "availabl
 
 BACKENDS = ("auto", "eager", "channels_last", "compile", "onnxruntime", "openvino")
 _PACKAGES = {"onnxruntime": ("onnx", "onnxruntime"), "openvino": ("openvino",)}
-# "auto" on a CPU, per compute precision: the measured winner (bench/results/backends.md); eager elsewhere.
+# "auto" on a CPU, per compute precision: the measured winner at >= 1.3x without a quality loss. On the AMD EPYC
+# (AVX512-BF16, 2 threads) of bench/results/backends.md none won against today's path: Generate (bf16 autocast)
+# best compile bf16 at ~1.06x; Live's student (fp32) best compile fp32 at ~1.26x (and 15-60 s of compilation on
+# the first request), onnxruntime 1.0-1.2x, openvino slower in f32. So "auto" stays eager; a re-measurement that
+# shows a winner changes only this table.
 AUTO_BACKEND = {"fp32": "eager", "bf16": "eager"}
 
 
