@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .batching import exclusive
 from .layers import SpatialTransformer
 
 
@@ -67,16 +68,18 @@ def look_inside(score_model, x_t: torch.Tensor, sigma: float, label: int | None 
     if label is not None and not score_model.conditional:
         raise ValueError("this model is unconditional: label must be None")
     captured, hooks = [], []
-    for name, module in block_names(score_model.net):
-        hooks.append(module.register_forward_hook(lambda m, a, out, name=name: captured.append((name, out[0].cpu()))))
-    try:
-        x = x_t[None]
-        labels = None if label is None else torch.tensor([int(label)], device=x.device)
-        sig = torch.tensor([float(sigma)], dtype=torch.float64, device=x.device)
-        c_skip, c_out, raw = score_model._precond(x, sig, labels)
-    finally:
-        for h in hooks:
-            h.remove()
+    with exclusive(score_model.net):          # the hooks see this call only, even beside a batching broker's work
+        for name, module in block_names(score_model.net):
+            hooks.append(module.register_forward_hook(
+                lambda m, a, out, name=name: captured.append((name, out[0].cpu()))))
+        try:
+            x = x_t[None]
+            labels = None if label is None else torch.tensor([int(label)], device=x.device)
+            sig = torch.tensor([float(sigma)], dtype=torch.float64, device=x.device)
+            c_skip, c_out, raw = score_model._precond(x, sig, labels)
+        finally:
+            for h in hooks:
+                h.remove()
     denoised = c_skip * x + c_out * raw
     return Inside(float(sigma), captured, denoised[0].cpu(), raw[0].cpu(), float(c_skip.flatten()[0]),
                   float(c_out.flatten()[0]))

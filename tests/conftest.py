@@ -122,7 +122,8 @@ def hard(tiny_weights, tmp_path_factory):
     for k, v in ENV_SECRETS.items():
         mp.setenv(k, v)
     try:
-        with launched(tiny_weights, client=True, max_queue=4) as served:
+        # one sampling job at a time: the bounded-queue tests count 1 running + max_queue waiting
+        with launched(tiny_weights, client=True, max_queue=4, concurrency=1) as served:
             calls: list[tuple[float, bool]] = []
 
             def log(module, inputs, output):

@@ -41,6 +41,12 @@ INTRO = (HERE / "intro.md").read_text(encoding="utf-8")
 CSS = (HERE / "style.css").read_text(encoding="utf-8")
 
 
+# sampling jobs run at once (the "sampling" concurrency group): their network calls meet on the lab's broker, which
+# batches them into shared passes and gives every visitor its turn by rows (diffusion/batching.py), so a visitor
+# waits for a share of the CPU rather than for whole jobs queued ahead (bench/results/load.md)
+SAMPLING_CONCURRENCY = 8
+
+
 def _models_panel(lab: Lab, device, concurrency: int, max_queue: int, max_seconds: float) -> None:
     """Where each model came from (or why it is missing), the device and precision, the queue limits."""
     messages, pipelines = lab.messages, lab.pipelines
@@ -71,10 +77,13 @@ def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | N
     The Blocks carry `.lab` (the shared state) and `.tabs` ({tab class name: tab}) for tests and benchmarks."""
     lab = Lab(pipelines, messages, classifier=classifier, max_seconds=max_seconds, calibrate=calibrate)
     lab.students = dict(students or {})
+    lab.serve(lab.students)
     for name, pipe in lab.students.items() if calibrate else ():     # timed once, which also warms them up
         lab.cost.measure(name, pipe.score_model)
     device = device or (next(iter(pipelines.values())).device if pipelines else "cpu")
-    concurrency = concurrency or (2 if torch.device(device).type == "cuda" else 1)
+    if concurrency is not None and (isinstance(concurrency, bool) or int(concurrency) != concurrency or concurrency < 1):
+        raise ValueError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+    concurrency = int(concurrency or SAMPLING_CONCURRENCY)
     tabs = {cls.__name__: cls(lab) for cls in TABS}
     with gr.Blocks(title="MNIST diffusion lab", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
         gr.Markdown(INTRO)

@@ -5,8 +5,9 @@
   to retry, never a bare "Queue is full".
 - Latest wins on the endpoints a slider drives (LATEST_WINS: Live, the score field, the time-lapse frame, the forward
   process): a new request from a session (or, for /call without a session, from a client address) replaces its own
-  older request that is still waiting, which ends with "replaced by a newer request". A burst of 200 /live calls
-  therefore ends with the newest setting computed, not refused.
+  older request: a waiting one ends at once, a running one at its next guarded step (ui/stops.py), both with
+  "replaced by a newer request", and neither counts against the visitor's share. A burst of 200 /live calls
+  therefore ends with the newest setting computed, not refused, however many sampling jobs run at once.
 - Round robin: each waiting line (a concurrency group) is ordered by how many jobs the same visitor already has
   ahead of it (running or waiting), so a second visitor's request waits at most for the one job running now, not
   behind a first visitor's whole burst.
@@ -19,6 +20,7 @@ from collections import Counter
 
 from . import gradio_seam
 from .event_checks import Refusal
+from .stops import REPLACED, STOPS
 
 MAX_JOBS_PER_SESSION = 4          # events one session may have waiting or running (a page load fires 3 at once)
 MAX_JOBS_PER_CLIENT = 8           # events one client address may have waiting or running, over all its sessions
@@ -88,13 +90,15 @@ class FairQueue:
             for event, running, e_session, e_address in jobs:
                 same = e_session == session if session else (e_session is None and e_address == address)
                 # by api_name: a browser session's events carry its own copy of the BlockFunction
-                if not running and getattr(event.fn, "api_name", None) == fn.api_name and same and \
-                        gradio_seam.drop_waiting(
-                        blocks, event, "Replaced by a newer request from the same visitor (only the latest setting "
-                                       "is computed).", "Replaced"):
+                if getattr(event.fn, "api_name", None) != fn.api_name or not same:
+                    continue
+                if running:                  # stops at its next guarded step; its slot is free a step later
+                    STOPS.replace(event._id)
+                    self.replaced += 1
+                elif gradio_seam.drop_waiting(blocks, event, REPLACED[0].upper() + REPLACED[1:] + ".", "Replaced"):
                     self.replaced += 1
             alive = {id(e) for e, _ in gradio_seam.queue_jobs(blocks)}
-            jobs = [j for j in jobs if id(j[0]) in alive]
+            jobs = [j for j in jobs if id(j[0]) in alive and j[0]._id not in STOPS.replaced]
         keys = ["all", f"address:{address}"] + ([f"session:{session}"] if session else [])
         waiting, capacity = sum(1 for j in jobs if not j[1]), gradio_seam.queue_capacity(blocks)
         if capacity is not None and waiting + self.joining["all"] >= capacity:

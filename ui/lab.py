@@ -16,6 +16,7 @@ import gradio as gr
 import numpy as np
 import torch
 
+from diffusion.batching import NetworkBroker
 from diffusion.cost import CostModel, seconds_per_nfe, work_batch
 from diffusion.hub import PIPELINE_NAMES
 from diffusion.images import gif_bytes
@@ -23,6 +24,7 @@ from diffusion.samplers import SAMPLERS, SamplerSpec, sampler_spec
 from diffusion.score import networks
 from diffusion.sde import VESDE
 
+from .gradio_seam import current_event
 from .pictures import PREVIEW_FRAMES
 from .run_loop import PREVIEW_INTERVAL, admit, check_time, guard  # noqa: F401  (PREVIEW_INTERVAL: read here too)
 from .run_loop import run as run_steps
@@ -32,6 +34,14 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 SAMPLE_PATH = ASSETS / "mnist_test_sample.npz"
 MODEL_NAMES = PIPELINE_NAMES                   # the registry's score models, a live view (diffusion/registry.py)
 DEFAULT_MAX_SECONDS = 120.0   # a request that runs longer is stopped (bounded work on a shared CPU)
+BROKER_MAX_ROWS = 256         # the largest batched pass (rows): bf16 per-row cost is flat from ~128 rows (2-core EPYC)
+
+
+def visitor_of_this_event():
+    """Who a network call works for, as the broker shares passes between visitors: the event's browser session (a
+    plain /call has none: the event itself); None outside an event."""
+    event_id, session = current_event()
+    return session or event_id
 
 
 def fmt_s(seconds: float) -> str:
@@ -73,8 +83,17 @@ class Lab:
                 # busy CPU at start-up cannot inflate the per-call overhead that worst-case admission adds
                 one = seconds_per_nfe(pipe.score_model, 1, decoder=decode, reps=self.cost.reps, fastest=True)
                 self.call_floor[name] = max(1.0, one / rate)
-        for pipe in self.pipelines.values():       # every network evaluation, in every handler, runs the guard
-            for net in networks(pipe.score_model):    # both networks of an autoguided pair
+        # concurrent jobs' network calls are batched and shared fairly between visitors (diffusion/batching.py)
+        self.broker = NetworkBroker(owner=visitor_of_this_event, account=lambda: current_event()[0],
+                                    max_rows=BROKER_MAX_ROWS)
+        self.serve(self.pipelines)
+
+    def serve(self, pipelines: dict) -> None:
+        """Put every score network of `pipelines` (both of an autoguided pair) behind the guard, which then runs
+        before every network evaluation in every handler, and on the broker."""
+        for pipe in pipelines.values():
+            for net in networks(pipe.score_model):
+                self.broker.install(net)
                 net.register_forward_pre_hook(self.guard_nfe)
 
     # -- guards ------------------------------------------------------------------------------------
@@ -135,14 +154,21 @@ class Lab:
         check_time(elapsed, self.max_seconds)
 
     def run(self, steps, **kwargs):
-        """ui/run_loop.py's `run` under this app's time limit: yields (step, due)."""
-        return run_steps(steps, self.max_seconds, **kwargs)
+        """ui/run_loop.py's `run` under this app's time limit (a job's own work: not its waits for other visitors'
+        network rows): yields (step, due)."""
+        return run_steps(steps, self.max_seconds, excused=self.waited_for_others, **kwargs)
+
+    def waited_for_others(self) -> float:
+        """Seconds the running event has waited on the broker for other visitors' rows (0 outside an event)."""
+        event_id = current_event()[0]
+        return self.broker.waited_for_others(event_id) if event_id is not None else 0.0
 
     def guard_nfe(self, module=None, args=None):
         """Before every network evaluation (a forward pre-hook on every score network): the run loop's `guard`
-        (cancelled, client gone, result never read, past the time limit since the event's first guarded step). So a
-        job stops within one evaluation, whichever handler or tab runs it, between its loop's steps too."""
-        guard(self.max_seconds)
+        (cancelled, client gone, result never read, past the time limit since the event's first guarded step, its
+        waits for others excused). So a job stops within one evaluation, whichever handler or tab runs it, between
+        its loop's steps too."""
+        guard(self.max_seconds, self.waited_for_others)
         return None
 
     # -- shared outputs ----------------------------------------------------------------------------

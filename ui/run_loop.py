@@ -57,10 +57,11 @@ def check_time(elapsed: float, max_seconds: float) -> None:
                        "Use fewer steps or images.", title="Time limit", print_exception=False)
 
 
-def guard(max_seconds: float | None = None) -> None:
+def guard(max_seconds: float | None = None, excused: Callable[[], float] | None = None) -> None:
     """Inside an event (a no-op outside one): stop the job (gr.Error "Stopped: <why>.") if it was cancelled, its
     client went away or its /call result was never opened (ui/stops.py), or, with `max_seconds`, it has run past
-    the time limit since its first guarded step."""
+    the time limit since its first guarded step. `excused()`: seconds of that time not counted (the event's waits
+    for other visitors' network rows: diffusion/batching.py), so the limit bounds a job's own work."""
     event_id, session_hash = current_event()
     if event_id is None:
         return
@@ -69,7 +70,7 @@ def guard(max_seconds: float | None = None) -> None:
     if why is not None:
         raise gr.Error(f"Stopped: {why}.", title="Stopped", print_exception=False)
     if max_seconds is not None:
-        check_time(time.monotonic() - started, max_seconds)
+        check_time(time.monotonic() - started - (excused() if excused else 0.0), max_seconds)
 
 
 # ---------------------------------------------------------------- throttle and loop
@@ -96,13 +97,14 @@ def _is_final(step) -> bool:
 
 
 def run(steps: Iterable, max_seconds: float, *, interval: float = PREVIEW_INTERVAL, lead: bool = True,
-        final: Callable[[object], bool] = _is_final, clock: Callable[[], float] = time.perf_counter) -> Iterator:
+        final: Callable[[object], bool] = _is_final, clock: Callable[[], float] = time.perf_counter,
+        excused: Callable[[], float] | None = None) -> Iterator:
     """Pull `steps` under the guard and the time limit; yield (step, due) (see the module docstring). `final(step)`
-    says which step is the last (default: its `.final`), whose update is always due."""
+    says which step is the last (default: its `.final`), whose update is always due. `excused`: as `guard`'s."""
     throttle = Throttle(interval, lead=lead, clock=clock)
     start, it = clock(), iter(steps)
     while True:
-        guard(max_seconds)                 # cancel / disconnect / never read / the event's time limit: before work
+        guard(max_seconds, excused)        # cancel / disconnect / never read / the event's time limit: before work
         try:
             step = next(it)
         except StopIteration:
@@ -111,7 +113,7 @@ def run(steps: Iterable, max_seconds: float, *, interval: float = PREVIEW_INTERV
             raise                          # ValueError, so it must pass before the library's own checks)
         except LIBRARY_ERRORS as e:
             raise gr.Error(str(e), print_exception=False) from None
-        check_time(clock() - start, max_seconds)
+        check_time(clock() - start - (excused() if excused else 0.0), max_seconds)
         yield step, throttle.due(final=final(step))
 
 

@@ -19,7 +19,7 @@ import diffusion.pipeline as dp
 from diffusion import hub
 from diffusion.cards_read import read_model_cards
 from diffusion.registry import DISTILLED_NAMES, SAMPLEABLE_NAMES
-from . import CSS, build_demo
+from . import CSS, SAMPLING_CONCURRENCY, build_demo
 from .allocator import tune_allocator
 from .fair_queue import MAX_JOBS_PER_CLIENT, MAX_JOBS_PER_SESSION, FairQueue
 from .http_limits import app_kwargs
@@ -94,6 +94,9 @@ def main(argv=None) -> None:
     parser.add_argument("--port", type=int, default=None, help="default $GRADIO_SERVER_PORT or 7860")
     parser.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS, help="time limit per request")
     parser.add_argument("--max-queue", type=int, default=16, help="requests allowed to wait in the queue")
+    parser.add_argument("--concurrency", type=int, default=SAMPLING_CONCURRENCY,
+                        help="sampling requests run at once; their network calls share batched passes, each visitor "
+                             "in turn (diffusion/batching.py); 1 = one at a time")
     parser.add_argument("--max-jobs-per-session", type=int, default=MAX_JOBS_PER_SESSION,
                         help="requests one browser session may have waiting or running")
     parser.add_argument("--max-jobs-per-client", type=int, default=MAX_JOBS_PER_CLIENT,
@@ -103,9 +106,11 @@ def main(argv=None) -> None:
                         help="score network precision: auto = bf16 autocast on a CPU with bf16 hardware "
                              "(AVX512-BF16/AMX, measured 1.2-1.5x at equal quality), else fp32")
     args = parser.parse_args(argv)
+    if args.concurrency < 1:
+        parser.error(f"--concurrency must be >= 1, got {args.concurrency}")
     tune_allocator()                # before any thread: 2 malloc arenas, 1 MiB mmap threshold (the env wins)
     app = create_demo(args.weights_dir, args.hub_repo, args.revision, max_seconds=args.max_seconds,
-                      max_queue=args.max_queue, precision=args.precision)
+                      max_queue=args.max_queue, precision=args.precision, concurrency=args.concurrency)
     app.launch(**launch_kwargs(args.host, args.port, max_jobs_per_session=args.max_jobs_per_session,
                                max_jobs_per_client=args.max_jobs_per_client))
 

@@ -8,7 +8,9 @@ The HTTP middleware (ui/limits.py) tells `STOPS` what it sees from outside the h
 - "cancelled": the event id was cancelled;
 - "disconnected": the event's own stream, or its session's, closed after the job started and stayed closed for
   GONE_GRACE_S (a browser reconnecting its stream within that grace is not a disconnect);
-- "result never read": a /call job whose result stream nobody opened within READ_GRACE_S of the POST's answer.
+- "result never read": a /call job whose result stream nobody opened within READ_GRACE_S of the POST's answer;
+- "replaced by a newer request from the same visitor": a running job of a latest-wins endpoint (ui/fair_queue.py)
+  whose visitor has sent a newer setting.
 
 Every table is bounded (oldest entries first out) and thread-safe: handlers run on worker threads, the middleware
 on the event loop.
@@ -21,6 +23,7 @@ from collections import OrderedDict
 
 READ_GRACE_S = 1.0                # a /call job whose result nobody has started reading by then is abandoned
 GONE_GRACE_S = 2.0                # a session with no open event stream this long after it closed is gone
+REPLACED = "replaced by a newer request from the same visitor (only the latest setting is computed)"
 
 
 class Stops:
@@ -29,6 +32,7 @@ class Stops:
     def __init__(self, limit: int = 4096):
         self.limit, self.lock = limit, threading.Lock()
         self.cancelled: OrderedDict[str, float] = OrderedDict()    # event id -> when
+        self.replaced: OrderedDict[str, float] = OrderedDict()     # event id -> when a newer request replaced it
         self.started: OrderedDict[str, float] = OrderedDict()      # event id -> its first guarded step
         self.posted: OrderedDict[str, float] = OrderedDict()       # /call event id -> when posted
         self.streams: OrderedDict[str, list] = OrderedDict()       # session hash or event id -> [open, closed_at]
@@ -42,6 +46,9 @@ class Stops:
 
     def cancel(self, event_id: str) -> None:
         self._put(self.cancelled, event_id, time.monotonic())
+
+    def replace(self, event_id: str) -> None:
+        self._put(self.replaced, event_id, time.monotonic())
 
     def post(self, event_id: str) -> None:
         self._put(self.posted, event_id, time.monotonic())
@@ -64,10 +71,12 @@ class Stops:
         return t
 
     def why_stop(self, event_id: str, session_hash: str | None, started: float) -> str | None:
-        """'cancelled' / 'disconnected' / 'result never read', or None to go on."""
+        """'cancelled' / 'replaced by ...' / 'disconnected' / 'result never read', or None to go on."""
         now = time.monotonic()
         if event_id in self.cancelled:
             return "cancelled"
+        if event_id in self.replaced:
+            return REPLACED
         for key in (event_id, session_hash):
             entry = self.streams.get(key) if key else None
             if entry and entry[0] <= 0 and entry[1] > started and now - entry[1] > GONE_GRACE_S:

@@ -21,7 +21,7 @@ from gradio_client import Client  # noqa: E402
 from test_app import _gen_args  # noqa: E402  (shared helpers, not duplicated)
 
 
-MAX_QUEUE = 4                                   # requests allowed to wait (one more runs: concurrency 1 on CPU)
+MAX_QUEUE = 4                                   # requests allowed to wait (one more runs: `hard` has concurrency 1)
 
 
 def _rss_mib() -> float:

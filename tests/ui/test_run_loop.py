@@ -178,6 +178,20 @@ def test_the_events_time_limit_counts_from_its_first_guarded_step(in_event):
         next(run(steps(10), 30.0))
 
 
+def test_waiting_for_other_visitors_is_not_counted_against_the_time_limit(in_event):
+    """The broker's waits for others' rows (excused) come off the event's elapsed time and the loop's own."""
+    in_event.start("ev")
+    in_event.started["ev"] -= 50.0                    # 50 s since the first guarded step, 45 of them waiting
+    assert len(list(run(steps(10), 30.0, excused=lambda: 45.0))) == 10
+    with pytest.raises(gr.Error, match="Stopped after 35 s"):
+        next(run(steps(10), 30.0, excused=lambda: 15.0))
+
+
+def test_the_loops_own_time_limit_excuses_waiting_too():
+    clock = Clock(tick=1.0)                           # every second of it spent waiting for others
+    assert len(list(run(steps(20), 5.0, clock=clock, excused=lambda: clock.now))) == 20
+
+
 # ---------------------------------------------------------------- lockstep by NFE
 
 def test_lockstep_advances_the_lane_that_has_spent_the_fewest_evaluations():
