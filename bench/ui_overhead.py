@@ -135,7 +135,7 @@ def measure_in_process(demo, dp, repeats: int) -> dict:
                              rest_s=handler_s - net.total - dec.total - cls.total, postprocess_s=post_s,
                              updates=updates, image_bytes=sum(b for _, b in files),
                              distinct_image_bytes=sum(dict(files).values())))
-        out[tab] = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+        out[tab] = {k: (min if k.endswith("_s") else statistics.median)(r[k] for r in rows) for k in rows[0]}
     return out
 
 
@@ -154,7 +154,8 @@ def _wait_ready(url: str, proc, timeout: float = 300) -> None:
 
 
 def measure_end_to_end(repo: Path, weights: str, args_of: dict, repeats: int) -> dict:
-    """Each event through gradio_client against `python app.py` of `repo`: seconds to the complete result."""
+    """Each event through gradio_client against `python app.py` of `repo`: seconds to the complete result, with the
+    image files downloaded (as a browser fetches them; gradio_client fetches one after another) and without."""
     from gradio_client import Client
 
     from ui.server import free_port
@@ -166,16 +167,19 @@ def measure_end_to_end(repo: Path, weights: str, args_of: dict, repeats: int) ->
                             stderr=subprocess.STDOUT)
     try:
         _wait_ready(url, proc)
-        client = Client(url, verbose=False)
-        out = {}
+        clients = {"end_to_end_s": Client(url, verbose=False),
+                   "end_to_end_no_download_s": Client(url, verbose=False, download_files=False)}
+        out = {tab: {} for tab in args_of}
         for tab, (args, api) in args_of.items():
-            client.predict(*args, api_name=f"/{api}")          # warm-up
-            times = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                client.predict(*args, api_name=f"/{api}")
-                times.append(time.perf_counter() - t)
-            out[tab] = statistics.median(times)
+            for key, client in clients.items():
+                client.predict(*args, api_name=f"/{api}")      # warm-up
+            times = {key: [] for key in clients}
+            for _ in range(repeats):                           # the two clients interleaved
+                for key, client in clients.items():
+                    t = time.perf_counter()
+                    client.predict(*args, api_name=f"/{api}")
+                    times[key].append(time.perf_counter() - t)
+            out[tab] = {key: min(v) for key, v in times.items()}
         return out
     finally:
         proc.terminate()
@@ -198,7 +202,8 @@ def worker(repo: Path, weights: str, repeats: int, e2e_repeats: int) -> dict:
     inproc = measure_in_process(demo, dp, repeats)            # first: gradio_client's threads would compete
     e2e = measure_end_to_end(repo, weights, args_of, e2e_repeats) if e2e_repeats else {}
     for tab in inproc:
-        inproc[tab]["end_to_end_s"] = e2e.get(tab, float("nan"))
+        for key in ("end_to_end_s", "end_to_end_no_download_s"):
+            inproc[tab][key] = e2e.get(tab, {}).get(key, float("nan"))
     return dict(tabs=inproc, load_before=load, load_after=os.getloadavg()[0], threads=torch.get_num_threads(),
                 cpu=dp.cpu_name())
 
@@ -208,7 +213,8 @@ def worker(repo: Path, weights: str, repeats: int, e2e_repeats: int) -> dict:
 COLUMNS = [("handler_s", "handler", 1000), ("network_s", "network", 1000), ("decoder_s", "decoder", 1000),
            ("classifier_s", "classifier", 1000), ("rest_s", "rest", 1000), ("postprocess_s", "PNG/gradio pp", 1000),
            ("updates", "updates", 1), ("image_bytes", "image kB sent", 1e-3),
-           ("distinct_image_bytes", "distinct kB", 1e-3), ("end_to_end_s", "end to end", 1000)]
+           ("distinct_image_bytes", "distinct kB", 1e-3), ("end_to_end_s", "end to end", 1000),
+           ("end_to_end_no_download_s", "e2e, no download", 1000)]
 
 
 def table(summary: dict, labels: list[str]) -> str:
@@ -255,20 +261,22 @@ def main() -> None:
                   f"{g['end_to_end_s'] * 1000:.0f} ms, load {run['load_before']:.2f}", flush=True)
     summary = {}
     for label, rs in runs.items():
-        tabs = {tab: {k: statistics.median(r["tabs"][tab][k] for r in rs) for k in rs[0]["tabs"][tab]}
-                for tab in TABS}
+        tabs = {tab: {k: (min if k.endswith("_s") else statistics.median)(r["tabs"][tab][k] for r in rs)
+                      for k in rs[0]["tabs"][tab]} for tab in TABS}
         summary[label] = dict(tabs=tabs, load=statistics.mean(r["load_before"] for r in rs), rounds=len(rs),
                               repo=str(repos[labels.index(label)]))
     first = runs[labels[0]][0]
     header = (f"# The UI's own overhead (bench/ui_overhead.py)\n\n{first['cpu']}, {first['threads']} torch threads, "
               f"{os.cpu_count()} CPU cores; {args.rounds} rounds (trees interleaved) x {args.repeats} in-process and "
-              f"{args.e2e_repeats} end-to-end requests per tab; medians over rounds of per-round medians; load = 1-min "
-              f"load average at each round's start (mean).\n\nGenerate: pixel-cond at its default sampling, digit 3, "
+              f"{args.e2e_repeats} end-to-end requests per tab; times: the fastest request over all rounds (load only "
+              f"slows a request down; the machine is shared), the split columns each their own fastest; counts and "
+              f"bytes: medians; load = 1-min load average at each round's start (mean).\n\nGenerate: pixel-cond at its default sampling, digit 3, "
               f"16 images. Live: the 4-step student, 16 images. Compare: pixel-cond and latent-cond at pixel-cond's "
               f"default sampling, 16 images. handler = in-process wall time of iterating the handler = network + "
               f"decoder + classifier + rest; PNG/gradio pp = each output component's postprocess over all updates "
               f"(outside the handler); image kB sent = bytes of the image files the updates point at; end to end = "
-              f"gradio_client against `python app.py`, to the complete result, files downloaded.\n")
+              f"gradio_client against `python app.py`, to the complete result, files downloaded (one after another, as "
+              f"gradio_client does); e2e, no download: the same without fetching the files.\n")
     text = header + "\n" + table(summary, labels) + "\n"
     print("\n" + text)
     out = Path(args.out)
