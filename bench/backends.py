@@ -34,6 +34,8 @@ from diffusion.registry import EVALUATOR_NAMES, FLAGSHIP, defaults_for
 RESULTS = Path(__file__).resolve().parent / "results"
 STUDENT = "pixel-cond-distilled"
 REFERENCE = "eager fp32"
+# workload -> model; live-2step / live-1step: the fewer-step students, whose bf16 quality is the question
+WORKLOADS = {"generate": FLAGSHIP, "live": STUDENT, "live-2step": f"{STUDENT}-2step", "live-1step": f"{STUDENT}-1step"}
 VARIANTS = {  # name -> (backend, precision)
     "eager fp32": ("eager", "fp32"), "eager bf16": ("eager", "bf16"),
     "channels_last fp32": ("channels_last", "fp32"), "channels_last bf16": ("channels_last", "bf16"),
@@ -148,7 +150,7 @@ def quality(model, name: str, variants: list[str], n: int, classifier) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workloads", nargs="+", default=["generate", "live"], choices=["generate", "live"])
+    p.add_argument("--workloads", nargs="+", default=["generate", "live"], choices=list(WORKLOADS))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--images", type=int, default=16)
     p.add_argument("--reps", type=int, default=7)
@@ -177,7 +179,7 @@ def main(argv=None):
     meta = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "load_before": load_avg(), "versions": _versions(), "skipped": skipped,
             "inductor_cache": "cold (empty)" if args.cold_compile else "warm (on-disk cache of earlier runs, if any)"}
-    names = {"generate": FLAGSHIP, "live": STUDENT}
+    names = WORKLOADS
     for workload in args.workloads:
         model = load_model(names[workload], weights_dir=args.weights_dir).eval()
         if args.quality_only:

@@ -12,8 +12,9 @@ removes that forward again: the reference path, bit-identical to a network that 
   compile        torch.compile (inductor), batch dimension dynamic (one compile serves every batch size)
   onnxruntime    the network exported to ONNX (torch.onnx, batch dynamic) and run by ONNX Runtime's CPU provider;
                  fp32 only (precision "bf16" is ignored: its CPU provider has no bf16 convolutions)
-  openvino       the network converted by OpenVINO (ov.convert_model, batch dynamic) on its CPU plugin, with
-                 inference precision f32 or bf16 as `precision` says (its own default on AVX512-BF16 is bf16)
+  openvino       the network converted by OpenVINO (ov.convert_model) on its CPU plugin, compiled once per batch
+                 size (static shapes run ~1.7x faster than its dynamic batch), inference precision f32 or bf16 as
+                 `precision` says (its own default on AVX512-BF16 is bf16); "auto" on a CPU with bf16 hardware
 
 Exported runtimes (channels_last's copy, onnxruntime, openvino) hold a copy of the weights; they are rebuilt when
 any parameter or buffer of the network changes in place (each tensor's `_version` counter: an optimizer step or
@@ -24,9 +25,11 @@ bench/backends.py measures them all against eager (speed, max pixel difference, 
 """
 from __future__ import annotations
 
+import collections
 import copy
 import importlib.util
 import tempfile
+import threading
 import types
 import warnings
 import weakref
@@ -40,12 +43,14 @@ __all__ = ["AUTO_BACKEND", "BACKENDS", "BackendUnavailable", "attach", "availabl
 
 BACKENDS = ("auto", "eager", "channels_last", "compile", "onnxruntime", "openvino")
 _PACKAGES = {"onnxruntime": ("onnx", "onnxruntime"), "openvino": ("openvino",)}
-# "auto" on a CPU, per compute precision: the measured winner at >= 1.3x without a quality loss. On the AMD EPYC
-# (AVX512-BF16, 2 threads) of bench/results/backends.md none won against today's path: Generate (bf16 autocast)
-# best compile bf16 at ~1.06x; Live's student (fp32) best compile fp32 at ~1.26x (and 15-60 s of compilation on
-# the first request), onnxruntime 1.0-1.2x, openvino slower in f32. So "auto" stays eager; a re-measurement that
-# shows a winner changes only this table.
-AUTO_BACKEND = {"fp32": "eager", "bf16": "eager"}
+# "auto" on a CPU with bf16 arithmetic in hardware (AVX512-BF16 / AMX), when openvino is installed: OpenVINO with
+# bf16 inference precision. Measured on an AMD EPYC (AVX512-BF16, 2 threads; bench/results/backends.md, same seeds):
+# Live's 4-step student 1.50x faster than today's fp32 eager with FD 4.09 vs 4.06 at 1000 samples (torch's bf16
+# autocast: FD 8.95, which is why students stay fp32 under torch); Generate's default 1.30x faster than today's bf16
+# autocast, FD 3.07 vs 3.07 (fp32 3.09). The 2- and 1-step students' FD rose ~5% (4.65 vs 4.44, 6.42 vs 6.10), so
+# Pipeline keeps them (and latent models, unmeasured) on eager. Elsewhere (no bf16 hardware: unmeasured; GPUs;
+# openvino missing): eager.
+AUTO_BACKEND = "openvino"
 
 
 class BackendUnavailable(RuntimeError):
@@ -63,16 +68,15 @@ def _check_name(backend) -> None:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
 
 
-def resolve_backend(backend: str, device, precision: str = "fp32") -> str:
-    """"auto" -> the measured winner for this precision on a CPU when its packages are installed, else "eager";
-    GPUs were not measured and stay eager. Any other name is returned as is (checked)."""
+def resolve_backend(backend: str, device, bf16_hardware: bool = False) -> str:
+    """"auto" -> AUTO_BACKEND on a CPU with bf16 hardware when its package is installed, else "eager" (the documented
+    fallback: a missing optional package never breaks "auto"). Any other name is returned as is (checked)."""
     _check_name(backend)
     if backend != "auto":
         return backend
-    if torch.device(device).type != "cpu":
-        return "eager"
-    choice = AUTO_BACKEND.get(precision, "eager")
-    return choice if available(choice) else "eager"
+    if torch.device(device).type == "cpu" and bf16_hardware and available(AUTO_BACKEND):
+        return AUTO_BACKEND
+    return "eager"
 
 
 # net -> its runtime; weak, so that a network's runtime goes with it, and a deepcopy of an installed network
@@ -104,8 +108,8 @@ def attach(score_model: nn.Module) -> None:
 
 
 def install(score_model: nn.Module, backend: str, precision: str = "fp32") -> list[nn.Module]:
-    """Make every U-Net of `score_model` evaluate through `backend` ("auto" is resolved for `precision` on the
-    network's device) and return those networks. Idempotent: reinstalling the same backend and precision keeps
+    """Make every U-Net of `score_model` evaluate through `backend` ("auto" resolved as for a CPU with bf16 hardware
+    when `precision` is "bf16") and return those networks. Idempotent: reinstalling the same backend and precision keeps
     the built runtime. Raises BackendUnavailable (naming the pip package) when the backend's package is missing.
     A forward someone else put on the network (a batching broker) is left in place: if it wraps ours (`attach`
     came first), the new runtime runs under it; "eager" then runs the class's forward through ours, unchanged."""
@@ -113,7 +117,7 @@ def install(score_model: nn.Module, backend: str, precision: str = "fp32") -> li
 
     nets = networks(score_model)
     device = next(score_model.parameters()).device
-    backend = resolve_backend(backend, device, precision)
+    backend = resolve_backend(backend, device, bf16_hardware=precision == "bf16")
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16' (resolved), got {precision!r}")
     if not available(backend):
@@ -278,20 +282,41 @@ class _OnnxRuntime(_Runtime):
 
 
 class _OpenVino(_Runtime):
+    """OpenVINO's CPU plugin. The converted model has a dynamic batch, but the plugin runs a static shape ~1.7x
+    faster (bench/results/backends.md), so each batch size gets its own compiled copy (compiling one takes well
+    under a second; the `shapes_kept` most recent are kept). One lock: an infer request serves one call at a time."""
     name, exported = "openvino", True
+    shapes_kept = 8
 
     def build(self, net, inputs):
         import openvino as ov
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings, as in _onnx_bytes
             model = ov.convert_model(_Signature(net).eval(), example_input=tuple(inputs))
-        config = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
-                  "INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"}
-        return ov.Core().compile_model(model, "CPU", config)
+        self.core, self.requests, self.lock = ov.Core(), collections.OrderedDict(), threading.Lock()
+        self.config = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
+                       "INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"}
+        return model
+
+    def _request(self, inputs):
+        """The infer request compiled for these input shapes (batch b: x (b, C, H, W), the rest (b,))."""
+        key = tuple(tuple(v.shape) for v in inputs)
+        request = self.requests.get(key)
+        if request is None:
+            model = self.engine.clone()
+            model.reshape({port: list(shape) for port, shape in zip(model.inputs, key)})
+            request = self.core.compile_model(model, "CPU", self.config).create_infer_request()
+            self.requests[key] = request
+            while len(self.requests) > self.shapes_kept:
+                self.requests.popitem(last=False)
+        self.requests.move_to_end(key)
+        return request
 
     def run(self, inputs):
-        out = self.engine([v.numpy() for v in inputs])[0]
-        return torch.from_numpy(out.copy())
+        with self.lock:
+            request = self._request(inputs)
+            request.infer([v.numpy() for v in inputs])
+            return torch.from_numpy(request.get_output_tensor(0).data.copy())
 
 
 _RUNTIME_TYPES = {"channels_last": _ChannelsLast, "compile": _Compiled, "onnxruntime": _OnnxRuntime,

@@ -165,9 +165,15 @@ class Pipeline:
         "auto" keeps a distilled student in fp32: its 1-4 steps have no later step to correct the rounding, and
         under bf16 autocast the 2-step student's digits came out blurred (FD ratio 14.9 vs 2.6 in fp32, 1000
         samples, bench/results/distillation.md); "bf16" asked for explicitly is honoured. The onnxruntime backend
-        runs fp32 whatever was asked (its CPU provider has no bf16 convolutions)."""
-        precision = self._requested_precision()
-        return "fp32" if resolve_backend(self.backend, self.device, precision) == "onnxruntime" else precision
+        runs fp32 whatever was asked (its CPU provider has no bf16 convolutions).
+        The openvino backend with precision "auto" runs bf16 where the CPU has it, students included: its bf16 mode
+        kept the 4-step student's FD (4.09 vs 4.06 in fp32, 1000 samples, bench/results/backends.md)."""
+        backend = self.compute_backend
+        if backend == "onnxruntime":
+            return "fp32"
+        if backend == "openvino" and self.precision == "auto":
+            return resolve_precision("auto", self.device)
+        return self._requested_precision()
 
     def _requested_precision(self) -> str:
         if self.precision == "auto" and getattr(self.score_model, "distilled", None):
@@ -176,8 +182,15 @@ class Pipeline:
 
     @property
     def compute_backend(self) -> str:
-        """What evaluates the score network (diffusion.backends): "auto" resolved for this device and precision."""
-        return resolve_backend(self.backend, self.device, self._requested_precision())
+        """What evaluates the score network (diffusion.backends): "auto" is OpenVINO on a CPU with bf16 hardware
+        (when installed) for a pixel-space model at precision "auto", else eager: a precision asked for explicitly
+        keeps "auto" on torch's path at that precision (fp32: the reference, bit for bit); latent models were not
+        measured and stay eager; so do students of fewer than 4 steps, whose FD OpenVINO's bf16 raised by ~5%
+        (bench/results/backends.md)."""
+        steps = (getattr(self.score_model, "distilled", None) or {}).get("steps", 4)
+        if self.backend == "auto" and (self.is_latent or self.precision != "auto" or steps < 4):
+            return "eager"
+        return resolve_backend(self.backend, self.device, bf16_hardware=cpu_has_bf16())
 
     def _labels(self, labels, num_images):
         """labels: None, a sequence of ints, an int tensor (B,), or a float tensor (B, D) of embeddings."""

@@ -127,14 +127,16 @@ def test_bad_backend_name_lists_the_valid_ones():
 def test_missing_package_is_a_clear_error_and_auto_falls_back_to_eager(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(backends.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "onnxruntime" else real(name, *a))
-    monkeypatch.setitem(backends.AUTO_BACKEND, "fp32", "onnxruntime")
-    assert not available("onnxruntime") and available("eager")
+                        lambda name, *a: None if name in ("onnxruntime", "openvino") else real(name, *a))
+    assert not available("onnxruntime") and not available("openvino") and available("eager")
     with pytest.raises(BackendUnavailable) as err:
         install(tiny_score(), "onnxruntime")
     assert str(err.value) == ("backend 'onnxruntime' needs the Python package(s) onnxruntime: "
                               "pip install onnxruntime (or use backend 'eager')")
-    assert resolve_backend("auto", "cpu", "fp32") == "eager"           # documented fallback of "auto"
+    with pytest.raises(BackendUnavailable, match="pip install openvino"):
+        Pipeline(tiny_score(num_classes=10), name="t", backend="openvino").generate([1], num_steps=2)
+    assert resolve_backend("auto", "cpu", bf16_hardware=True) == "eager"          # documented fallback of "auto"
+    assert Pipeline(tiny_score(num_classes=10), name="t").compute_backend == "eager"
 
 
 @pytest.mark.parametrize("backend", FAST)
@@ -184,15 +186,30 @@ def test_exported_runtime_follows_weight_updates_and_copies_run_eager():
         assert installed(clone.net) == "eager" and torch.equal(clone.net(x, t, labels), eager)
 
 
-def test_pipeline_backend_resolution():
+def test_pipeline_backend_resolution(monkeypatch):
     model = tiny_score(num_classes=10)
-    assert resolve_backend("auto", "cuda", "fp32") == "eager"
+    assert resolve_backend("auto", "cuda", bf16_hardware=True) == "eager"
+    assert resolve_backend("auto", "cpu", bf16_hardware=False) == "eager"       # no bf16 hardware: unmeasured
     assert Pipeline(model, backend="eager").compute_backend == "eager"
-    auto = Pipeline(model, name="t", precision="fp32", backend="auto")
-    assert auto.compute_backend == resolve_backend("auto", "cpu", "fp32")
     if available("onnxruntime"):
         ort = Pipeline(model, name="t", precision="bf16", backend="onnxruntime")
         assert ort.compute_backend == "onnxruntime" and ort.compute_precision == "fp32"   # fp32 only
+    if available("openvino"):
+        monkeypatch.setattr("diffusion.pipeline.cpu_has_bf16", lambda: True)
+        assert resolve_backend("auto", "cpu", bf16_hardware=True) == "openvino"
+        student = tiny_students(model, names=["pixel-cond-distilled"])["pixel-cond-distilled"]
+        auto = Pipeline(student, name="pixel-cond-distilled")                      # precision and backend "auto"
+        assert auto.compute_backend == "openvino" and auto.compute_precision == "bf16"  # students too (measured)
+        two_step = tiny_students(model, names=["pixel-cond-distilled-2step"])["pixel-cond-distilled-2step"]
+        few = Pipeline(two_step, name="pixel-cond-distilled-2step")               # FD rose under bf16: eager
+        assert (few.compute_backend, few.compute_precision) == ("eager", "fp32")
+        eager = Pipeline(student, name="pixel-cond-distilled", backend="eager")
+        assert eager.compute_precision == "fp32"                       # torch autocast blurs students: fp32
+        for precision in ("fp32", "bf16"):                                # asked for: torch's path, as before
+            asked = Pipeline(model, name="t", precision=precision)
+            assert (asked.compute_backend, asked.compute_precision) == ("eager", precision)
+        monkeypatch.setattr("diffusion.pipeline.cpu_has_bf16", lambda: False)
+        assert Pipeline(model, name="t").compute_backend == "eager"
 
 
 def test_a_wrapper_installed_after_the_pipeline_keeps_its_place_and_sees_the_backend():
@@ -216,3 +233,17 @@ def test_a_wrapper_installed_after_the_pipeline_keeps_its_place_and_sees_the_bac
         install(model, "eager")                                 # under the wrapper: the class's forward, exactly
         assert model.net.forward is wrapper and torch.equal(model.net(x, t, labels), reference.net(x, t, labels))
     assert calls == [4, 4]
+
+
+def test_openvino_compiles_one_copy_per_batch_size_and_keeps_the_latest(monkeypatch):
+    _needs("openvino")
+    monkeypatch.setattr(backends._OpenVino, "shapes_kept", 2)
+    model, reference = tiny_score(num_classes=10), tiny_score(num_classes=10)
+    (net,) = install(model, "openvino", "fp32")
+    for batch in (3, 5, 7, 3):
+        x, t, labels, _ = _inputs(model, batch, seed=batch)
+        with torch.inference_mode():
+            err = float((net(x, t, labels) - reference.net(x, t, labels)).abs().max())
+        assert err < TOLERANCE["openvino"]
+    kept = [key[0][0] for key in backends._RUNTIMES[net].requests]                # the x shape's batch
+    assert kept == [7, 3]                                                          # 5 evicted, 3 recompiled
