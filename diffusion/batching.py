@@ -10,13 +10,16 @@ Exactness. Every layer of the score networks is per sample (convolutions, GroupN
 time and label embeddings), so a caller's rows come back as they would alone, up to the floating-point order of a
 bigger batch (~1e-6 in fp32). Each caller keeps its own sampler, seed and noise: only network rows are pooled.
 
-Fairness (processor sharing by rows). Calls are owned (`owner()`, read on the caller's thread: the app passes the
-visitor's session). When one owner is waiting, all of its calls of one network go in one pass (a burst is batched
-whole). When several owners are waiting, each owner gets one call per pass and at most `quantum` rows of it, the
-quantum being the smallest waiting call's rows (at least `min_quantum`); a call that still has rows goes to the back
-of the line. So a visitor whose call is 16 rows waits for at most 16 rows of anybody else's per step: with one other
-busy visitor its request takes about 2x its time alone, less the gain of the bigger batch, however large the other's
-calls and however many jobs the other runs.
+Fairness (least attained service, by rows). Calls are owned (`owner()`, read on the caller's thread: the app
+passes the visitor's session). When one owner is active, all of its waiting calls of one network go in one pass (a
+burst is batched whole). When several owners are active (waiting now, or served within the last `active_s`: an
+owner between two steps of its sampler is still active), the pass is led by the waiting owner that has been served
+the fewest rows since it became active (ties: the smaller call, then the older): its call goes in whole, and each
+other owner with a call for the same network rides along with at most `min_quantum` rows of one call (a call that
+still has rows goes to the back of the line). So a visitor who arrives while another floods the app leads every
+pass until it has caught up: its request costs about its own rows plus `min_quantum` per step, not a share of the
+flood. Before a pass without an active owner's call, the worker waits up to `linger_s` for it (its sampler's step
+between two calls takes a millisecond or two), so that owner's next call rides in this pass, not the next.
 
 What bypasses the broker (runs directly on the caller's thread): calls with autograd recording (the likelihood's
 vector-Jacobian products), and calls inside `exclusive(net)` (e.g. diffusion.anatomy's forward hooks on the
@@ -82,14 +85,19 @@ def _autocast_state() -> tuple:
 
 class NetworkBroker:
     """See the module docstring. `owner()`: who the calling thread works for (None: nobody in particular; all
-    unowned calls are one owner). `max_rows`: the largest pass (a bigger call is split); `min_quantum`: the fewest
-    rows an owner gets per pass when several owners wait."""
+    unowned calls are one owner). `max_rows`: the largest pass (a bigger call is split); `min_quantum`: the rows an
+    owner that does not lead a pass rides along with when several owners are active."""
 
     def __init__(self, *, owner: Callable[[], Hashable] = lambda: None, account: Callable[[], Hashable] = lambda: None,
-                 max_rows: int = 256, min_quantum: int = 16):
+                 max_rows: int = 256, min_quantum: int = 16, active_s: float = 0.1, linger_s: float = 0.005):
         if max_rows < 1 or min_quantum < 1:
             raise ValueError(f"max_rows and min_quantum must be >= 1, got {max_rows}, {min_quantum}")
+        if not (active_s >= 0 and linger_s >= 0):
+            raise ValueError(f"active_s and linger_s must be >= 0, got {active_s!r}, {linger_s!r}")
         self.owner, self.account, self.max_rows, self.min_quantum = owner, account, int(max_rows), int(min_quantum)
+        self.active_s, self.linger_s = float(active_s), float(linger_s)
+        self._served: dict[Hashable, float] = {}      # owner -> when its last call was finished (monotonic)
+        self._attained: dict[Hashable, int] = {}      # owner -> rows served since it became active
         self._waited: OrderedDict = OrderedDict()    # account -> seconds its calls waited for others' rows
         self.stats = BrokerStats()
         self._line: list[_Call] = []                  # waiting calls, oldest first (partly done ones re-queued last)
@@ -100,13 +108,14 @@ class NetworkBroker:
 
     # ------------------------------------------------------------ installing on a network
     def install(self, net: nn.Module) -> nn.Module:
-        """Route `net`'s forward through this broker (idempotent). Forward pre-hooks and hooks on `net` itself
-        still run on the caller's thread around the call; its submodules run on the worker."""
+        """Route `net`'s forward through this broker (idempotent; a network on another broker moves to this one).
+        Forward pre-hooks and hooks on `net` itself still run on the caller's thread around the call; its submodules
+        run on the worker."""
         current = getattr(net, _ATTR, None)
         if current is not None:
-            if current[0] is not self:
-                raise ValueError("this network is already installed on another NetworkBroker")
-            return net
+            if current[0] is self:
+                return net
+            self.uninstall(net)                         # moves here (e.g. a second app built on the same models)
         own_forward = net.forward
         self._locks[id(net)] = threading.RLock()
         setattr(net, _ATTR, (self, own_forward))
@@ -173,17 +182,22 @@ class NetworkBroker:
     # ------------------------------------------------------------ the worker's side
     def _take(self) -> list[tuple[_Call, int]]:
         """The next pass: [(call, rows of it)], from the line (lock held, line not empty). See the module doc."""
-        first = self._line[0]
-        group = [c for c in self._line if c.key == first.key]
-        if len({c.owner for c in self._line}) == 1:
-            chosen = [(c, c.remaining) for c in group]
+        now = time.monotonic()
+        waiting = list(dict.fromkeys(c.owner for c in self._line))           # owners in line, first come first
+        for owner in [o for o, t in self._served.items() if now - t > self.active_s and o not in waiting]:
+            del self._served[owner]                                           # gone quiet: its account closes
+            self._attained.pop(owner, None)
+        if len(set(waiting) | set(self._served)) == 1:
+            first = self._line[0]
+            chosen = [(c, c.remaining) for c in self._line if c.key == first.key]
         else:
-            quantum = max(self.min_quantum, min(c.remaining for c in self._line))
-            seen, chosen = set(), []
-            for c in group:
-                if c.owner not in seen:
+            firsts = {o: next(c for c in self._line if c.owner == o) for o in waiting}
+            lead = min(waiting, key=lambda o: (self._attained.get(o, 0), firsts[o].remaining, waiting.index(o)))
+            key, chosen, seen = firsts[lead].key, [(firsts[lead], firsts[lead].remaining)], {lead}
+            for c in self._line:
+                if c.key == key and c.owner not in seen:
                     seen.add(c.owner)
-                    chosen.append((c, min(c.remaining, quantum)))
+                    chosen.append((c, min(c.remaining, self.min_quantum)))
         budget, taken = self.max_rows, []
         for c, n in chosen:
             n = min(n, budget)
@@ -191,22 +205,33 @@ class NetworkBroker:
                 break
             taken.append((c, n))
             budget -= n
+            self._attained[c.owner] = self._attained.get(c.owner, 0) + n
         for c, _ in taken:                              # whoever is served goes to the back of the line
             self._line.remove(c)
             self._line.append(c)
         return taken
+
+    def _absent(self) -> bool:
+        """Whether an owner served within `active_s` has no call in the line (lock held)."""
+        now, waiting = time.monotonic(), {c.owner for c in self._line}
+        return any(now - t <= self.active_s and o not in waiting for o, t in self._served.items())
 
     def _serve(self) -> None:
         while True:
             with self._wake:
                 while not self._line:
                     self._wake.wait()
+                deadline = time.monotonic() + self.linger_s
+                while self._absent() and (left := deadline - time.monotonic()) > 0:
+                    self._wake.wait(left)          # an active owner's next call, on its way: let it ride along
                 taken = self._take()
             self._run_pass(taken)
             with self._wake:
+                now = time.monotonic()
                 for c, _ in taken:
                     if c.finished.is_set():
                         self._line.remove(c)
+                        self._served[c.owner] = now
 
     def _run_pass(self, taken: list[tuple[_Call, int]]) -> None:
         """One forward pass over the taken rows; each call's output rows written back in place."""

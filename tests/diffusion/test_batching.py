@@ -213,12 +213,17 @@ def test_install_uninstall_and_bad_arguments():
     net = Recorder()
     broker = NetworkBroker()
     assert broker.install(net) is net and broker.install(net) is net
-    with pytest.raises(ValueError, match="already installed on another NetworkBroker"):
-        NetworkBroker().install(net)
+    other = NetworkBroker()
+    other.install(net)                                 # moves: a second app built on the same models
+    with torch.inference_mode():
+        net(torch.ones(1, 1, 2, 2), torch.zeros(1))
+    assert (other.stats.calls, broker.stats.calls) == (1, 0)
     NetworkBroker.uninstall(net)
     assert "forward" not in net.__dict__
     with pytest.raises(ValueError, match="max_rows and min_quantum must be >= 1"):
         NetworkBroker(max_rows=0)
+    with pytest.raises(ValueError, match="active_s and linger_s must be >= 0"):
+        NetworkBroker(linger_s=-1)
 
 
 def test_the_time_a_call_waited_for_others_is_kept_per_account():
@@ -246,3 +251,26 @@ def test_the_time_a_call_waited_for_others_is_kept_per_account():
     assert 0.2 <= broker.waited_for_others("second") <= 30
     assert broker.waited_for_others("first") < broker.waited_for_others("second")
     assert broker.waited_for_others("nobody") == 0.0
+
+
+def test_an_owner_between_two_steps_still_counts_as_active():
+    """B was just served (it is computing its next step): A's three waiting calls go one per pass, so B's next call
+    waits behind one of A's calls, not behind all three."""
+    gate = threading.Event()
+    net = Recorder(gate)
+    owner_of = {}
+    broker = NetworkBroker(owner=lambda: owner_of.get(threading.current_thread().name, "B"), active_s=5.0)
+    broker.install(net)
+
+    def call_as_a():
+        owner_of[threading.current_thread().name] = "A"
+        return net(torch.ones(10, 1, 2, 2), torch.zeros(10))
+
+    lined_up(broker, net, gate, [call_as_a] * 3)       # the blocker's 1-row pass is B's
+    assert net.sizes == [1, 10, 10, 10]
+    gate = threading.Event()
+    net = Recorder(gate)
+    broker = NetworkBroker(owner=lambda: owner_of.get(threading.current_thread().name, "B"), active_s=0.0)
+    broker.install(net)
+    lined_up(broker, net, gate, [call_as_a] * 3)       # B no longer counts: A alone, batched whole
+    assert net.sizes == [1, 30]

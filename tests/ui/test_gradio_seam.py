@@ -105,7 +105,7 @@ def test_queue_jobs_capacity_drop_and_reorder(tiny_weights):
     reads, and waiting lines are reordered in place."""
     from app_helpers import launched
 
-    with launched(tiny_weights, log_calls=True, max_queue=5) as served:
+    with launched(tiny_weights, log_calls=True, max_queue=5, concurrency=1) as served:     # one runs, the rest wait
         served.demo.lab.max_seconds = 10_000.0
         blocks = served.demo
         assert gradio_seam.queue_capacity(blocks) == 5 and gradio_seam.event_queue(blocks) is not None
