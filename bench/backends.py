@@ -230,7 +230,8 @@ def write_report(results: dict, path: Path) -> None:
              "warm-ups; \"net min\": the fastest rep (the least disturbed by other load). net = time inside the U-Net calls; total = the whole request (net + the sampler's per-step "
              "arithmetic + bookkeeping); build = first call minus a warm call (export / conversion / compilation). "
              "max |diff|: largest pixel difference of the final images from eager fp32's (images in [0, 1]). "
-             "Adopt at >= 1.3x without a quality loss.", ""]
+             "Adopt at >= 1.3x without a quality loss. A section with a tag in its title is a separate run "
+             "(`--tag`), compared only within itself.", ""]
     for workload, res in results.items():
         if not isinstance(res, dict) or "rows" not in res:
             continue
@@ -249,6 +250,11 @@ def write_report(results: dict, path: Path) -> None:
                          f"{r['net_speedup']:.2f}x | {r['total_speedup']:.2f}x | {r.get('net_vs_today', 0):.2f}x | "
                          f"{r.get('net_min_ms', 0):.1f} | {r.get('net_min_speedup', 0):.2f}x | {r['build_s']:.1f} | "
                          f"{r['max_abs_diff']:.1e} | {r['mean_abs_diff']:.1e} |")
+        fast = [r for r in res["rows"] if r.get("net_vs_today", 0) >= 1.3]
+        lines += ["", "At >= 1.3x the network time of today's path: " + (", ".join(
+            f"{r['variant']} ({r['net_vs_today']:.2f}x" + (f", FD {res['quality'][r['variant']]['fd']:.3f}"
+                                                         if r["variant"] in res.get("quality", {}) else "") + ")"
+            for r in fast) or "none") + "."]
         today = next((r for r in res["rows"] if r["variant"] == res.get("today")), res["rows"][0])
         lines += ["", f"Outside the network on today's path ({today['variant']}): {today['overhead_ms']:.1f} ms of "
                   f"{today['total_ms']:.1f} ({100 * today['overhead_ms'] / today['total_ms']:.1f}% of the request: the "
