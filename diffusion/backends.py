@@ -20,7 +20,7 @@ Exported runtimes (channels_last's copy, onnxruntime, openvino) hold a copy of t
 any parameter or buffer of the network changes in place (each tensor's `_version` counter: an optimizer step or
 load_state_dict), so a network still in training never runs stale weights. Inputs an export does not cover fall
 back to the eager forward, with the same result: gradients enabled, a non-CPU or non-float32 input, label
-embeddings (float labels) instead of digits.
+embeddings (float labels) instead of digits, a hook on a block inside the network (diffusion.anatomy).
 bench/backends.py measures them all against eager (speed, max pixel difference, FD): bench/results/backends.md.
 """
 from __future__ import annotations
@@ -166,15 +166,19 @@ class _Runtime:
         self.net_ref, self.precision = weakref.ref(net), precision
         self.version, self.engine = None, None
 
-    def covers(self, x, t, labels, guidance) -> bool:
+    def covers(self, net, x, t, labels, guidance) -> bool:
+        """Whether the runtime may take this call: eager keeps calls that need autograd, other devices or dtypes,
+        label embeddings, and calls while a hook sits on a block inside the network (diffusion.anatomy's feature
+        maps: a runtime never calls the blocks, so their hooks would not fire)."""
         tensors = [v for v in (x, t, labels, guidance) if torch.is_tensor(v)]
         return (x.device.type == "cpu" and x.dtype == torch.float32 and x.shape[0] > 0
                 and not (torch.is_grad_enabled() and any(v.requires_grad for v in tensors))
-                and (labels is None or not labels.is_floating_point()))
+                and (labels is None or not labels.is_floating_point())
+                and not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules() if m is not net))
 
     def __call__(self, x, t, labels, guidance):
         net = self.net_ref()
-        if not self.covers(x, t, labels, guidance):
+        if not self.covers(net, x, t, labels, guidance):
             return _eager(net, x, t, labels, guidance)
         if net.num_classes is not None:
             if labels is None:                                   # unconditional = the null class, as UNet does
@@ -246,7 +250,7 @@ class _Compiled(_Runtime):
         net = self.net_ref()
         if self.engine is None:
             self.engine = self.build(net, None)
-        if not self.covers(x, t, labels, guidance):
+        if not self.covers(net, x, t, labels, guidance):
             return _eager(net, x, t, labels, guidance)
         return self.engine(x, t, labels, guidance)
 

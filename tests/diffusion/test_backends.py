@@ -164,6 +164,11 @@ def test_inputs_an_export_does_not_cover_fall_back_to_eager():
     x.requires_grad_(True)                                                   # gradients: eager, differentiable
     model.net(x, t, labels).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+    seen = []                                                                # a hook on a block: eager
+    handle = model.net.conv_out.register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    with torch.inference_mode():
+        assert torch.equal(model.net(x, t, labels), reference.net(x, t, labels)) and seen == [x.shape]
+    handle.remove()
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\]"):
         with torch.inference_mode():
             model.net(x.detach(), t, labels + 20)
