@@ -4,8 +4,10 @@
 or both of an autoguided pair) evaluate through `backend`, in place: `score_model.net` stays the same `UNet`
 object (its attributes, state_dict, and the forward pre-hooks that ui/lab.py registers keep working, and a
 wrapper such as a batching broker still sees an `nn.Module` with the signature `net(x, t, labels, guidance=...)`);
-only its instance `forward` is replaced by one that hands the inputs to the runtime. `install(..., "eager")`
-removes that forward again: the reference path, bit-identical to a network that never had a backend.
+only its instance `forward` is replaced by one that hands the inputs to the runtime, inside `active()` (which
+Pipeline puts around the samplers' calls; every other caller of the shared network gets eager, as before).
+`install(..., "eager")` removes that forward again: the reference path, bit-identical to a network that never had
+a backend.
 
   eager          the PyTorch module as written (the reference; always available)
   channels_last  a private copy of the network with NHWC weights, fed NHWC inputs (oneDNN's preferred layout)
@@ -26,6 +28,8 @@ bench/backends.py measures them all against eager (speed, max pixel difference, 
 from __future__ import annotations
 
 import collections
+import contextlib
+import contextvars
 import copy
 import importlib.util
 import tempfile
@@ -38,7 +42,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["AUTO_BACKEND", "BACKENDS", "BackendUnavailable", "attach", "available", "install", "installed",
+__all__ = ["AUTO_BACKEND", "BACKENDS", "BackendUnavailable", "active", "attach", "available", "install", "installed",
            "resolve_backend"]
 
 BACKENDS = ("auto", "eager", "channels_last", "compile", "onnxruntime", "openvino")
@@ -77,6 +81,24 @@ def resolve_backend(backend: str, device, bf16_hardware: bool = False) -> str:
     if torch.device(device).type == "cpu" and bf16_hardware and available(AUTO_BACKEND):
         return AUTO_BACKEND
     return "eager"
+
+
+# Set (per thread / task) while a Pipeline samples: an installed runtime serves only those calls. Everything else that
+# calls the same shared network (zero-shot classification, the score field, likelihoods) runs eager fp32 as before.
+_ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("diffusion_backends_active", default=False)
+
+
+@contextlib.contextmanager
+def active():
+    """Within this block (this thread or task only), installed runtimes evaluate the networks; outside it, eager.
+    Pipeline wraps each of the samplers' network calls in it. A batching broker that runs the forward on a worker
+    thread must run it in the caller's context (contextvars.copy_context() taken at the call, .run on the worker)
+    for the runtime to apply; otherwise those calls run eager (same results, no speed-up)."""
+    token = _ACTIVE.set(True)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
 
 
 # net -> its runtime; weak, so that a network's runtime goes with it, and a deepcopy of an installed network
@@ -147,7 +169,7 @@ def _accelerated_forward(self: nn.Module, x: torch.Tensor, t: torch.Tensor, labe
                          guidance: torch.Tensor | None = None) -> torch.Tensor:
     """UNet.forward's signature; runs the installed runtime, or the eager forward for inputs it does not cover."""
     runtime = _RUNTIMES.get(self)
-    if runtime is None:
+    if runtime is None or not _ACTIVE.get():
         return _eager(self, x, t, labels, guidance)
     return runtime(x, t, labels, guidance)
 

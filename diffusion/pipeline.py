@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .backends import BACKENDS, attach, install, resolve_backend
+from .backends import BACKENDS, active, attach, install, resolve_backend
 from .editing import sdedit
 from .registry import FLAGSHIP, SAMPLEABLE_NAMES, SamplingDefaults, defaults_for, evaluation_order
 from .samplers import sampler_spec
@@ -96,6 +96,11 @@ class _Autocast:
     def __init__(self, score_model):
         self.inner, self.sde = score_model, score_model.sde
 
+    def __getattr__(self, name):
+        """Everything else from the score model: the samplers read `distilled` and `guidance_embed` (a student's
+        own grid and guidance range, diffusion.samplers.sampling_sigmas / check_guidance)."""
+        return getattr(self.inner, name)
+
     def __call__(self, x, t, labels=None, **kwargs):
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
             return self.inner(x, t, labels, **kwargs).to(x.dtype)
@@ -103,6 +108,26 @@ class _Autocast:
     def denoise(self, x, sigma, labels=None, guidance=1.0):
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
             return self.inner.denoise(x, sigma, labels, guidance).to(x.dtype)
+
+
+class _Accelerated:
+    """The score model's two calls inside diffusion.backends.active(): the installed runtime evaluates its U-Net(s)
+    for these calls only (other users of the shared model stay eager). Per call, like _Autocast, for the same
+    reason: a context var is per thread, and a streaming generator may be resumed on another thread."""
+
+    def __init__(self, score_model):
+        self.inner, self.sde = score_model, score_model.sde
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)      # as _Autocast: the samplers read the student's `distilled`
+
+    def __call__(self, x, t, labels=None, **kwargs):
+        with active():
+            return self.inner(x, t, labels, **kwargs)
+
+    def denoise(self, x, sigma, labels=None, guidance=1.0):
+        with active():
+            return self.inner.denoise(x, sigma, labels, guidance)
 
 
 @dataclass
@@ -273,7 +298,8 @@ class Pipeline:
         backend, precision = self.compute_backend, self.compute_precision
         install(self.score_model, backend, precision)
         torch_backend = backend in ("eager", "channels_last", "compile")
-        return _Autocast(self.score_model) if precision == "bf16" and torch_backend else self.score_model
+        model = _Autocast(self.score_model) if precision == "bf16" and torch_backend else self.score_model
+        return model if backend == "eager" else _Accelerated(model)
 
     def _previews(self, steps, num_steps: int, preview_every: int, start: float):
         """A sampler's Steps -> PipelineSteps: every `preview_every`-th (0: none) and the final one, as images."""

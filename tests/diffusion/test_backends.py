@@ -10,7 +10,8 @@ import torch
 from factories import tiny_score, tiny_students
 
 from diffusion import backends
-from diffusion.backends import BACKENDS, BackendUnavailable, available, install, installed, resolve_backend
+from diffusion.backends import (BACKENDS, BackendUnavailable, active, available, install, installed,
+                                resolve_backend)
 from diffusion.pipeline import Pipeline
 from diffusion.samplers import sample
 
@@ -55,7 +56,7 @@ def _assert_matches_eager(backend, precision):
         assert net is model.net and installed(net) == backend
         for batch in (3, 8):
             x, t, labels, extra = _inputs(model, batch, seed=batch)
-            with torch.inference_mode():
+            with torch.inference_mode(), active():
                 out, ref = net(x, t, labels, **extra), reference.net(x, t, labels, **extra)
             assert out.shape == ref.shape == x.shape and out.dtype == torch.float32
             err = float((out - ref).abs().max())
@@ -76,7 +77,7 @@ def test_openvino_bf16_is_close_to_eager_but_not_identical():
     reference = copy.deepcopy(model)
     install(model, "openvino", "bf16")
     x, t, labels, _ = _inputs(model, 4)
-    with torch.inference_mode():
+    with torch.inference_mode(), active():
         assert not torch.equal(model.net(x, t, labels), reference.net(x, t, labels))   # bf16 did run
 
 
@@ -90,7 +91,7 @@ def test_compile_equals_eager_at_two_batch_sizes(precision):
     install(model, "compile", "bf16")
     for batch in (3, 8):
         x, t, labels, _ = _inputs(model, batch)
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16), active():
             out, ref = model.net(x, t, labels), reference.net(x, t, labels)
         assert bf16_close(out, ref)
 
@@ -102,14 +103,14 @@ def test_eager_is_bit_identical_to_a_network_that_never_had_a_backend():
     install(model, "eager")
     assert "forward" not in model.net.__dict__ and installed(model.net) == "eager"
     x, t, labels, _ = _inputs(model, 5)
-    with torch.inference_mode():
+    with torch.inference_mode(), active():
         assert torch.equal(model.net(x, t, labels), untouched.net(x, t, labels))
     # and the whole Pipeline path: backend "eager" = the sampler on the bare score model, as before backends
     pipe = Pipeline(model, name="t", precision="fp32", backend="eager")
     images, _ = pipe.generate(torch.arange(4), sampler="ddim", num_steps=3, seed=7)
     g = torch.Generator().manual_seed(7)
     x0 = untouched.sde.prior_sample((4, *untouched.sample_shape), g)
-    with torch.inference_mode():
+    with torch.inference_mode(), active():
         out, _ = sample("ddim", untouched, x0, torch.arange(4), num_steps=3, generator=g, guidance=1.0)
     assert torch.equal(images, out.clamp(0, 1)[:, 0])
 
@@ -159,18 +160,18 @@ def test_inputs_an_export_does_not_cover_fall_back_to_eager():
     install(model, "onnxruntime")
     x, t, labels, _ = _inputs(model, 4)
     embeddings = model.label_embeddings()[labels]                            # float labels: (B, D) embeddings
-    with torch.inference_mode():
+    with torch.inference_mode(), active():
         assert torch.equal(model.net(x, t, embeddings), reference.net(x, t, embeddings))
     x.requires_grad_(True)                                                   # gradients: eager, differentiable
     model.net(x, t, labels).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     seen = []                                                                # a hook on a block: eager
     handle = model.net.conv_out.register_forward_hook(lambda m, a, out: seen.append(out.shape))
-    with torch.inference_mode():
+    with torch.inference_mode(), active():
         assert torch.equal(model.net(x, t, labels), reference.net(x, t, labels)) and seen == [x.shape]
     handle.remove()
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\]"):
-        with torch.inference_mode():
+        with torch.inference_mode(), active():
             model.net(x.detach(), t, labels + 20)
 
 
@@ -179,12 +180,12 @@ def test_exported_runtime_follows_weight_updates_and_copies_run_eager():
     model = tiny_score(num_classes=10)
     install(model, "onnxruntime")
     x, t, labels, _ = _inputs(model, 4)
-    with torch.inference_mode():
+    with torch.inference_mode(), active():
         before = model.net(x, t, labels)
     with torch.no_grad():
         model.net.conv_out.bias.add_(1.0)                                    # an in-place update, as an optimizer's
     clone = copy.deepcopy(model)                                             # copies the forward, not the runtime
-    with torch.inference_mode():
+    with torch.inference_mode(), active():
         after, eager = model.net(x, t, labels), backends._eager(model.net, x, t, labels)
         assert float((after - before - 1.0).abs().max()) < 1e-4
         assert float((after - eager).abs().max()) < 1e-4
@@ -231,7 +232,7 @@ def test_a_wrapper_installed_after_the_pipeline_keeps_its_place_and_sees_the_bac
     model.net.forward = wrapper
     x, t, labels, _ = _inputs(model, 4)
     pipe._network()                                                                 # installs the runtime
-    with torch.inference_mode():
+    with torch.inference_mode(), active():
         out = model.net(x, t, labels)
         assert model.net.forward is wrapper and installed(model.net) == "onnxruntime" and calls == [4]
         assert float((out - reference.net(x, t, labels)).abs().max()) < TOLERANCE["onnxruntime"]
@@ -247,8 +248,32 @@ def test_openvino_compiles_one_copy_per_batch_size_and_keeps_the_latest(monkeypa
     (net,) = install(model, "openvino", "fp32")
     for batch in (3, 5, 7, 3):
         x, t, labels, _ = _inputs(model, batch, seed=batch)
-        with torch.inference_mode():
+        with torch.inference_mode(), active():
             err = float((net(x, t, labels) - reference.net(x, t, labels)).abs().max())
         assert err < TOLERANCE["openvino"]
     kept = [key[0][0] for key in backends._RUNTIMES[net].requests]                # the x shape's batch
     assert kept == [7, 3]                                                          # 5 evicted, 3 recompiled
+
+
+def test_outside_a_pipeline_call_the_shared_network_stays_eager():
+    """Zero-shot classification, the score field, likelihoods call the same score model directly: fp32 as before."""
+    _needs("openvino")
+    model, reference = tiny_score(num_classes=10), tiny_score(num_classes=10)
+    install(model, "openvino", "bf16")
+    x, t, labels, _ = _inputs(model, 4)
+    with torch.inference_mode():
+        assert torch.equal(model.net(x, t, labels), reference.net(x, t, labels))
+        assert torch.equal(model(x, t, labels), reference(x, t, labels))
+        with active():
+            assert not torch.equal(model.net(x, t, labels), reference.net(x, t, labels))   # bf16 runtime
+
+
+def test_the_pipeline_wrappers_show_the_students_grid_to_the_sampler():
+    """ddim reads `distilled` off what it is given: a wrapper that hid it ran a student on the Karras grid."""
+    teacher = tiny_score(num_classes=10)
+    student = tiny_students(teacher, names=["pixel-cond-distilled"])["pixel-cond-distilled"]
+    labels = torch.arange(3)
+    fp32, _ = Pipeline(student, name="s", precision="fp32", backend="eager").generate(labels, seed=1)
+    bf16, _ = Pipeline(student, name="s", precision="bf16", backend="eager").generate(labels, seed=1)
+    assert Pipeline(student, precision="bf16", backend="eager")._network().distilled == student.distilled
+    assert float((fp32 - bf16).abs().mean()) < 0.02                                # rounding, not another grid
