@@ -48,12 +48,11 @@ __all__ = ["AUTO_BACKEND", "BACKENDS", "BackendUnavailable", "active", "attach",
 BACKENDS = ("auto", "eager", "channels_last", "compile", "onnxruntime", "openvino")
 _PACKAGES = {"onnxruntime": ("onnx", "onnxruntime"), "openvino": ("openvino",)}
 # "auto" on a CPU with bf16 arithmetic in hardware (AVX512-BF16 / AMX), when openvino is installed: OpenVINO with
-# bf16 inference precision. Measured on an AMD EPYC (AVX512-BF16, 2 threads; bench/results/backends.md, same seeds):
-# Live's 4-step student 1.50x faster than today's fp32 eager with FD 4.09 vs 4.06 at 1000 samples (torch's bf16
-# autocast: FD 8.95, which is why students stay fp32 under torch); Generate's default 1.30x faster than today's bf16
-# autocast, FD 3.07 vs 3.07 (fp32 3.09). The 2- and 1-step students' FD rose ~5% (4.65 vs 4.44, 6.42 vs 6.10), so
-# Pipeline keeps them (and latent models, unmeasured) on eager. Elsewhere (no bf16 hardware: unmeasured; GPUs;
-# openvino missing): eager.
+# bf16 inference precision. Measured on an AMD EPYC (AVX512-BF16, 2 threads, other jobs running: load 2-4;
+# bench/results/backends.md, same seeds): Live's 4-step student 1.48-1.50x the network speed of today's fp32 eager,
+# FD 4.09 vs 4.06 at 1000 samples; Generate's default 1.30x today's bf16 autocast, FD 3.07 vs 3.07 (fp32 3.09).
+# Pipeline keeps the 2- and 1-step students (their FD rose ~5% under OpenVINO's bf16), latent models (unmeasured)
+# and explicitly asked precisions on eager. Elsewhere (no bf16 hardware: unmeasured; GPUs; openvino missing): eager.
 AUTO_BACKEND = "openvino"
 
 
