@@ -47,13 +47,15 @@ __all__ = ["AUTO_BACKEND", "BACKENDS", "BackendUnavailable", "active", "attach",
 
 BACKENDS = ("auto", "eager", "channels_last", "compile", "onnxruntime", "openvino")
 _PACKAGES = {"onnxruntime": ("onnx", "onnxruntime"), "openvino": ("openvino",)}
-# "auto" on a CPU with bf16 arithmetic in hardware (AVX512-BF16 / AMX), when openvino is installed: OpenVINO with
-# bf16 inference precision. Measured on an AMD EPYC (AVX512-BF16, 2 threads, other jobs running: load 2-4;
-# bench/results/backends.md, same seeds): Live's 4-step student 1.48-1.50x the network speed of today's fp32 eager,
-# FD 4.09 vs 4.06 at 1000 samples; Generate's default 1.30x today's bf16 autocast, FD 3.07 vs 3.07 (fp32 3.09).
-# Pipeline keeps the 2- and 1-step students (their FD rose ~5% under OpenVINO's bf16), latent models (unmeasured)
-# and explicitly asked precisions on eager. Elsewhere (no bf16 hardware: unmeasured; GPUs; openvino missing): eager.
-AUTO_BACKEND = "openvino"
+# What "auto" picks: eager (torch), everywhere. The best runtime measured, OpenVINO with bf16 inference precision on
+# an AMD EPYC with AVX512-BF16 (2 threads, other jobs running: load 2-4; bench/results/backends.md, same seeds), ran
+# Live's 4-step student 1.48-1.50x faster than fp32 eager at FD 4.09 vs 4.06 (1000 samples), but Generate's default
+# only 1.30x faster than torch's bf16 autocast (the app's path), and torch's own bf16 autocast gives Live 1.34x at
+# FD 4.05 with nothing to install. Against it: OpenVINO compiles once per batch size (2.5-9 s on the request path),
+# and the app's batching broker (diffusion/batching.py) makes passes of every size; and it is a 180 MB dependency.
+# So it stays an opt-in backend (`--backend openvino`, `pip install openvino`); set AUTO_BACKEND = "openvino" to make
+# "auto" pick it on a CPU with bf16 hardware where it is installed.
+AUTO_BACKEND = "eager"
 
 
 class BackendUnavailable(RuntimeError):
@@ -77,7 +79,7 @@ def resolve_backend(backend: str, device, bf16_hardware: bool = False) -> str:
     _check_name(backend)
     if backend != "auto":
         return backend
-    if torch.device(device).type == "cpu" and bf16_hardware and available(AUTO_BACKEND):
+    if AUTO_BACKEND != "eager" and torch.device(device).type == "cpu" and bf16_hardware and available(AUTO_BACKEND):
         return AUTO_BACKEND
     return "eager"
 

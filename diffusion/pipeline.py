@@ -187,31 +187,22 @@ class Pipeline:
     @property
     def compute_precision(self) -> str:
         """What the score network runs in: "fp32" or "bf16" (autocast; the sampler's own arithmetic stays fp32).
-        "auto" keeps a distilled student in fp32: its 1-4 steps have no later step to correct the rounding, and
-        under bf16 autocast the 2-step student's digits came out blurred (FD ratio 14.9 vs 2.6 in fp32, 1000
-        samples, bench/results/distillation.md); "bf16" asked for explicitly is honoured. The onnxruntime backend
-        runs fp32 whatever was asked (its CPU provider has no bf16 convolutions).
-        The openvino backend with precision "auto" runs bf16 where the CPU has it, students included: its bf16 mode
-        kept the 4-step student's FD (4.09 vs 4.06 in fp32, 1000 samples, bench/results/backends.md)."""
-        backend = self.compute_backend
-        if backend == "onnxruntime":
-            return "fp32"
-        if backend == "openvino" and self.precision == "auto":
-            return resolve_precision("auto", self.device)
-        return self._requested_precision()
-
-    def _requested_precision(self) -> str:
-        if self.precision == "auto" and getattr(self.score_model, "distilled", None):
+        "auto": bf16 where the CPU has bf16 hardware, students included. (Students were kept in fp32 until the
+        autocast wrapper was found hiding their `distilled` config from the samplers, so ddim ran them on the wrong
+        grid: that, not bf16, blurred them. Fixed, torch's bf16 autocast kept their FD at 1000 samples: 4-step 4.05
+        vs 4.06 fp32, 2-step 4.44 vs 4.44, 1-step 6.14 vs 6.10, and ran Live 1.34x faster; bench/results/backends.md.)
+        The onnxruntime backend runs fp32 whatever was asked (its CPU provider has no bf16 convolutions)."""
+        if self.compute_backend == "onnxruntime":
             return "fp32"
         return resolve_precision(self.precision, self.device)
 
     @property
     def compute_backend(self) -> str:
-        """What evaluates the score network (diffusion.backends): "auto" is OpenVINO on a CPU with bf16 hardware
-        (when installed) for a pixel-space model at precision "auto", else eager: a precision asked for explicitly
-        keeps "auto" on torch's path at that precision (fp32: the reference, bit for bit); latent models were not
-        measured and stay eager; so do students of fewer than 4 steps, whose FD OpenVINO's bf16 raised by ~5%
-        (bench/results/backends.md)."""
+        """What evaluates the score network (diffusion.backends): "auto" resolves to diffusion.backends.AUTO_BACKEND
+        (eager: see the measurements there) for a pixel-space model at precision "auto"; a precision asked for
+        explicitly keeps "auto" on torch's path at that precision (fp32: the reference, bit for bit); latent models
+        were not measured and stay eager; so do students of fewer than 4 steps, whose FD OpenVINO's bf16 raised by
+        ~5% (bench/results/backends.md)."""
         steps = (getattr(self.score_model, "distilled", None) or {}).get("steps", 4)
         if self.backend == "auto" and (self.is_latent or self.precision != "auto" or steps < 4):
             return "eager"

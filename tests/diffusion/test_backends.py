@@ -200,20 +200,21 @@ def test_pipeline_backend_resolution(monkeypatch):
     if available("onnxruntime"):
         ort = Pipeline(model, name="t", precision="bf16", backend="onnxruntime")
         assert ort.compute_backend == "onnxruntime" and ort.compute_precision == "fp32"   # fp32 only
+    monkeypatch.setattr("diffusion.pipeline.cpu_has_bf16", lambda: True)
+    assert resolve_backend("auto", "cpu", bf16_hardware=True) == "eager"          # AUTO_BACKEND: eager (measured)
+    student = tiny_students(model, names=["pixel-cond-distilled"])["pixel-cond-distilled"]
+    auto = Pipeline(student, name="pixel-cond-distilled")                          # precision and backend "auto"
+    assert (auto.compute_backend, auto.compute_precision) == ("eager", "bf16")    # students too (measured)
+    for precision in ("fp32", "bf16"):                                            # asked for: honoured
+        asked = Pipeline(model, name="t", precision=precision)
+        assert (asked.compute_backend, asked.compute_precision) == ("eager", precision)
     if available("openvino"):
-        monkeypatch.setattr("diffusion.pipeline.cpu_has_bf16", lambda: True)
+        monkeypatch.setattr(backends, "AUTO_BACKEND", "openvino")                 # where a deployment opts in
         assert resolve_backend("auto", "cpu", bf16_hardware=True) == "openvino"
-        student = tiny_students(model, names=["pixel-cond-distilled"])["pixel-cond-distilled"]
-        auto = Pipeline(student, name="pixel-cond-distilled")                      # precision and backend "auto"
-        assert auto.compute_backend == "openvino" and auto.compute_precision == "bf16"  # students too (measured)
+        assert Pipeline(student, name="pixel-cond-distilled").compute_backend == "openvino"
         two_step = tiny_students(model, names=["pixel-cond-distilled-2step"])["pixel-cond-distilled-2step"]
-        few = Pipeline(two_step, name="pixel-cond-distilled-2step")               # FD rose under bf16: eager
-        assert (few.compute_backend, few.compute_precision) == ("eager", "fp32")
-        eager = Pipeline(student, name="pixel-cond-distilled", backend="eager")
-        assert eager.compute_precision == "fp32"                       # torch autocast blurs students: fp32
-        for precision in ("fp32", "bf16"):                                # asked for: torch's path, as before
-            asked = Pipeline(model, name="t", precision=precision)
-            assert (asked.compute_backend, asked.compute_precision) == ("eager", precision)
+        few = Pipeline(two_step, name="pixel-cond-distilled-2step")               # FD rose under its bf16: eager
+        assert few.compute_backend == "eager"
         monkeypatch.setattr("diffusion.pipeline.cpu_has_bf16", lambda: False)
         assert Pipeline(model, name="t").compute_backend == "eager"
 
