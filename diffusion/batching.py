@@ -31,6 +31,7 @@ network's blocks, which must see that one call and no other: the lock keeps the 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import threading
 import time
 from collections import OrderedDict
@@ -71,6 +72,7 @@ class _Call:
     own_seconds: float = 0.0      # this call's share of its passes' time (pass time x its rows / the pass's rows)
     out: torch.Tensor | None = None
     error: BaseException | None = None
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)   # the caller's (made on its thread)
     finished: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -248,7 +250,9 @@ class NetworkBroker:
             grad = torch.inference_mode() if inference else torch.no_grad()
             tick = time.perf_counter()
             with self._locks[first.key[0]], grad, cpu, cuda:
-                out = first.forward(inputs.pop("x"), inputs.pop("t"), inputs.pop("labels", None), **inputs, **fixed)
+                # in the first caller's context variables (e.g. diffusion.backends.active(): a runtime serves it)
+                out = first.context.run(first.forward, inputs.pop("x"), inputs.pop("t"), inputs.pop("labels", None),
+                                        **inputs, **fixed)
             seconds = time.perf_counter() - tick
         except BaseException as e:                      # every caller of the pass gets the error, none hangs
             for c, _ in taken:

@@ -274,3 +274,24 @@ def test_an_owner_between_two_steps_still_counts_as_active():
     broker.install(net)
     lined_up(broker, net, gate, [call_as_a] * 3)       # B no longer counts: A alone, batched whole
     assert net.sizes == [1, 30]
+
+
+def test_a_pass_runs_in_its_callers_context_variables():
+    """The worker runs a pass in the caller's contextvars (e.g. diffusion.backends.active(), which lets an installed
+    runtime serve the samplers' calls), not in the worker thread's own."""
+    import contextvars
+
+    flag = contextvars.ContextVar("flag", default="worker's")
+    seen = []
+
+    class Reads(nn.Module):
+        def forward(self, x, t, labels=None):
+            seen.append(flag.get())
+            return x
+
+    net = Reads()
+    NetworkBroker().install(net)
+    flag.set("caller's")
+    with torch.inference_mode():
+        net(torch.ones(1, 1, 2, 2), torch.zeros(1))
+    assert seen == ["caller's"]
