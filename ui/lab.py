@@ -8,6 +8,7 @@ import atexit
 import math
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -84,6 +85,7 @@ class Lab:
                 one = seconds_per_nfe(pipe.score_model, 1, decoder=decode, reps=self.cost.reps, fastest=True)
                 self.call_floor[name] = max(1.0, one / rate)
         # concurrent jobs' network calls are batched and shared fairly between visitors (diffusion/batching.py)
+        self.running, self._running_lock = 0, threading.Lock()     # jobs inside `run` now (the preview throttle)
         self.broker = NetworkBroker(owner=visitor_of_this_event, account=lambda: current_event()[0],
                                     max_rows=BROKER_MAX_ROWS)
         self.serve(self.pipelines)
@@ -155,8 +157,18 @@ class Lab:
 
     def run(self, steps, **kwargs):
         """ui/run_loop.py's `run` under this app's time limit (a job's own work: not its waits for other visitors'
-        network rows): yields (step, due)."""
-        return run_steps(steps, self.max_seconds, excused=self.waited_for_others, **kwargs)
+        network rows): yields (step, due). Streamed updates are throttled to PREVIEW_INTERVAL times the number of
+        jobs in this loop at the moment (unless the tab sets its own `interval`): the app as a whole streams ~10
+        updates a second, however many visitors share it, since each update costs the server Python time (PNG
+        encoding, gradio's messages) that the jobs would otherwise spend waiting for each other."""
+        kwargs.setdefault("interval", lambda: PREVIEW_INTERVAL * max(1, self.running))
+        with self._running_lock:
+            self.running += 1
+        try:
+            yield from run_steps(steps, self.max_seconds, excused=self.waited_for_others, **kwargs)
+        finally:
+            with self._running_lock:
+                self.running -= 1
 
     def waited_for_others(self) -> float:
         """Seconds the running event has waited on the broker for other visitors' rows (0 outside an event)."""

@@ -77,16 +77,18 @@ def guard(max_seconds: float | None = None, excused: Callable[[], float] | None 
 
 class Throttle:
     """Wall-time throttle: `due()` is True at most once per `interval` seconds, and always for the final update.
-    The first update is due at once (`lead=False`: only after one interval)."""
+    The first update is due at once (`lead=False`: only after one interval). `interval` may be a callable, read at
+    each `due()` (e.g. longer while more jobs share the CPU)."""
 
-    def __init__(self, interval: float = PREVIEW_INTERVAL, *, lead: bool = True,
+    def __init__(self, interval: float | Callable[[], float] = PREVIEW_INTERVAL, *, lead: bool = True,
                  clock: Callable[[], float] = time.perf_counter):
-        self.interval, self.clock = float(interval), clock
+        self.interval, self.clock = interval if callable(interval) else float(interval), clock
         self.last = -math.inf if lead else clock()
 
     def due(self, final: bool = False) -> bool:
         now = self.clock()
-        if final or now - self.last >= self.interval:
+        gap = self.interval() if callable(self.interval) else self.interval
+        if final or now - self.last >= gap:
             self.last = now
             return True
         return False
@@ -96,7 +98,8 @@ def _is_final(step) -> bool:
     return bool(getattr(step, "final", False))
 
 
-def run(steps: Iterable, max_seconds: float, *, interval: float = PREVIEW_INTERVAL, lead: bool = True,
+def run(steps: Iterable, max_seconds: float, *, interval: float | Callable[[], float] = PREVIEW_INTERVAL,
+        lead: bool = True,
         final: Callable[[object], bool] = _is_final, clock: Callable[[], float] = time.perf_counter,
         excused: Callable[[], float] | None = None) -> Iterator:
     """Pull `steps` under the guard and the time limit; yield (step, due) (see the module docstring). `final(step)`
