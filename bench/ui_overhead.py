@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,20 +138,6 @@ def measure_in_process(demo, dp, repeats: int) -> dict:
     return out
 
 
-def _wait_ready(url: str, proc, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the app exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
-
-
 def measure_end_to_end(repo: Path, weights: str, args_of: dict, repeats: int) -> dict:
     """Each event through gradio_client against `python app.py` of `repo`: seconds to the complete result, with the
     image files downloaded (as a browser fetches them; gradio_client fetches one after another) and without."""
@@ -166,7 +151,8 @@ def measure_end_to_end(repo: Path, weights: str, args_of: dict, repeats: int) ->
                             cwd=repo, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}, stdout=log,
                             stderr=subprocess.STDOUT)
     try:
-        _wait_ready(url, proc)
+        from bench.app_latency import wait_ready   # here, not at the top: it imports this tree's diffusion package,
+        wait_ready(url, proc)                       # which a worker measuring another tree must not load first
         clients = {"end_to_end_s": Client(url, verbose=False),
                    "end_to_end_no_download_s": Client(url, verbose=False, download_files=False)}
         out = {tab: {} for tab in args_of}
