@@ -128,12 +128,12 @@ def test_bad_backend_name_lists_the_valid_ones():
 def test_missing_package_is_a_clear_error_and_auto_falls_back_to_eager(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(backends.importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("onnxruntime", "openvino") else real(name, *a))
+                        lambda name, *a: None if name in ("onnx", "onnxruntime", "openvino") else real(name, *a))
     assert not available("onnxruntime") and not available("openvino") and available("eager")
     with pytest.raises(BackendUnavailable) as err:
         install(tiny_score(), "onnxruntime")
-    assert str(err.value) == ("backend 'onnxruntime' needs the Python package(s) onnxruntime: "
-                              "pip install onnxruntime (or use backend 'eager')")
+    assert str(err.value) == ("backend 'onnxruntime' needs the Python package(s) onnx, onnxruntime: "
+                              "pip install onnx onnxruntime (or use backend 'eager')")
     with pytest.raises(BackendUnavailable, match="pip install openvino"):
         Pipeline(tiny_score(num_classes=10), name="t", backend="openvino").generate([1], num_steps=2)
     assert resolve_backend("auto", "cpu", bf16_hardware=True) == "eager"          # documented fallback of "auto"
