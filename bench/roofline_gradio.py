@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.soak import stop
 from bench.roofline_requests import (Request, Timers, in_process_phase, instrument, summarise, timed_handlers,
                                      with_seed)
 
@@ -121,11 +122,7 @@ def measure_requests(weights_dir, reps: int = 5, gradio: bool = True, log=print)
         phase = json.loads((work / "phase.json").read_text())
         e2e = gradio_phase(phase, f"http://127.0.0.1:{port}/", work / "log.jsonl", reps, log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, timeout=20)
     return {n: {"settings": p["settings"], "runs": p["runs"], "e2e_runs": e2e[n],
                 "summary": summarise(p["runs"], e2e[n])} for n, p in phase.items()}
 

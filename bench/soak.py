@@ -45,6 +45,15 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Terminate a launched app, and kill it if it has not exited within `timeout` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def request(url, data=None, headers=None, timeout=30) -> tuple[int, bytes]:
     req = urllib.request.Request(url, data=data, headers=headers or {})
     try:
@@ -262,11 +271,7 @@ def main(argv=None) -> None:
             refused=dict(sorted(soak.refused.items())), transport_errors=dict(soak.errors),
             server_log_bytes=log_bytes[0])
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
     print(json.dumps(report, indent=1))
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
 

@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.soak import stop   # PIL only: safe beside a worker measuring another tree
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 TABS = ("generate", "live", "compare")
@@ -168,11 +170,7 @@ def measure_end_to_end(repo: Path, weights: str, args_of: dict, repeats: int) ->
             out[tab] = {key: min(v) for key, v in times.items()}
         return out
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, timeout=20)
 
 
 def worker(repo: Path, weights: str, repeats: int, e2e_repeats: int) -> dict:
