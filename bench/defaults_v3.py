@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from bench.defaults import RESULTS, load_rows, setting_key, store_row
+from diffusion.guidance import SCHEDULE_KEYS, GuidanceSchedule
 from diffusion.metrics import choose_setting_v3, rule_v3_checks, worst_fd_ratio_v3
 
 STORE = RESULTS / "defaults_v3.json"
@@ -75,7 +76,9 @@ def run_queue(queue: Path, samples: int, weights_dir: Path, stop_at: dt.datetime
         if model not in pipes:
             pipes[model] = load_pipeline(model, weights_dir=weights_dir)
         pipe = pipes[model]
-        extras = {k: v for k, v in s.items() if k not in ("sampler", "steps", "guidance")}
+        extras = {k: v for k, v in s.items() if k not in ("sampler", "steps", "guidance", *SCHEDULE_KEYS)}
+        if any(k in s for k in SCHEDULE_KEYS):                       # w_lo / w_hi / w_ramp: a guidance schedule
+            extras["guidance_schedule"] = GuidanceSchedule.from_setting(s)
         t0 = time.perf_counter()
         images, labels, nfe, wall = generate(pipe, samples, s["sampler"], s["steps"], s["guidance"], seed, **extras)
         m = evaluator.evaluate(images, labels if pipe.conditional else None)
@@ -111,8 +114,9 @@ def coverage_gaps(rows: list[dict], model: str, samples: int | None = None) -> l
 
 
 def _setting_text(s: dict) -> str:
-    extras = "".join(f", {k} = {v:g}" for k, v in s.items() if k not in ("sampler", "steps", "guidance"))
-    return f"{s['sampler']} {s['steps']}, w = {s['guidance']:g}{extras}"
+    extras = "".join(f", {k} = {v:g}" for k, v in s.items() if k not in ("sampler", "steps", "guidance", *SCHEDULE_KEYS))
+    where = f" on {GuidanceSchedule.from_setting(s).describe()}" if any(k in s for k in SCHEDULE_KEYS) else ""
+    return f"{s['sampler']} {s['steps']}, w = {s['guidance']:g}{where}{extras}"
 
 
 def _fd_cells(m: dict) -> str:
@@ -163,6 +167,65 @@ def row_line(r: dict, pick: dict) -> str:
             f"{ps['stroke_width_mean']:.3f} ({ps['stroke_width_w1']:.3f}) | {misses} |")
 
 
+COMPACT = ("| setting | worst FD ratio | accuracy % c / r | confident | speck | recall c / r / pca / ae | "
+           "rule v3 misses |")
+
+
+def _ordered(rows: list[dict], model: str) -> tuple[list[dict], dict | None]:
+    """`model`'s rows at its largest N, in table order, and rule v3's pick among them (([], None) without rows)."""
+    mine = [r for r in rows if r["model"] == model]
+    if not mine:
+        return [], None
+    n = max(r["samples"] for r in mine)
+    at_n = sorted((r for r in mine if r["samples"] == n),
+                  key=lambda r: (r["setting"]["sampler"], r["setting"]["steps"], r["setting"]["guidance"],
+                                 _setting_text(r["setting"])))
+    return at_n, choose_setting_v3(at_n)
+
+
+def compact_table(rows: list[dict], model: str) -> list[str]:
+    """A model's rule-v3 table for its card: real digits' row, then every setting measured (the pick in bold, the
+    rows that lost with what they miss). Empty when the sweep never measured the model."""
+    at_n, best = _ordered(rows, model)
+    if best is None:
+        return []
+    real = best["metrics"]["real"]
+    sp = {**real["evaluators"], **real["views"]}
+    pm = lambda d, k=1.0, f=".3f": f"{format(d['mean'] * k, f)} ± {format(d['tolerance'] * k, f)}"  # noqa: E731
+    lines = [COMPACT, "|---" * 7 + "|",
+             f"| real digits (N = {real['samples']}) | 1 | "
+             + " / ".join(pm(real["evaluators"][n]["conditional_accuracy"], 100, ".2f") for n in SPACES[:2])
+             + f" | {pm(real['confident_rate'], 100, '.1f')}% | {pm(real['speck_rate'], 100, '.2f')}% | "
+             + " / ".join(pm(sp[n]["recall"]) for n in SPACES if n in sp)
+             + " | |"]
+    for r in at_n:
+        m, b = r["metrics"], "**" if r is best else ""
+        misses = ", ".join(k for k, ok in rule_v3_checks(m).items() if not ok) or "none"
+        lines.append(f"| {b}{_setting_text(r['setting'])}{b} | {b}{worst_fd_ratio_v3(m):.2f}{b} | {_acc(m)} | "
+                     f"{100 * m.get('confident_rate', float('nan')):.1f}% | {100 * m['speck_rate']:.2f}% | "
+                     f"{_recall(m)} | {misses} |")
+    return lines
+
+
+def readme_table(rows: list[dict], models) -> list[str]:
+    """One line per model for the README: rule v3's pick, its worst FD ratio, how many settings lost to it, and the
+    closest of them (the next by the rule's order: fewest misses, then worst FD ratio)."""
+    lines = ["| model | rule v3's pick (the default) | worst FD ratio | settings measured | closest setting that lost |",
+             "|---|---|---:|---:|---|"]
+    for model in models:
+        at_n, best = _ordered(rows, model)
+        if best is None:
+            continue
+        rest = [r for r in at_n if r is not best]
+        runner = choose_setting_v3(rest) if rest else None
+        lost = (f"{_setting_text(runner['setting'])} ({worst_fd_ratio_v3(runner['metrics']):.2f}; misses "
+                f"{sum(not ok for ok in rule_v3_checks(runner['metrics']).values())})" if runner else "—")
+        misses = sum(not ok for ok in rule_v3_checks(best["metrics"]).values())
+        lines.append(f"| `{model}` | {_setting_text(best['setting'])} (misses {misses}) | "
+                     f"{worst_fd_ratio_v3(best['metrics']):.2f} | {len(at_n)} | {lost} |")
+    return lines
+
+
 def report(rows: list[dict], out: Path | None = RESULTS / "defaults_v3.md") -> str:
     """Per model: rule v3's pick, then every row (winners and losers) under real digits' own figures."""
     lines = ["# Sampling defaults by rule v3 (every view, real digits as the yardstick)", "",
@@ -173,12 +236,8 @@ def report(rows: list[dict], out: Path | None = RESULTS / "defaults_v3.md") -> s
              "tolerance (2 sd over disjoint real subsets). Stroke width: mean ridge width in pixels (W1 distance of "
              "the width distribution to the test set's). Same seeds for every setting.", ""]
     for model in sorted({r["model"] for r in rows}):
-        mine = [r for r in rows if r["model"] == model]
-        n = max(r["samples"] for r in mine)
-        at_n = sorted((r for r in mine if r["samples"] == n),
-                      key=lambda r: (r["setting"]["sampler"], r["setting"]["steps"], r["setting"]["guidance"],
-                                     _setting_text(r["setting"])))
-        best = choose_setting_v3(at_n)
+        at_n, best = _ordered(rows, model)
+        n = best["samples"]
         misses = [k for k, ok in rule_v3_checks(best["metrics"]).items() if not ok]
         lines += [f"## {model}", "", f"**Pick: {_setting_text(best['setting'])}** (N = {n}, worst FD ratio "
                   f"{worst_fd_ratio_v3(best['metrics']):.2f}; "

@@ -16,6 +16,7 @@ import torch
 
 from .backends import BACKENDS, active, attach, install, resolve_backend
 from .editing import sdedit
+from .guidance import GuidanceSchedule, scheduled
 from .registry import FLAGSHIP, SAMPLEABLE_NAMES, SamplingDefaults, defaults_for, evaluation_order
 from .samplers import sampler_spec
 
@@ -232,9 +233,11 @@ class Pipeline:
 
     @torch.inference_mode()
     def stream(self, labels=None, *, num_images=None, sampler=None, num_steps=None, guidance=None, seed=0,
-               preview_every=1, **extras):
+               preview_every=1, guidance_schedule: GuidanceSchedule | None = None, **extras):
         """Yield a PipelineStep every `preview_every` sampler steps (0: only the final one), and always the final one.
-        `sampler`, `num_steps`, `guidance` left as None take this model's defaults (`self.defaults`)."""
+        `sampler`, `num_steps`, `guidance` left as None take this model's defaults (`self.defaults`);
+        `guidance_schedule` (diffusion.guidance) limits where along sigma the guidance applies (None: everywhere).
+        Other keywords go to the sampler (e.g. `eta`)."""
         sampler = self.defaults.sampler if sampler is None else sampler
         spec = sampler_spec(sampler)
         if num_steps is None and not spec.adaptive:                 # adaptive samplers (rk45) take no step count
@@ -249,8 +252,8 @@ class Pipeline:
         x = sde.prior_sample((n, *self.score_model.sample_shape), generator, device=self.device,
                              dtype=next(self.score_model.parameters()).dtype)
         guidance = guidance if self.guided else 1.0
-        steps = spec.fn(self._network(), x, labels, num_steps=num_steps, generator=generator, guidance=guidance,
-                        **extras)
+        network = scheduled(self._network(), guidance_schedule)
+        steps = spec.fn(network, x, labels, num_steps=num_steps, generator=generator, guidance=guidance, **extras)
         yield from self._previews(steps, int(num_steps or 0), preview_every, start)
 
     @torch.inference_mode()

@@ -96,7 +96,13 @@ All figures (weights/metrics.json{% if evaluated %}, evaluated {{ evaluated }}{%
 {% for key, value in figures %}| `{{ key }}` | {{ value }} |
 {% endfor %}{% else %}
 Not evaluated yet: `python -m train.evaluate --models {{ name }}`.
-{% endif %}{% if timelapse %}
+{% endif %}{% if settings %}
+## Sampling settings (rule v3)
+
+{{ settings_intro }}
+
+{% for line in settings %}{{ line }}
+{% endfor %}{% endif %}{% if timelapse %}
 `{{ timelapse }}` beside the weights holds the training time-lapse: samples from the same prior noise at \
 checkpoints during training.
 {% endif %}
@@ -381,6 +387,21 @@ def _headline(name: str, m: dict) -> tuple[str, list[str], list[tuple[str, list[
     return setup, lines, tables
 
 
+SETTINGS_INTRO = (
+    "Every sampling setting measured for this model (2000 samples each, seed 1234, the same noise for every setting; "
+    "`bench/results/defaults_v3.md` has every column, `docs/quality-v3.md` the rule). The default, in bold, is rule "
+    "v3's pick: a setting loses when it misses more of real digits' bands (accuracy under each classifier, speck rate, "
+    "recall in each feature space), or as many with a higher worst FD ratio (the worst over four feature spaces of "
+    "FD / real digits' own FD at the same N).")
+
+
+def settings_lines(name: str) -> list[str]:
+    """The rule-v3 table of `name` (bench/results/defaults_v3.json), every row it measured; [] when none."""
+    from bench.defaults import load_rows
+    from bench.defaults_v3 import STORE, compact_table
+    return compact_table(load_rows(STORE), name) if STORE.is_file() else []
+
+
 def render_card(name: str, weights_dir: Path, metrics: dict, published: Published | None = None) -> ModelCard:
     """The card of weights/<name>/ as a ModelCard (not written); `published` fills the "Use" snippet."""
     weights_dir = Path(weights_dir)
@@ -402,7 +423,7 @@ def render_card(name: str, weights_dir: Path, metrics: dict, published: Publishe
         cross_attention=bool(model_cfg.get("num_classes")) and model_spec(name).role == "score",
         training=_training_lines(name, rec), lpips_note=lpips_note, setup=setup, headline=headline,
         digit_tables=tables, figures=[(k, _fmt(v)) for k, v in flat_figures(metrics or {})],
-        evaluated=(metrics or {}).get("evaluated"),
+        evaluated=(metrics or {}).get("evaluated"), settings=settings_lines(name), settings_intro=SETTINGS_INTRO,
         timelapse=TIMELAPSE_NAME if (weights_dir / name / TIMELAPSE_NAME).is_file() else "",
         use=use_snippet(name, weights_dir, published))
 

@@ -12,10 +12,11 @@ from diffusion.samplers import SAMPLERS
 
 from .lab import MODEL_NAMES, Lab
 from .presets import cache_key
-from .validation import MAX_GUIDANCE, MAX_STEPS
+from .validation import MAX_GUIDANCE, MAX_STEPS, check_choice
 
 DEFAULT_IMAGES, DEFAULT_DIGIT, DEFAULT_SEED = 16, 3, 0
 # images: never editable, crisp pixels when upscaled by the browser, downloadable
+GUIDANCE_STEP = 0.0625    # the guidance sliders' grid: rule v3's sweep grid, so every model's default lies on it
 IMG = dict(format="png", interactive=False, elem_classes=["pixelated"], buttons=["download", "fullscreen"])
 # events that only move the page along (seed dice, cost line, recommended settings, grid clicks, the drawing switch,
 # first draws on load): still callable by name, left off the API page, which lists what the app computes
@@ -49,6 +50,17 @@ def note(text: str) -> gr.Markdown:
     return gr.Markdown(text, elem_classes=["panel-note"])
 
 
+def recommended_guidance(model) -> float:
+    """The model's default guidance weight (the registry's, rule v3's pick); a bad name gets the usual brief error."""
+    return dp.defaults_for(check_choice("model", model, MODEL_NAMES)).guidance
+
+
+def follow_recommended_guidance(model: gr.Radio, guidance: gr.Slider, api_name: str) -> None:
+    """A person's pick of a model (`input`, not `change`: a preset sets its own w) sets w to that model's default."""
+    model.input(recommended_guidance, model, guidance, api_name=api_name, queue=False, show_progress="hidden",
+                preprocess=False, **PLUMBING)
+
+
 def sampling_controls(page: Page, prefix: str):
     """The row Sampler | Steps | Guidance w, starting at the default model's recommended settings."""
     choices = [(f"{name} — {spec.description.split(':')[0]}", name) for name, spec in SAMPLERS.items()]
@@ -56,6 +68,6 @@ def sampling_controls(page: Page, prefix: str):
     with gr.Row():
         sampler = gr.Dropdown(choices, value=d.sampler, label="Sampler", key=f"{prefix}-sampler")
         steps = gr.Number(d.steps, label="Steps", precision=0, minimum=1, maximum=MAX_STEPS, key=f"{prefix}-steps")
-        guidance = gr.Slider(0, MAX_GUIDANCE, d.guidance, step=0.25, label="Guidance w",
+        guidance = gr.Slider(0, MAX_GUIDANCE, d.guidance, step=GUIDANCE_STEP, label="Guidance w",
                              info="1 = plain conditional, 0 = ignore the digit (pixel-uncond: autoguidance, 1 = off)", key=f"{prefix}-guidance")
     return sampler, steps, guidance

@@ -99,11 +99,11 @@ class GenerateTab:
         return f"Cost: {cost} on a batch of {batch}{when}{slow}. {spec.description}."
 
     @staticmethod
-    def recommended_settings(model) -> tuple[str, int]:
-        """The model's default sampler and step count (diffusion.pipeline.MODEL_DEFAULTS), set when a person picks a
-        model (not when a preset sets one along with its own sampler and steps)."""
+    def recommended_settings(model) -> tuple[str, int, float]:
+        """The model's default sampler, step count and guidance weight (the registry's, rule v3's picks), set when a
+        person picks a model (not when a preset sets one along with its own settings)."""
         d = dp.defaults_for(check_choice("model", model, MODEL_NAMES))   # named, never echoing a long value
-        return d.sampler, d.steps
+        return d.sampler, d.steps, d.guidance
 
     @staticmethod
     def random_seed() -> int:
@@ -155,7 +155,7 @@ class GenerateTab:
         gen = run.click(self.generate, inputs, outputs, api_name="generate", **page.heavy)
         stop.click(None, cancels=[gen])
         # .input: a person's pick only; a preset setting the model (and its own sampler and steps) does not fire it
-        model.input(self.recommended_settings, model, [sampler, steps], api_name="recommended_settings",
+        model.input(self.recommended_settings, model, [sampler, steps, guidance], api_name="recommended_settings",
                     queue=False, show_progress="hidden", preprocess=False, **PLUMBING)
         gr.on([model.change, sampler.change, steps.change, n.change, guidance.change], self.estimate,
               [model, sampler, steps, n, guidance], cost, api_name="estimate_cost", queue=False,

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from diffusion.samplers import SAMPLERS, sampler_spec
 
-from .controls import DEFAULT_DIGIT, DEFAULT_SEED, IMG, Page, note
+from .controls import GUIDANCE_STEP, DEFAULT_DIGIT, follow_recommended_guidance, DEFAULT_SEED, IMG, Page, note
 from .lab import Lab, fmt_s
 from .pictures import _font, show_grid
 from .run_loop import Lane, admit, lockstep
@@ -166,7 +166,7 @@ class RaceTab:
             digit = gr.Radio(list(range(10)), value=DEFAULT_DIGIT, label="Digit", info="ignored by pixel-uncond")
         with gr.Row():
             nfe = gr.Slider(2, MAX_RACE_NFE, 10, step=1, label="Network evaluations (NFE)")
-            guidance = gr.Slider(0, MAX_GUIDANCE, page.defaults.guidance, step=0.25, label="Guidance w")
+            guidance = gr.Slider(0, MAX_GUIDANCE, page.defaults.guidance, step=GUIDANCE_STEP, label="Guidance w")
             seed = gr.Number(DEFAULT_SEED, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
             n = gr.Slider(1, MAX_RACE_IMAGES, 4, step=1, label="Number of images")
         with gr.Row():
@@ -182,3 +182,4 @@ class RaceTab:
         go = run.click(self.race, [model, digit, nfe, guidance, seed, n], [board, table, status], api_name="race",
                        **page.heavy)
         stop.click(None, cancels=[go])
+        follow_recommended_guidance(model, guidance, "race_recommended_guidance")

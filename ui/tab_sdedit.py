@@ -14,7 +14,7 @@ from diffusion.editing import SDEDIT, half_mask
 from diffusion.images import grid
 
 from . import presets
-from .controls import DEFAULT_DIGIT, IMG, PLUMBING, Page, note
+from .controls import GUIDANCE_STEP, DEFAULT_DIGIT, follow_recommended_guidance, IMG, PLUMBING, Page, note
 from .gradio_seam import upload_folder
 from .lab import Lab, fmt_s
 from .tab_forward import ForwardTab
@@ -128,7 +128,7 @@ class SDEditTab:
                                       layers=False, transforms=(), height=360, format="png")
         with gr.Row():
             t0 = gr.Slider(0, 1, 0.4, step=0.01, label="t0 (how much noise)")
-            guidance = gr.Slider(0, MAX_GUIDANCE, page.defaults.guidance, step=0.25, label="Guidance w")
+            guidance = gr.Slider(0, MAX_GUIDANCE, page.defaults.guidance, step=GUIDANCE_STEP, label="Guidance w")
             steps = gr.Slider(1, MAX_EDIT_STEPS, 20, step=1, label="Steps")
         with gr.Row():
             region = gr.Radio(REGIONS, value=REGIONS[0], label="Inpainting")
@@ -158,5 +158,6 @@ class SDEditTab:
         go = run.click(self.edit, [source, index, sketch, model, digit, guidance, t0, steps, seed, n, region],
                        outputs, api_name="sdedit", **page.heavy)
         stop.click(None, cancels=[go])
+        follow_recommended_guidance(model, guidance, "sdedit_recommended_guidance")
         sketch.input(ForwardTab.use_drawing, sketch, source, api_name="sdedit_use_drawing", queue=False,
                      preprocess=False, **PLUMBING)

@@ -28,23 +28,54 @@ def test_a_queue_runs_once_per_setting_and_the_report_puts_real_digits_first(tin
     monkeypatch.setattr(train.evaluate, "load_evaluator", lambda weights_dir: evaluator)
     queue = tmp_path / "queue.txt"
     queue.write_text("pixel-cond euler_maruyama 2 1.0\npixel-cond euler_maruyama 2 1.5\n"
-                     "pixel-cond dpmpp_2m_sde 2 1.5 eta=0.5\npixel-cond euler_maruyama 2 1.0\n")
+                     "pixel-cond dpmpp_2m_sde 2 1.5 eta=0.5\npixel-cond euler_maruyama 2 1.0\n"
+                     "pixel-cond dpmpp_2m 2 3.0 w_hi=0.5\n")
     store = tmp_path / "v3.json"
     dv.run_queue(queue, 10, tiny_weights, None, store=store)
     rows = dv.load_rows(store)
     assert sorted((r["setting"]["sampler"], r["setting"]["guidance"], r["setting"].get("eta")) for r in rows) == [
-        ("dpmpp_2m_sde", 1.5, 0.5), ("euler_maruyama", 1.0, None), ("euler_maruyama", 1.5, None)]
+        ("dpmpp_2m", 3.0, None), ("dpmpp_2m_sde", 1.5, 0.5), ("euler_maruyama", 1.0, None), ("euler_maruyama", 1.5, None)]
     assert dv.next_setting(queue, 10, rows) is None                       # all done: a rerun samples nothing
     assert all(r["metrics"]["real"]["samples"] == 10 and "pixel-pca" in r["metrics"]["views"] for r in rows)
     text = dv.report(rows, out=None)
     table = text.split("## pixel-cond")[1]
     lines = [line for line in table.splitlines() if line.startswith("|")]
-    assert len(lines) == 6 and lines[2].startswith("| **real digits** (N = 10, 2 subsets) |")   # header, rule, real, 3
+    assert len(lines) == 7 and lines[2].startswith("| **real digits** (N = 10, 2 subsets) |")   # header, rule, real, 3
     pick = dv.pick_v3(rows, "pixel-cond")
     assert f"**Pick: {dv._setting_text(pick['setting'])}**" in table
     assert sum(line.startswith(f"| **{dv._setting_text(pick['setting'])}**") for line in lines) == 1
     assert any(line.startswith("| dpmpp_2m_sde 2, w = 1.5, eta = 0.5 |") for line in lines) or \
         pick["setting"].get("eta") == 0.5
+    assert any("dpmpp_2m 2, w = 3 on sigma in (0, 0.5]" in line for line in lines)   # the schedule row, named
+
+    # the card's compact table and the README's line: every row, the pick once in bold, the closest loser named
+    compact = dv.compact_table(rows, "pixel-cond")
+    assert compact[0] == dv.COMPACT and compact[2].startswith("| real digits (N = 10) |") and len(compact) == 3 + 4
+    assert [line.startswith(f"| **{dv._setting_text(pick['setting'])}** |") for line in compact[3:]].count(True) == 1
+    assert dv.compact_table(rows, "latent-cond") == []
+    head, rule, line = dv.readme_table(rows, ["pixel-cond", "latent-cond"])
+    assert line.startswith(f"| `pixel-cond` | {dv._setting_text(pick['setting'])} (misses ") and "| 4 |" in line
+    runner = dv.choose_setting_v3([r for r in rows if r is not pick])
+    assert line.rstrip(" |").split("| ")[-1].startswith(dv._setting_text(runner["setting"]))
+
+
+def test_a_schedule_row_samples_what_the_pipeline_samples_with_that_schedule(tiny_weights, tmp_path, monkeypatch):
+    """The queue's w_lo / w_hi / w_ramp keys reach the pipeline as a GuidanceSchedule, not the sampler."""
+    import train.evaluate
+    from diffusion.guidance import GuidanceSchedule
+
+    seen = []
+
+    def fake_generate(pipe, n, sampler, steps, guidance, seed, **extras):
+        seen.append(extras)
+        raise SystemExit("stop after the first row")
+    monkeypatch.setattr(train.evaluate, "generate", fake_generate)
+    monkeypatch.setattr(train.evaluate, "load_evaluator", lambda weights_dir: None)
+    queue = tmp_path / "queue.txt"
+    queue.write_text("pixel-cond dpmpp_2m_sde 2 2.0 w_lo=0.3 w_hi=5 w_ramp=1 eta=0.5\n")
+    with pytest.raises(SystemExit):
+        dv.run_queue(queue, 10, tiny_weights, None, store=tmp_path / "v3.json")
+    assert seen == [{"eta": 0.5, "guidance_schedule": GuidanceSchedule(0.3, 5.0, True)}]
 
 
 def test_coverage_gaps_list_the_grid_from_one_to_the_pick_plus_half_not_yet_measured():

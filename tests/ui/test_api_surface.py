@@ -6,6 +6,7 @@ import inspect
 
 import gradio as gr
 
+import diffusion.pipeline as dp
 from ui.controls import PLUMBING
 
 
@@ -15,7 +16,8 @@ REAL = {"generate", "compare", "interpolate", "live", "forward_diffusion", "scor
 
 
 PLUMBING_NAMES = {"random_seed", "estimate_cost", "recommended_settings", "pick_test_digit", "use_drawing",
-                  "sdedit_use_drawing", "forward_initial", "score_field_initial", "timelapse_initial"}
+                  "sdedit_use_drawing", "forward_initial", "score_field_initial", "timelapse_initial",
+                  "race_recommended_guidance", "sdedit_recommended_guidance"}
 
 
 def _named(info) -> set[str]:
@@ -34,7 +36,8 @@ def test_plumbing_is_off_the_api_page_yet_callable(client):
     listed = _named(client.view_api(print_info=False, return_format="dict"))
     assert REAL <= listed and not listed & PLUMBING_NAMES
     assert 0 <= client.predict(api_name="/random_seed") < 2**31 - 1
-    assert list(client.predict("pixel-uncond", api_name="/recommended_settings")) == ["dpmpp_2m_sde", 10]
+    d = dp.defaults_for("pixel-uncond")
+    assert list(client.predict("pixel-uncond", api_name="/recommended_settings")) == [d.sampler, d.steps, d.guidance]
 
 
 def _error(fn, args) -> str | None:

@@ -170,11 +170,14 @@ def test_estimate_cost_and_random_seed(client):
     assert 0 <= int(seed) <= MAX_SEED
 
 
-def test_choosing_a_model_sets_its_recommended_sampler(client):
-    # every score model's default is now the SDE solver (bench/results/defaults.md: the ODE keeps specks)
+def test_choosing_a_model_sets_its_recommended_settings(client):
+    # every score model's default is the SDE solver (bench/results/defaults.md: the ODE keeps specks), and its own w
     for model in ("pixel-uncond", "pixel-cond", "latent-cond"):
         d = dp.MODEL_DEFAULTS[model]
-        assert list(client.predict(model, api_name="/recommended_settings")) == [d.sampler, d.steps] == ["dpmpp_2m_sde", 10]
+        assert list(client.predict(model, api_name="/recommended_settings")) == [d.sampler, d.steps, d.guidance]
+        assert [d.sampler, d.steps] == ["dpmpp_2m_sde", 10]
+        for tab in ("race", "sdedit"):                              # the other tabs with a w slider follow the pick
+            assert client.predict(model, api_name=f"/{tab}_recommended_guidance") == d.guidance
 
 
 # ---------------------------------------------------------------- Pixel vs latent

@@ -142,11 +142,11 @@ def test_recommended_settings_follow_a_persons_pick_only(app_demo, monkeypatch):
     its own sampler and steps would fire too."""
     fn = next(f for f in app_demo.fns.values() if f.api_name == "recommended_settings")
     assert [event for _, event in fn.targets] == ["input"]
-    assert fn.outputs[0].label == "Sampler" and fn.outputs[1].label == "Steps"
-    assert fn.fn("latent-cond") == ("dpmpp_2m_sde", 10)
+    assert [o.label for o in fn.outputs] == ["Sampler", "Steps", "Guidance w"]
+    assert fn.fn("latent-cond") == ("dpmpp_2m_sde", 10, dp.defaults_for("latent-cond").guidance)
     import dataclasses
 
     from diffusion.registry import model_spec, registered
     changed = dataclasses.replace(model_spec("latent-cond"), defaults=dp.SamplingDefaults("heun", 20, 2.0))
     with registered(changed):                                         # the registry's defaults, changed for a while
-        assert fn.fn("latent-cond") == ("heun", 20)                   # read per model, at the moment of the pick
+        assert fn.fn("latent-cond") == ("heun", 20, 2.0)              # read per model, at the moment of the pick
