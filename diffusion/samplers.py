@@ -378,14 +378,38 @@ def check_guidance(score_model, guidance) -> None:
                   description="DDIM: Euler on the probability-flow ODE, 1 NFE/step; a distilled student's sampler "
                               "(on its own 1-4 step grid), plain DDIM on the Karras grid for other models")
 @torch.no_grad()
-def ddim(score_model, x, labels=None, *, num_steps, generator=None, guidance=1.0):
+def ddim(score_model, x, labels=None, *, num_steps, generator=None, guidance=1.0, eta=0.0):
     """DDIM = Euler on the probability-flow ODE, x' = D + (sigma'/sigma)(x - D) (Song et al. 2021 "DDIM"; Karras et al.
-    2022 eq. 4), on a distilled student's own grid (Salimans & Ho 2022) or the Karras grid. 1 NFE per step."""
+    2022 eq. 4), on a distilled student's own grid (Salimans & Ho 2022) or the Karras grid. 1 NFE per step.
+
+    eta > 0 makes each step ancestral (k-diffusion's `get_ancestral_step`): of the next noise level sigma', a part
+    sigma_up = min(sigma', eta sigma' sqrt(1 - sigma'^2 / sigma^2)) is fresh noise and the rest,
+    sigma_down = sqrt(sigma'^2 - sigma_up^2), the deterministic direction:
+
+        x' = D + (sigma_down / sigma)(x - D) + sigma_up z,   z ~ N(0, I)
+
+    so x' keeps the marginal std sigma' (if (x - D) / sigma is unit noise); eta = 1 is DDPM's ancestral step. The
+    last step (sigma' = 0) returns D at any eta."""
+    if not 0.0 <= float(eta) <= 1.0:
+        raise ValueError(f"eta must be in [0, 1], got {eta!r}")
     sigmas = sampling_sigmas(score_model, num_steps).tolist()
     check_guidance(score_model, guidance)
     sde, n = score_model.sde, len(sigmas) - 1
     for i in range(n):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x0 = score_model.denoise(x, sigma, labels, guidance)   # one network call (a student takes w as an input)
-        x = ddim_step(x, x0, sigma, sigma_next)             # last step: sigma' = 0, x = D
+        if eta > 0 and sigma_next > 0:
+            sigma_up = min(sigma_next, eta * sigma_next * math.sqrt(1 - (sigma_next / sigma) ** 2))
+            sigma_down = math.sqrt(sigma_next ** 2 - sigma_up ** 2)
+            x = ddim_step(x, x0, sigma, sigma_down) + sigma_up * _randn_like(x, generator)
+        else:
+            x = ddim_step(x, x0, sigma, sigma_next)         # last step: sigma' = 0, x = D
         yield Step(i, sde.t_from_std(sigma_next), x, x0, i + 1, i == n - 1)
+
+
+@register_sampler("euler_ancestral", nfe=lambda steps: steps,
+                  description="Euler ancestral: DDIM with fresh noise at every step (eta = 1), 1 NFE/step; on a "
+                              "student's grid it trades a little FD for fewer specks")
+def euler_ancestral(score_model, x, labels=None, *, num_steps, generator=None, guidance=1.0, eta=1.0):
+    """k-diffusion's `sample_euler_ancestral` in this package's terms: `ddim` at eta = 1 (or the eta given)."""
+    return ddim(score_model, x, labels, num_steps=num_steps, generator=generator, guidance=guidance, eta=eta)

@@ -13,7 +13,7 @@ import gradio as gr
 import torch
 
 from diffusion.cost import seconds_per_nfe, work_batch
-from diffusion.registry import DISTILLED_NAMES, model_spec
+from diffusion.registry import DISTILLED_NAMES, defaults_for, model_spec
 from diffusion.samplers import sampler_spec
 
 from .controls import DEFAULT_DIGIT, DEFAULT_SEED, IMG, Page, note
@@ -61,7 +61,8 @@ def student_runners(students: dict) -> dict[int, Runner]:
         if not info or info.get("steps") is None or int(info["steps"]) in runners:
             continue
         lo, hi = (float(v) for v in info["guidance_range"])
-        runners[int(info["steps"])] = Runner(name, pipe, "ddim", int(info["steps"]), (lo, hi), True)
+        sampler = defaults_for(name).sampler          # the student's own default (rule v3's pick), ddim or ancestral
+        runners[int(info["steps"])] = Runner(name, pipe, sampler, int(info["steps"]), (lo, hi), True)
     return dict(sorted(runners.items()))
 
 

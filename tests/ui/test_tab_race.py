@@ -22,14 +22,15 @@ def test_race_streams_every_sampler_and_ranks_them(client):
     assert "budget 4 NFE" in what and "seed 0" in what
     lines = [line for line in table.splitlines() if line.startswith("| ") and "sampler" not in line]
     names = [line.split("|")[2].strip() for line in lines]
-    assert set(names) == {"dpmpp_2m", "dpmpp_2m_sde", "heun", "euler_maruyama", "predictor_corrector", "ddim", "rk45"}
+    assert set(names) == {"dpmpp_2m", "dpmpp_2m_sde", "heun", "euler_maruyama", "predictor_corrector", "ddim",
+                          "euler_ancestral", "rk45"}
     nfes = {line.split("|")[2].strip(): int(line.split("|")[4]) for line in lines}
     assert nfes["dpmpp_2m"] == 4 and nfes["heun"] == 3 and nfes["predictor_corrector"] == 4   # heun 2 steps, pc 2
     assert all(v <= 4 for v in nfes.values())
     places = [line.split("|")[1].strip() for line in lines]
-    assert places[:6] == ["1", "2", "3", "4", "5", "6"]                       # rk45 cannot finish in 4 NFE
+    assert places[:7] == ["1", "2", "3", "4", "5", "6", "7"]                  # rk45 cannot finish in 4 NFE
     assert "did not finish within 4 NFE" in table and "not measured" in table
-    assert _img(board).shape[1] > 7 * 140                                     # seven panels side by side
+    assert _img(board).shape[1] > 8 * 140                                     # eight panels side by side
 
 
 def test_race_shows_the_benchmark_figure_where_one_exists():
