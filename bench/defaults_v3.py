@@ -77,8 +77,9 @@ def run_queue(queue: Path, samples: int, weights_dir: Path, stop_at: dt.datetime
             pipes[model] = load_pipeline(model, weights_dir=weights_dir)
         pipe = pipes[model]
         extras = {k: v for k, v in s.items() if k not in ("sampler", "steps", "guidance", *SCHEDULE_KEYS)}
-        if any(k in s for k in SCHEDULE_KEYS):                       # w_lo / w_hi / w_ramp: a guidance schedule
-            extras["guidance_schedule"] = GuidanceSchedule.from_setting(s)
+        # w_lo / w_hi / w_ramp name a guidance schedule; without them w applies everywhere (never the model's default
+        # schedule: a row measures exactly the setting it names)
+        extras["guidance_schedule"] = GuidanceSchedule.from_setting(s)
         t0 = time.perf_counter()
         images, labels, nfe, wall = generate(pipe, samples, s["sampler"], s["steps"], s["guidance"], seed, **extras)
         m = evaluator.evaluate(images, labels if pipe.conditional else None)

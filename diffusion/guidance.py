@@ -70,13 +70,19 @@ class GuidanceSchedule:
             return 1.0                          # exactly 1: the guided call falls back to one branch
         return 1.0 + (guidance - 1.0) * r
 
-    def describe(self) -> str:
-        """A short label for tables: 'all sigma', 'sigma in (0, 0.5]', 'ramp sigma 5 -> 0.3'."""
+    def describe(self, short: bool = False) -> str:
+        """A label for tables: 'all sigma', 'sigma in (0, 0.5]', 'ramp sigma 5 -> 0.3'; short=True says where w
+        applies in words a status line can carry: 'at sigma <= 1', 'at sigma > 0.5', 'ramped in from sigma 5 to 0.3'."""
         if self.constant:
-            return "all sigma"
+            return "at every sigma" if short else "all sigma"
         if self.ramp:
-            return f"ramp sigma {self.sigma_hi:g} -> {self.sigma_lo:g}"
-        return f"sigma in ({self.sigma_lo:g}, {self.sigma_hi:g}]"
+            return (f"ramped in from sigma {self.sigma_hi:g} to {self.sigma_lo:g}" if short
+                    else f"ramp sigma {self.sigma_hi:g} -> {self.sigma_lo:g}")
+        if short and self.sigma_lo == 0.0:
+            return f"at sigma <= {self.sigma_hi:g}"
+        if short and self.sigma_hi == math.inf:
+            return f"at sigma > {self.sigma_lo:g}"
+        return f"{'at ' if short else ''}sigma in ({self.sigma_lo:g}, {self.sigma_hi:g}]"
 
     @classmethod
     def from_setting(cls, setting: dict) -> "GuidanceSchedule":

@@ -235,8 +235,9 @@ class Pipeline:
     def stream(self, labels=None, *, num_images=None, sampler=None, num_steps=None, guidance=None, seed=0,
                preview_every=1, guidance_schedule: GuidanceSchedule | None = None, **extras):
         """Yield a PipelineStep every `preview_every` sampler steps (0: only the final one), and always the final one.
-        `sampler`, `num_steps`, `guidance` left as None take this model's defaults (`self.defaults`);
-        `guidance_schedule` (diffusion.guidance) limits where along sigma the guidance applies (None: everywhere).
+        `sampler`, `num_steps`, `guidance`, `guidance_schedule` left as None take this model's defaults
+        (`self.defaults`); the schedule (diffusion.guidance) says where along sigma w applies, and belongs to the
+        model's guidance recipe, so it applies at any w and sampler unless given (`GuidanceSchedule()`: everywhere).
         Other keywords go to the sampler (e.g. `eta`)."""
         sampler = self.defaults.sampler if sampler is None else sampler
         spec = sampler_spec(sampler)
@@ -252,7 +253,8 @@ class Pipeline:
         x = sde.prior_sample((n, *self.score_model.sample_shape), generator, device=self.device,
                              dtype=next(self.score_model.parameters()).dtype)
         guidance = guidance if self.guided else 1.0
-        network = scheduled(self._network(), guidance_schedule)
+        schedule = self.defaults.schedule if guidance_schedule is None else guidance_schedule
+        network = scheduled(self._network(), schedule)
         steps = spec.fn(network, x, labels, num_steps=num_steps, generator=generator, guidance=guidance, **extras)
         yield from self._previews(steps, int(num_steps or 0), preview_every, start)
 
@@ -281,8 +283,8 @@ class Pipeline:
             x = self.autoencoder.encode(x)                                   # (B, 4, 10, 10)
         mask = None if mask is None else torch.as_tensor(mask).to(x.device)
         generator = torch.Generator().manual_seed(int(seed))
-        steps = sdedit(self._network(), x, labels, num_steps=num_steps, t0=t0, generator=generator,
-                       guidance=guidance if self.guided else 1.0, mask=mask)
+        steps = sdedit(scheduled(self._network(), self.defaults.schedule), x, labels, num_steps=num_steps, t0=t0,
+                       generator=generator, guidance=guidance if self.guided else 1.0, mask=mask)
         yield from self._previews(steps, int(num_steps), preview_every, start)
 
     def _network(self):

@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .autoencoder import AutoEncoder
+from .guidance import GuidanceSchedule
 from .hub_mixin import CONFIG_NAME, WEIGHTS_NAME
 from .metrics import Classifier, ResNetClassifier
 from .score import ScoreModel
@@ -38,6 +39,12 @@ class SamplingDefaults:
     sampler: str
     steps: int
     guidance: float      # guidance weight w: classifier-free, or autoguidance for an autoguided model
+    schedule: GuidanceSchedule = GuidanceSchedule()   # where along sigma w applies (diffusion/guidance.py): everywhere
+
+    def describe(self) -> str:
+        """'dpmpp_2m_sde, 10 steps, w = 2 at sigma <= 1' (the schedule named only when it is not the whole range)."""
+        where = "" if self.schedule.constant else f" {self.schedule.describe(short=True)}"
+        return f"{self.sampler}, {self.steps} step{'s' if self.steps != 1 else ''}, w = {self.guidance:g}{where}"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import torch
 
+from .guidance import GuidanceSchedule
 from .hub import WeightsNotFound, load_pipeline
 from .images import save_grid
 from .pipeline import BACKENDS, MODEL_DEFAULTS, PRECISIONS
@@ -55,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     samplers = "\n".join(f"  {name:<20} {spec.description}" for name, spec in SAMPLERS.items())
     defaults = "\n".join(f"  {name:<13} --sampler {d.sampler} --steps {d.steps}"
                          + f" --guidance {d.guidance:g}"
+                         + ("" if d.schedule.constant else
+                            f" --guidance-interval {d.schedule.sigma_lo:g} {d.schedule.sigma_hi:g}")
                          for name, d in MODEL_DEFAULTS.items())
     p = argparse.ArgumentParser(
         prog="python -m diffusion.sample", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -69,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=None,
                    help=f"guidance weight w (classifier-free; {', '.join(model_names(guidance='autoguidance'))}: "
                         "autoguidance by its guide); "
+                        "default: the model's (below)")
+    p.add_argument("--guidance-interval", nargs=2, type=float, default=None, metavar=("LO", "HI"),
+                   help="apply w only at noise levels LO < sigma <= HI (Kynkaanniemi et al. 2024; 0 inf: everywhere); "
                         "default: the model's (below)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=positive_int, default=500)
@@ -96,6 +102,10 @@ def main(argv=None) -> int:
     if not np.isfinite(args.guidance) or args.guidance < 0:
         parser.error(f"--guidance must be a finite number >= 0, got {args.guidance}")
     try:
+        schedule = defaults.schedule if args.guidance_interval is None else GuidanceSchedule(*args.guidance_interval)
+    except ValueError as e:
+        parser.error(f"--guidance-interval: {e}")
+    try:
         pipe = load_pipeline(args.model, weights_dir=args.weights_dir, hub_repo=args.hub_repo,
                              revision=args.revision, device=args.device)
     except WeightsNotFound as e:
@@ -118,7 +128,7 @@ def main(argv=None) -> int:
         chunk = labels[start:stop] if labels is not None else None
         try:
             imgs, last = pipe.generate(chunk, num_images=stop - start, sampler=args.sampler, num_steps=args.steps,
-                                       guidance=args.guidance, seed=args.seed + b)
+                                       guidance=args.guidance, seed=args.seed + b, guidance_schedule=schedule)
         except ValueError as e:   # e.g. a step count or guidance a distilled student was not trained for
             parser.error(str(e))
         images.append(imgs.numpy())
@@ -130,7 +140,8 @@ def main(argv=None) -> int:
         nrow = args.per_digit if labels is not None and args.per_digit <= 20 else None
         save_grid(torch.from_numpy(images), args.grid, nrow=nrow)
     print(f"wrote {total} images to {args.out} ({args.model}, {args.sampler}, {args.steps} steps, NFE {nfe}/batch, "
-          f"guidance {args.guidance if pipe.guided else 'n/a'}, seed {args.seed}, {pipe.compute_precision}, "
+          f"guidance {args.guidance if pipe.guided else 'n/a'}"
+          f"{'' if schedule.constant or not pipe.guided else ' ' + schedule.describe(short=True)}, seed {args.seed}, {pipe.compute_precision}, "
           f"{pipe.compute_backend}, "
           f"{time.perf_counter() - t0:.1f}s)")
     return 0

@@ -180,8 +180,9 @@ def mixin_tags(name: str) -> list[str]:
 def _sampling_config(m: dict) -> str:
     parts = [f"{m['sampler']}, {m.get('steps')} steps ({m.get('nfe')} NFE)"] if m.get("sampler") else []
     if m.get("guidance") is not None:
-        parts.append(f"autoguidance w = {m['guidance']} (guide: `{m['autoguide']}`)" if m.get("autoguide")
-                     else f"guidance w = {m['guidance']}")
+        where = f" {m['guidance_where']}" if m.get("guidance_where") else ""
+        parts.append(f"autoguidance w = {m['guidance']}{where} (guide: `{m['autoguide']}`)" if m.get("autoguide")
+                     else f"guidance w = {m['guidance']}{where}")
     if m.get("samples"):
         parts.append(f"{m['samples']} samples")
     if m.get("seed") is not None:

@@ -123,8 +123,11 @@ def evaluate(names, samples: int, sampler: str | None, steps: int | None, guidan
             s_name, s_steps = sampler or d.sampler, steps or d.steps
             g = (d.guidance if guidance is None else guidance) if pipe.guided else 1.0
             images, labels, nfe, wall = generate(pipe, samples, s_name, s_steps, g, seed)
+            schedule = pipe.defaults.schedule                 # the pipeline applies the model's own (diffusion.guidance)
             m.update({"sampler": s_name, "steps": s_steps, "nfe": nfe, "precision": pipe.compute_precision,
                       "guidance": g if pipe.guided else None, "seed": seed,
+                      **({"guidance_where": schedule.describe(short=True)}
+                         if pipe.guided and not schedule.constant and g != 1.0 else {}),
                       **({"autoguide": pipe.score_model.good.autoguide} if pipe.guided and not pipe.conditional else {}),
                       "sampling_seconds_per_image": wall / samples})
             m.update(score_model_metrics(evaluator, images, labels))

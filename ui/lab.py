@@ -122,9 +122,11 @@ class Lab:
     def guidance_note(pipe, guidance: float) -> str:
         """How a status line names w: classifier-free guidance, autoguidance (an unconditional model with a guide,
         diffusion.autoguidance), or n/a."""
+        schedule = pipe.defaults.schedule
+        where = "" if schedule.constant or guidance == 1 else f" ({schedule.describe(short=True)})"
         if pipe.conditional:
-            return f"guidance {guidance:g}"
-        return f"autoguidance {guidance:g}" if pipe.guided else f"guidance {guidance:g} (n/a)"
+            return f"guidance {guidance:g}{where}"
+        return f"autoguidance {guidance:g}{where}" if pipe.guided else f"guidance {guidance:g} (n/a)"
 
     def estimate_seconds(self, name: str, sampler: str | SamplerSpec, steps: int, n: int, guidance: float, *,
                          worst: bool = False, runs_of_one: int = 0) -> float | None:

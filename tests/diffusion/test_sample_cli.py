@@ -50,8 +50,38 @@ def test_cli_writes_images_and_labels_with_the_models_defaults(tiny_weights, tmp
     assert "dpmpp_2m_sde, 2 steps" in capsys.readouterr().out
 
 
+def test_a_models_default_guidance_schedule_applies_unless_another_is_given(tiny_weights, tmp_path, capsys):
+    """A schedule in a model's defaults (registry) is part of its guidance recipe: the pipeline applies it at any w
+    when none is given; GuidanceSchedule() (or --guidance-interval 0 inf) asks for w everywhere."""
+    import dataclasses
+
+    from diffusion.guidance import GuidanceSchedule
+    from diffusion.registry import model_spec, registered
+
+    pipe = load_pipeline("pixel-cond", weights_dir=tiny_weights)
+    low = GuidanceSchedule(sigma_hi=1.0)
+    given, _ = pipe.generate([3, 5], guidance=3.0, seed=1, guidance_schedule=low)
+    everywhere, _ = pipe.generate([3, 5], guidance=3.0, seed=1)
+    spec = model_spec("pixel-cond")
+    with registered(dataclasses.replace(spec, defaults=dataclasses.replace(spec.defaults, schedule=low))):
+        assert torch.equal(pipe.generate([3, 5], guidance=3.0, seed=1)[0], given)
+        assert torch.equal(pipe.generate([3, 5], guidance=3.0, seed=1, guidance_schedule=GuidanceSchedule())[0],
+                           everywhere)
+        assert defaults_for("pixel-cond").describe().endswith("w = 1 at sigma <= 1")
+        out = tmp_path / "s.npz"
+        args = ["--model", "pixel-cond", "--digits", "3,5", "--per-digit", "1", "--guidance", "3", "--out", str(out),
+                "--weights-dir", str(tiny_weights), "--device", "cpu", "--precision", "fp32"]
+        assert sample_cli.main(args) == 0
+        assert "guidance 3.0 at sigma <= 1" in capsys.readouterr().out
+        assert "--guidance-interval 0 1" in sample_cli.build_parser().epilog
+        assert sample_cli.main(args + ["--guidance-interval", "0", "inf"]) == 0
+        assert "guidance 3.0," in capsys.readouterr().out
+    assert not torch.equal(given, everywhere)
+
+
 @pytest.mark.parametrize("argv,match", [(["--guidance", "nan"], "guidance"), (["--n", "4"], "--n is for"),
-                                        (["--steps", "0"], "must be >= 1")])
+                                        (["--steps", "0"], "must be >= 1"),
+                                        (["--guidance-interval", "2", "1"], "--guidance-interval: a guidance schedule")])
 def test_cli_rejects_bad_arguments(tiny_weights, tmp_path, capsys, argv, match):
     with pytest.raises(SystemExit):
         sample_cli.main(["--model", "pixel-cond", "--out", str(tmp_path / "x.npz"), "--weights-dir", str(tiny_weights),

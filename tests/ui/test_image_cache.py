@@ -21,7 +21,7 @@ def _noise_image(seed: int = 0, size: int = 700) -> Image.Image:
 def test_the_same_image_twice_keeps_the_file(tmp_path):
     img = _noise_image(size=64)
     path = image_cache.save_pil_to_cache(img, str(tmp_path), format="png")
-    assert open(path, "rb").read() == processing_utils.encode_pil_to_bytes(img, "png")
+    assert open(path, "rb").read() == image_cache.encode_image(img, "png")
     os.utime(path, ns=(0, 0))                                   # as if written long ago
     before = os.stat(path)
     assert image_cache.save_pil_to_cache(img, str(tmp_path), format="png") == path
@@ -31,6 +31,21 @@ def test_the_same_image_twice_keeps_the_file(tmp_path):
     other = image_cache.save_pil_to_cache(_noise_image(1, 64), str(tmp_path), format="png")
     assert other != path and os.path.isfile(other)
     assert not [p for p in tmp_path.rglob(".*")]                # no staging file left behind
+
+
+def test_pngs_are_sent_at_zlib_level_1_with_the_same_pixels(tmp_path):
+    import io
+
+    digits = Image.fromarray((np.random.default_rng(0).random((230, 230)) > 0.85).astype(np.uint8) * 255)
+    data = image_cache.encode_image(digits, "png")
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), np.asarray(digits))            # lossless
+    # the IDAT stream's zlib header names the level class: 0x01 = fastest (levels 0-1); PIL's default 6 is 0x9c
+    assert data[data.index(b"IDAT") + 4:][:2] == b"\x78\x01"
+    assert len(data) < 2 * len(processing_utils.encode_pil_to_bytes(digits, "png"))
+    tagged = digits.copy()
+    tagged.info["note"] = "kept"                                          # metadata: gradio's encoder, which keeps it
+    assert Image.open(io.BytesIO(image_cache.encode_image(tagged, "png"))).info.get("note") == "kept"
+    assert image_cache.encode_image(digits, "webp") == processing_utils.encode_pil_to_bytes(digits, "webp")
 
 
 def test_a_reader_never_sees_a_partial_file_while_it_is_sent_again(tmp_path):
