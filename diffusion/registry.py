@@ -246,7 +246,9 @@ class SpecTable(Mapping):
 # pixel-uncond -> dpmpp_2m_sde 10, autoguidance w = 1.25 (its grid w = 1..1.75 by 0.0625 covered at 2000 samples:
 # w = 1..1.25 meet every real-digit band and 1.25 has the lowest worst FD ratio of those, 3.57 vs 3.67-5.21; from
 # 1.3125 up recall in the pixel views falls out of the band; it was 1.75 by the two-evaluator rule). w is the
-# autoguidance weight (its guide, pixel-uncond-guide: diffusion/autoguidance.py).
+# autoguidance weight (its guide, pixel-uncond-guide: diffusion/autoguidance.py). latent-cond -> dpmpp_2m_sde 10,
+# w = 1.5625 (its grid w = 1..2.0625 covered: no w meets every band; from 1.5 only recall misses, in all four spaces,
+# and 1.5625 has the lowest worst FD ratio, 2.13 vs 2.14 at 1.5; guidance schedules lost: 2.70-2.95).
 # Distilled students of pixel-cond (diffusion/distill.py, train/distill.py): the step count is the one each was
 # distilled for (the only one it runs); w by the same two-evaluator rule (diffusion.metrics.choose_setting) over the
 # students' sweep in bench/results/distillation.json (tests/train/test_distill.py checks it).
@@ -268,7 +270,7 @@ register(ModelSpec(
                 "class, so the same network also gives the unconditional score for classifier-free guidance."))
 register(ModelSpec(
     "latent-cond", ScoreModel, "score", "train.latent_cond", space="latent", conditional=True,
-    guidance="classifier-free", defaults=SamplingDefaults("dpmpp_2m_sde", 10, 1.5), autoencoder="autoencoder",
+    guidance="classifier-free", defaults=SamplingDefaults("dpmpp_2m_sde", 10, 1.5625), autoencoder="autoencoder",
     evaluation_order=4, summary="class-conditional score model, 4x10x10 latents (decode with `autoencoder`)",
     description="Class-conditional score model on the autoencoder's 4x10x10 latents, scaled to unit variance by the "
                 "autoencoder's latent_scale (latent diffusion, Rombach et al. 2022), with cross-attention to the label "

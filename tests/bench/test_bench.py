@@ -142,6 +142,7 @@ def test_defaults_are_rule_v3s_pick_wherever_its_sweep_covers_the_grid():
     (w = 1 to the pick + 0.5 by 0.0625, the pick's sampler and steps) ships the pick; a model not yet covered keeps
     its earlier default (checked above), and the gaps are what the sweep must still measure."""
     from bench import defaults_v3 as dv
+    from diffusion.guidance import SCHEDULE_KEYS, GuidanceSchedule
     from diffusion.pipeline import MODEL_DEFAULTS
 
     rows = dv.load_rows(dv.STORE)
@@ -151,7 +152,9 @@ def test_defaults_are_rule_v3s_pick_wherever_its_sweep_covers_the_grid():
         assert all(1.0 <= w and (w - 1.0) / dv.GRID == round((w - 1.0) / dv.GRID) for w in gaps), gaps
         if not gaps:
             best, d = dv.pick_v3(rows, model)["setting"], MODEL_DEFAULTS[model]
-            assert (best["sampler"], best["steps"], best["guidance"]) == (d.sampler, d.steps, d.guidance), model
+            assert (best["sampler"], best["steps"], best["guidance"], GuidanceSchedule.from_setting(best)) == (
+                d.sampler, d.steps, d.guidance, d.schedule), model
+            assert set(best) <= {"sampler", "steps", "guidance", *SCHEDULE_KEYS}, f"{model}: {best} (no default form)"
 
 
 def test_autoguidance_report_picks_the_rules_best_and_lists_the_unguided_images_once():
