@@ -309,3 +309,16 @@ def test_the_readme_model_table_agrees_with_the_cards_and_metrics():
             assert (sampler, int(steps), float(w)) == (default.sampler, default.steps, default.guidance), name
             if (m["sampler"], m["steps"], m["guidance"]) != (default.sampler, default.steps, default.guidance):
                 assert f"w = {m['guidance']:g}" in figures, f"{name}: its card's figures are at another setting: say so"
+
+
+def test_the_readme_shows_how_each_default_was_chosen():
+    """The README's rule-v3 table is bench/defaults_v3.py's rendering of the stored sweep: a rerun that changes a pick
+    or a figure without the README fails here."""
+    from bench.defaults_v3 import STORE, load_rows, readme_table
+    from diffusion.registry import SAMPLEABLE_NAMES
+
+    text = README.read_text(encoding="utf-8")
+    lines = readme_table(load_rows(STORE), list(SAMPLEABLE_NAMES))
+    assert len(lines) > 2
+    missing = [line for line in lines if line not in text]
+    assert not missing, "README.md's rule-v3 table is stale; paste:\n" + "\n".join(lines)
