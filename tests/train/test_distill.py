@@ -438,11 +438,17 @@ def test_auto_precision_runs_students_and_teachers_in_bf16_on_bf16_hardware(monk
 
 def test_students_guidance_defaults_follow_the_two_evaluator_rule_on_the_shipped_sweep():
     """Each student's default w is diffusion.metrics.choose_setting's pick over its rows in
-    bench/results/distillation.json (largest N): changing the sweep or a default without the other fails here."""
+    bench/results/distillation.json (largest N): changing the sweep or a default without the other fails here. A
+    student whose rule-v3 sweep covers its grid (bench/results/defaults_v3.json) ships rule v3's pick instead,
+    checked by tests/bench/test_bench.py."""
+    from bench import defaults_v3 as dv
     from diffusion.metrics import choose_setting
 
     rows = json.loads((Path(__file__).resolve().parents[2] / "bench" / "results" / "distillation.json").read_text())
+    v3 = dv.load_rows(dv.STORE)
     for name in ("pixel-cond-distilled", "pixel-cond-distilled-2step", "pixel-cond-distilled-1step"):
+        if any(r["model"] == name for r in v3) and not dv.coverage_gaps(v3, name):
+            continue
         mine = [r for r in rows if r["model"] == name]
         n = max(r["samples"] for r in mine)
         swept = [{"setting": {"guidance": r["guidance"]}, "metrics": r["metrics"]} for r in mine if r["samples"] == n]

@@ -63,3 +63,22 @@ def test_frame_buffer_renders_only_the_frames_it_keeps():
     assert [int(f[0, 0]) for f in buf.frames] == kept and rendered == kept    # read again: not rendered again
     with pytest.raises(RuntimeError, match="already rendered"):
         buf.add(frame(100))
+
+
+def test_the_trajectory_gif_holds_every_frame_exactly_and_holds_the_last():
+    import io
+
+    from PIL import Image
+
+    from diffusion.images import gif_bytes
+
+    rng = np.random.default_rng(0)
+    frames = [(rng.random((40, 60)) * 255).astype(np.uint8) // 16 * 16 for _ in range(5)]   # <= 256 greys: lossless
+    gif = Image.open(io.BytesIO(gif_bytes(frames, duration_ms=80, final_hold_ms=1200)))
+    assert gif.n_frames == 5
+    for i, frame in enumerate(frames):
+        gif.seek(i)
+        assert np.array_equal(np.asarray(gif.convert("L")), frame), i
+        assert gif.info["duration"] == (1200 if i == 4 else 80)
+    with pytest.raises(ValueError, match="no frames"):
+        gif_bytes([])
