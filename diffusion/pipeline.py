@@ -238,8 +238,11 @@ class Pipeline:
         `sampler`, `num_steps`, `guidance`, `guidance_schedule` left as None take this model's defaults
         (`self.defaults`); the schedule (diffusion.guidance) says where along sigma w applies, and belongs to the
         model's guidance recipe, so it applies at any w and sampler unless given (`GuidanceSchedule()`: everywhere).
-        Other keywords go to the sampler (e.g. `eta`)."""
+        Other keywords go to the sampler (e.g. `eta`); the model's default sampler gets the defaults' `options` unless
+        they are given."""
         sampler = self.defaults.sampler if sampler is None else sampler
+        if sampler == self.defaults.sampler:                # the model's own sampler: its parameters too (e.g. eta)
+            extras = {**dict(self.defaults.options), **extras}
         spec = sampler_spec(sampler)
         if num_steps is None and not spec.adaptive:                 # adaptive samplers (rk45) take no step count
             num_steps = self.defaults.steps

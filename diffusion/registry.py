@@ -40,11 +40,14 @@ class SamplingDefaults:
     steps: int
     guidance: float      # guidance weight w: classifier-free, or autoguidance for an autoguided model
     schedule: GuidanceSchedule = GuidanceSchedule()   # where along sigma w applies (diffusion/guidance.py): everywhere
+    options: tuple[tuple[str, float], ...] = ()       # the default sampler's own parameters, e.g. (("eta", 0.5),)
 
     def describe(self) -> str:
-        """'dpmpp_2m_sde, 10 steps, w = 2 at sigma <= 1' (the schedule named only when it is not the whole range)."""
+        """'dpmpp_2m_sde, 10 steps, w = 2 at sigma <= 1' / 'ddim, 2 steps, w = 1.5, eta = 0.5' (the schedule named only
+        when it is not the whole range)."""
         where = "" if self.schedule.constant else f" {self.schedule.describe(short=True)}"
-        return f"{self.sampler}, {self.steps} step{'s' if self.steps != 1 else ''}, w = {self.guidance:g}{where}"
+        extra = "".join(f", {k} = {v:g}" for k, v in self.options)
+        return f"{self.sampler}, {self.steps} step{'s' if self.steps != 1 else ''}, w = {self.guidance:g}{where}{extra}"
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,8 @@ def mixin_tags(name: str) -> list[str]:
 
 
 def _sampling_config(m: dict) -> str:
-    parts = [f"{m['sampler']}, {m.get('steps')} steps ({m.get('nfe')} NFE)"] if m.get("sampler") else []
+    options = "".join(f", {k} = {v:g}" for k, v in (m.get("sampler_options") or {}).items())
+    parts = [f"{m['sampler']}{options}, {m.get('steps')} steps ({m.get('nfe')} NFE)"] if m.get("sampler") else []
     if m.get("guidance") is not None:
         where = f" {m['guidance_where']}" if m.get("guidance_where") else ""
         parts.append(f"autoguidance w = {m['guidance']}{where} (guide: `{m['autoguide']}`)" if m.get("autoguide")

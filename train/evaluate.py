@@ -128,6 +128,7 @@ def evaluate(names, samples: int, sampler: str | None, steps: int | None, guidan
                       "guidance": g if pipe.guided else None, "seed": seed,
                       **({"guidance_where": schedule.describe(short=True)}
                          if pipe.guided and not schedule.constant and g != 1.0 else {}),
+                      **({"sampler_options": dict(d.options)} if d.options and s_name == d.sampler else {}),
                       **({"autoguide": pipe.score_model.good.autoguide} if pipe.guided and not pipe.conditional else {}),
                       "sampling_seconds_per_image": wall / samples})
             m.update(score_model_metrics(evaluator, images, labels))

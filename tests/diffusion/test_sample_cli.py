@@ -136,3 +136,23 @@ def test_bf16_runs_only_the_network_under_autocast(tiny_weights):
         hook.remove()
     with pytest.raises(ValueError, match="precision"):
         type(pipe)(pipe.score_model, precision="fp16")
+
+
+def test_a_models_default_sampler_options_apply_to_its_default_sampler_only(tiny_weights):
+    """SamplingDefaults.options (e.g. a student's eta) go with the model's own sampler, named or not; another sampler
+    never gets them; a value given wins."""
+    import dataclasses
+
+    from diffusion.registry import model_spec, registered
+
+    pipe = load_pipeline("pixel-cond", weights_dir=tiny_weights)
+    half, _ = pipe.generate([3, 5], sampler="dpmpp_2m_sde", num_steps=3, seed=1, eta=0.5)
+    full, _ = pipe.generate([3, 5], sampler="dpmpp_2m_sde", num_steps=3, seed=1)
+    spec = model_spec("pixel-cond")
+    with registered(dataclasses.replace(spec, defaults=dataclasses.replace(spec.defaults, options=(("eta", 0.5),)))):
+        assert defaults_for("pixel-cond").describe() == "dpmpp_2m_sde, 10 steps, w = 1, eta = 0.5"
+        assert torch.equal(pipe.generate([3, 5], num_steps=3, seed=1)[0], half)
+        assert torch.equal(pipe.generate([3, 5], sampler="dpmpp_2m_sde", num_steps=3, seed=1)[0], half)
+        assert torch.equal(pipe.generate([3, 5], num_steps=3, seed=1, eta=1.0)[0], full)
+        pipe.generate([3, 5], sampler="heun", num_steps=2, seed=1)          # heun takes no eta: none was passed
+    assert not torch.equal(half, full)
