@@ -16,7 +16,7 @@ from diffusion.cost import seconds_per_nfe, work_batch
 from diffusion.registry import DISTILLED_NAMES, defaults_for, model_spec
 from diffusion.samplers import sampler_spec
 
-from .controls import DEFAULT_DIGIT, DEFAULT_SEED, IMG, Page, note
+from .controls import DEFAULT_DIGIT, DEFAULT_SEED, GUIDANCE_STEP, IMG, Page, note
 from .gradio_seam import current_block
 from .lab import Lab, fmt_s
 from .pictures import GRID_PX, sent_grid, upscaled
@@ -180,14 +180,18 @@ class LiveTab:
 
         def fast_enough(steps: int) -> bool:
             r = self.runners[steps]
-            est = self.lab.cost.estimate(r.name, r.nfe, r.batch(DEFAULT_LIVE_IMAGES, self.default_guidance))
+            est = self.lab.cost.estimate(r.name, r.nfe, r.batch(DEFAULT_LIVE_IMAGES, defaults_for(r.name).guidance))
             return est is None or est <= LIVE_TARGET_S
         return max((s for s in self.runners if s <= 4 and fast_enough(s)), default=min(self.runners))
 
     @property
     def default_guidance(self) -> float:
+        """The default runner's own default w (rule v3's pick for a student; the teacher's for the fallback), inside
+        the range every runner takes."""
         lo, hi = self.guidance_range
-        return min(max(2.0, lo), hi)
+        runner = self.runners.get(self.default_steps) if self.runners else None
+        w = defaults_for(runner.name).guidance if runner is not None else defaults_for(TEACHER).guidance
+        return min(max(w, lo), hi)
 
     def banner(self) -> str:
         """What runs here: the students found, or the fallback and how to build the students."""
@@ -227,7 +231,7 @@ class LiveTab:
             steps = gr.Radio([(str(s), s) for s in offered], value=self.default_steps if usable else offered[0],
                              label=steps_label, elem_id="live-steps", interactive=usable)
         with gr.Row():
-            guidance = gr.Slider(lo, hi, self.default_guidance, step=0.1, label="Guidance w",
+            guidance = gr.Slider(lo, hi, self.default_guidance, step=GUIDANCE_STEP, label="Guidance w",
                                  info=f"{lo:g}–{hi:g}: the range the students were distilled on; 1 = plain "
                                       f"conditional", elem_id="live-guidance", interactive=usable)
             seed = gr.Number(DEFAULT_SEED, label="Seed", precision=0, minimum=0, maximum=MAX_SEED,

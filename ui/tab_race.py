@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from diffusion.samplers import SAMPLERS, sampler_spec
 
-from .controls import GUIDANCE_STEP, DEFAULT_DIGIT, follow_recommended_guidance, DEFAULT_SEED, IMG, Page, note
+from .controls import DEFAULT_DIGIT, DEFAULT_SEED, GUIDANCE_STEP, IMG, Page, follow_recommended_guidance, note
 from .lab import Lab, fmt_s
 from .pictures import _font, show_grid
 from .run_loop import Lane, admit, lockstep

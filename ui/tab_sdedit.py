@@ -14,7 +14,7 @@ from diffusion.editing import SDEDIT, half_mask
 from diffusion.images import grid
 
 from . import presets
-from .controls import GUIDANCE_STEP, DEFAULT_DIGIT, follow_recommended_guidance, IMG, PLUMBING, Page, note
+from .controls import DEFAULT_DIGIT, GUIDANCE_STEP, IMG, PLUMBING, Page, follow_recommended_guidance, note
 from .gradio_seam import upload_folder
 from .lab import Lab, fmt_s
 from .tab_forward import ForwardTab
