@@ -253,8 +253,10 @@ class SpecTable(Mapping):
 # w = 1.5625 (its grid w = 1..2.0625 covered: no w meets every band; from 1.5 only recall misses, in all four spaces,
 # and 1.5625 has the lowest worst FD ratio, 2.13 vs 2.14 at 1.5; guidance schedules lost: 2.70-2.95).
 # Distilled students of pixel-cond (diffusion/distill.py, train/distill.py): the step count is the one each was
-# distilled for (the only one it runs); w by the same two-evaluator rule (diffusion.metrics.choose_setting) over the
-# students' sweep in bench/results/distillation.json (tests/train/test_distill.py checks it).
+# distilled for (the only one it runs); sampler, w and eta by rule v3 over their sweep (bench/results/defaults_v3.md,
+# grids covered): the 4-step student runs euler_ancestral (fresh noise each step: specks 1.80% against ddim's 3.40% at
+# w = 1.5, within real digits' band), the 2-step ddim at eta = 0.5, the 1-step plain ddim (at one step every eta is
+# the same sampler).
 
 register(ModelSpec(
     "pixel-uncond", ScoreModel, "score", "train.pixel_uncond", guidance="autoguidance",
@@ -301,10 +303,11 @@ register(ModelSpec(
 # few-step students distilled from pixel-cond (diffusion/distill.py, train/distill.py): 4, 2 and 1 network calls
 _DISTILL = ("python -m train.distill --teacher weights/pixel-cond --out runs/pixel-cond-distilled "
             "--weights-dir weights/pixel-cond-distilled (writes all three students)")
-for _name, _steps, _w in (("pixel-cond-distilled", 4, 1.5), ("pixel-cond-distilled-2step", 2, 1.5),
-                          ("pixel-cond-distilled-1step", 1, 1.75)):
+for _name, _defaults in (("pixel-cond-distilled", SamplingDefaults("euler_ancestral", 4, 1.4375)),
+                         ("pixel-cond-distilled-2step", SamplingDefaults("ddim", 2, 1.625, options=(("eta", 0.5),))),
+                         ("pixel-cond-distilled-1step", SamplingDefaults("ddim", 1, 1.75))):
     register(ModelSpec(_name, ScoreModel, "student", "train.distill", conditional=True, guidance="classifier-free",
-                       defaults=SamplingDefaults("ddim", _steps, _w), teacher="pixel-cond", build_command=_DISTILL))
+                       defaults=_defaults, teacher="pixel-cond", build_command=_DISTILL))
 # autoguidance (diffusion/autoguidance.py): weaker versions of a model (an early checkpoint of its own training run)
 # that a model names in its config (`autoguide`); load_pipeline loads the pair, and w then means D_bad + w (D_good - D_bad)
 register(ModelSpec(

@@ -416,3 +416,22 @@ def check_card(text: str) -> list[str]:
         if not data.eval_results:
             problems.append("model-index holds no results")
     return problems
+
+
+def main(argv=None) -> int:
+    """`python -m train.cards [--weights-dir weights]`: render every model folder's card again from the stored metrics
+    (weights/metrics.json) and the rule-v3 sweep (bench/results/defaults_v3.json), no evaluation run: after a change to
+    the templates, the sweep or a default."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__.split("\n")[0])
+    p.add_argument("--weights-dir", default=str(Path(__file__).resolve().parent.parent / "weights"))
+    weights = Path(p.parse_args(argv).weights_dir)
+    metrics = json.loads((weights / "metrics.json").read_text()) if (weights / "metrics.json").is_file() else {}
+    for name in model_folders(weights):
+        print(write_card(name, weights, metrics.get(name, {})))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

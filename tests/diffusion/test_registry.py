@@ -42,7 +42,7 @@ def test_the_shipped_models_and_their_facts():
         "latent", "autoencoder", "classifier-free", "class-conditional, latent space")
     assert (uncond.guidance, uncond.blurb, model_spec("pixel-uncond-guide").guides) == (
         "autoguidance", "unconditional, pixel space", "pixel-uncond")
-    assert (student.teacher, student.defaults) == ("pixel-cond", SamplingDefaults("ddim", 4, 1.5))
+    assert (student.teacher, student.defaults) == ("pixel-cond", SamplingDefaults("euler_ancestral", 4, 1.4375))
     assert hub.train_command("classifier-resnet") == "python -m train.classifier_resnet"
     assert hub.train_command("pixel-cond-distilled-1step").startswith("python -m train.distill --teacher weights/pixel-cond")
 
@@ -89,7 +89,7 @@ def test_an_unknown_name_is_a_clear_error_in_the_library():
 
 def test_a_pipeline_named_after_no_model_samples_with_the_project_defaults_not_an_error():
     named = Pipeline(tiny_model("pixel-cond"), name="pixel-cond-distilled")     # a registered name: its own
-    assert named.defaults == SamplingDefaults("ddim", 4, 1.5)
+    assert named.defaults == SamplingDefaults("euler_ancestral", 4, 1.4375)
     assert Pipeline(tiny_model("pixel-cond"), name="a-training-run").defaults == defaults_for("pixel-cond")
 
 

@@ -188,3 +188,19 @@ def test_push_sends_the_root_card_and_license(hub, tmp_path):
     assert files["LICENSE"] == (ROOT / "LICENSE").read_bytes()
     pin = json.loads((weights / "hub.json").read_text())
     assert pin["revision"] == sha and set(pin["models"]) == {"pixel-cond", "classifier"}
+
+
+def test_cards_cli_renders_every_folder_from_the_stored_metrics(tiny_weights, tmp_path, capsys):
+    import shutil
+
+    from train import cards
+
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    (weights / "pixel-cond" / "README.md").write_text("stale")
+    assert cards.main(["--weights-dir", str(weights)]) == 0
+    written = capsys.readouterr().out.split()
+    assert len(written) == len([p for p in weights.iterdir() if (p / "config.json").is_file()])
+    text = (weights / "pixel-cond" / "README.md").read_text()
+    assert text != "stale" and not cards.check_card(text)
+    assert "## Sampling settings (rule v3)" in text               # the shipped sweep's rows for pixel-cond

@@ -197,8 +197,8 @@ def test_untrained_step_count_and_guidance_range_fail_clearly():
     pipe = Pipeline(student, name="pixel-cond-distilled", precision="fp32")
     with pytest.raises(ValueError, match="distilled for 4"):
         pipe.generate([1, 2], num_steps=2)
-    images, last = pipe.generate([1, 2])                         # the defaults: ddim, 4 steps, w = 2
-    assert MODEL_DEFAULTS["pixel-cond-distilled"].sampler == "ddim" and last.nfe == 4 and images.shape == (2, 8, 8)
+    images, last = pipe.generate([1, 2])                         # the defaults: euler_ancestral, 4 steps
+    assert MODEL_DEFAULTS["pixel-cond-distilled"].sampler == "euler_ancestral" and last.nfe == 4 and images.shape == (2, 8, 8)
     with pytest.raises(ValueError, match="does not fit"):
         distilled_config(3, 16, (0, 4))
 
