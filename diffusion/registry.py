@@ -246,10 +246,10 @@ class SpecTable(Mapping):
 # Since Quality v3 (issue 27) a model whose rule-v3 sweep covers the guidance grid (bench/results/defaults_v3.md) ships
 # rule v3's pick (diffusion.metrics.choose_setting_v3: every figure within real digits' own real-vs-real tolerance, in
 # every view, then the lowest worst FD ratio): pixel-cond -> dpmpp_2m_sde 10, w = 1 (no guidance; docs/quality-v3.md);
-# pixel-uncond -> dpmpp_2m_sde 10, autoguidance w = 1.25 (its grid w = 1..1.75 by 0.0625 covered at 2000 samples:
-# w = 1..1.25 meet every real-digit band and 1.25 has the lowest worst FD ratio of those, 3.57 vs 3.67-5.21; from
-# 1.3125 up recall in the pixel views falls out of the band; it was 1.75 by the two-evaluator rule). w is the
-# autoguidance weight (its guide, pixel-uncond-guide: diffusion/autoguidance.py). latent-cond -> dpmpp_2m_sde 10,
+# pixel-uncond -> dpmpp_2m_sde 10, autoguidance w = 2.1875 applied only at sigma <= 1 (diffusion/guidance.py): it
+# meets every real-digit band with a worst FD ratio of 3.06, against 3.57 for the best constant w (1.25; its grid
+# 1..1.75 covered too) and 2.99-3.01 at w = 2.375-2.4375, which lose recall; the grid 1..2.6875 at sigma <= 1 covered.
+# w is the autoguidance weight (its guide, pixel-uncond-guide: diffusion/autoguidance.py). latent-cond -> dpmpp_2m_sde 10,
 # w = 1.5625 (its grid w = 1..2.0625 covered: no w meets every band; from 1.5 only recall misses, in all four spaces,
 # and 1.5625 has the lowest worst FD ratio, 2.13 vs 2.14 at 1.5; guidance schedules lost: 2.70-2.95).
 # Distilled students of pixel-cond (diffusion/distill.py, train/distill.py): the step count is the one each was
@@ -260,7 +260,7 @@ class SpecTable(Mapping):
 
 register(ModelSpec(
     "pixel-uncond", ScoreModel, "score", "train.pixel_uncond", guidance="autoguidance",
-    defaults=SamplingDefaults("dpmpp_2m_sde", 10, 1.25), evaluation_order=5,
+    defaults=SamplingDefaults("dpmpp_2m_sde", 10, 2.1875, GuidanceSchedule(sigma_hi=1.0)), evaluation_order=5,
     summary="unconditional score model, 28x28 pixels (autoguided by `pixel-uncond-guide`)",
     description="Unconditional score model on 28x28 MNIST pixels (VE SDE, sigma = 25). With no labels to guide by, it "
                 "is sampled with autoguidance (Karras et al. 2024): D_w = D_guide + w (D - D_guide), the guide being "
