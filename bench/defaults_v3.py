@@ -253,7 +253,22 @@ def report(rows: list[dict], out: Path | None = RESULTS / "defaults_v3.md") -> s
     text = "\n".join(lines)
     if out is not None:
         out.write_text(text)
+        write_card_tables(rows, out.with_name(CARD_TABLES.name))
     return text
+
+
+CARD_TABLES = RESULTS / "defaults_v3_cards.json"     # {model: its compact table's lines}: what train.cards shows
+
+
+def card_tables(rows: list[dict]) -> dict[str, list[str]]:
+    """Every swept model's compact table (`compact_table`), for the model cards (train/cards.py reads the file, so the
+    card code does not import the sweep's)."""
+    return {model: compact_table(rows, model) for model in sorted({r["model"] for r in rows})}
+
+
+def write_card_tables(rows: list[dict], path: Path = CARD_TABLES) -> None:
+    import json
+    path.write_text(json.dumps(card_tables(rows), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def main(argv=None):

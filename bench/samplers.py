@@ -170,10 +170,10 @@ def main(argv=None):
     for pipe in pipes.values():
         pipe.precision = args.precision
     points = list(plan(args.models, args.samplers, args.nfe, args.rk45_tol, args.guidance))
-    # dedupe guidance for unconditional models
+    # dedupe guidance for unguided models (an unconditional model without a guide); an autoguided one takes w
     seen, todo = set(), []
     for m, s, steps, nfe, w, ex in points:
-        w = w if pipes[m].conditional else None
+        w = w if pipes[m].guided else None
         key = (m, s, steps, ex.get("rtol"), w)
         if key not in seen:
             seen.add(key)

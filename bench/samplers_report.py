@@ -234,7 +234,8 @@ def plot(store: dict, path: Path) -> None:
             pts = sorted((r["nfe"], r["fd_at"][str(nc)]) for r in runs if r["sampler"] == s and str(nc) in r["fd_at"]
                          and (r["sampler"], r["steps"]) != REFERENCE)
             if pts:
-                ax.plot(*zip(*pts), "s--" if sampler_spec(s).adaptive else "o-", color=colors[s], label=s)
+                ax.plot(*zip(*pts), "s--" if sampler_spec(s).adaptive else "o-",
+                        color=colors.get(s, f"C{6 + sorted(SAMPLERS).index(s) % 4}"), label=s)
         ref = reference_run(runs, nc)
         if ref:
             ax.axhline(ref["fd_at"][str(nc)], color="k", ls="--", lw=1, label="EM-500 reference")

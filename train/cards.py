@@ -306,11 +306,16 @@ def _headline(name: str, m: dict) -> tuple[str, list[str], list[tuple[str, list[
     return setup, lines, tables
 
 
+SETTINGS_TABLES = Path(__file__).resolve().parent.parent / "bench" / "results" / "defaults_v3_cards.json"
+
+
 def settings_lines(name: str) -> list[str]:
-    """The rule-v3 table of `name` (bench/results/defaults_v3.json), every row it measured; [] when none."""
-    from bench.defaults import load_rows
-    from bench.defaults_v3 import STORE, compact_table
-    return compact_table(load_rows(STORE), name) if STORE.is_file() else []
+    """The rule-v3 table of `name`, every setting the sweep measured (written by `python -m bench.defaults_v3` beside
+    its report, bench/results/defaults_v3_cards.json); [] when the model was not swept or the file is absent."""
+    try:
+        return json.loads(SETTINGS_TABLES.read_text(encoding="utf-8")).get(name, [])
+    except (OSError, ValueError):
+        return []
 
 
 def render_card(name: str, weights_dir: Path, metrics: dict, published: Published | None = None) -> ModelCard:

@@ -90,7 +90,7 @@ class RaceTab:
         admit(lab.cost.estimate(model, budget * len(entrants), lab.work_batch(pipe, n, guidance)), lab.max_seconds,
               params="nfe / num_images", what="this race", worst="", advice="Use a smaller budget or fewer images.")
         labels = [digit] * n if pipe.conditional else None
-        w = guidance if pipe.guided else None       # the bench ran unconditional models unguided (None)
+        w = guidance if pipe.guided else None       # the bench records an unguided model's runs at w = None
         runs = []
         for name, steps in entrants:
             extras = dict(rtol=RK45_TOL, atol=RK45_TOL, max_nfe=budget) if name == "rk45" else {}

@@ -95,3 +95,11 @@ def test_coverage_gaps_list_the_grid_from_one_to_the_pick_plus_half_not_yet_meas
     assert dv.coverage_gaps(rows, "m") == [1.0625, 1.1875, 1.3125, 1.375, 1.4375, 1.5, 1.5625, 1.625]
     rows += [at(w, 1.5) for w in (1.0625, 1.1875, 1.3125, 1.375, 1.4375, 1.5, 1.5625, 1.625)]
     assert dv.coverage_gaps(rows, "m") == []
+
+
+def test_the_cards_tables_file_is_the_stored_sweeps_rendering():
+    """bench/results/defaults_v3_cards.json (what the model cards show) is rewritten with every report: stale if not."""
+    import json
+
+    rows = dv.load_rows(dv.STORE)
+    assert json.loads(dv.CARD_TABLES.read_text(encoding="utf-8")) == dv.card_tables(rows)

@@ -4,6 +4,7 @@ import torch
 
 from diffusion.autoguidance import AutoGuided
 from diffusion.pipeline import Pipeline
+from diffusion.samplers import karras_sigmas
 from diffusion.score import ScoreModel, networks
 from factories import tiny_score
 
@@ -214,7 +215,12 @@ def test_the_generate_tab_runs_the_autoguided_model_and_says_what_it_did(app_dem
     finally:
         for h in hooks:
             h.remove()
-    assert final is not None and len(calls) == 6                        # 3 steps x (model + guide)
-    assert "autoguidance 2" in status and "each two network calls on 2 images (the model and its guide)" in status
+    # 3 steps, the model alone where its default schedule leaves w out, the model and its guide where w applies
+    schedule = pipe.defaults.schedule
+    sigmas = karras_sigmas(pipe.score_model.sde.std_min, pipe.score_model.sde.std_max, 3)[:-1].tolist()
+    guided = sum(schedule.fraction(s) > 0 for s in sigmas)
+    assert final is not None and len(calls) == 3 + guided and 0 < guided < 3
+    assert f"autoguidance 2 ({schedule.describe(short=True)})" in status
+    assert "two network calls on 2 images (the model and its guide) where w applies" in status
     est_guided = app_demo.lab.estimate_seconds("pixel-uncond", "dpmpp_2m", 3, 2, 2.0)
     assert est_guided == pytest.approx(2 * app_demo.lab.estimate_seconds("pixel-uncond", "dpmpp_2m", 3, 2, 1.0))

@@ -161,17 +161,19 @@ def test_live_redraws_while_the_guidance_slider_is_dragged(page):
     open_tab(page, "Live")
     page.wait_for_function("() => (document.querySelector('#live-status') || {}).innerText?.includes('NFE')",
                            timeout=120_000)
-    assert "guidance w = 2 " in page.inner_text("#live-status")
+    from diffusion.registry import defaults_for
+    default = defaults_for("pixel-cond-distilled").guidance           # Live opens at its 4-step student's own w
+    assert f"guidance w = {default:g} " in page.inner_text("#live-status")
     before_src, before = _live_image(page)
     _sent_small_and_shown_large(page, LIVE_IMG)
     track = page.locator("#live-guidance input[type=range]").bounding_box()
     y = track["y"] + track["height"] / 2
-    page.mouse.move(track["x"] + track["width"] * 0.5, y)            # the thumb: w = 2 on [0, 4]
+    page.mouse.move(track["x"] + track["width"] * 0.5, y)            # w = 2 on [0, 4]: pressing there sets it
     page.mouse.down()
     page.mouse.move(track["x"] + track["width"] * 0.2, y, steps=8)    # drag left, through several values
     page.mouse.up()
     w = float(page.input_value("#live-guidance input[type=number]"))
-    assert w < 1.5, w
+    assert w < min(1.5, default), w
     page.wait_for_function("() => { const t = document.querySelector('#live-status').innerText;"
                            f" return t.includes('guidance w = {w:g} ') && t.includes('NFE'); }}", timeout=120_000)
     page.wait_for_function(f"() => document.querySelector('{LIVE_IMG}').src !== {before_src!r}", timeout=30_000)
