@@ -29,8 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.soak import stop   # PIL only: safe beside a worker measuring another tree
-
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 TABS = ("generate", "live", "compare")
@@ -170,6 +168,7 @@ def measure_end_to_end(repo: Path, weights: str, args_of: dict, repeats: int) ->
             out[tab] = {key: min(v) for key, v in times.items()}
         return out
     finally:
+        from bench.soak import stop   # here, not at the top: the worker runs this file with another tree on sys.path
         stop(proc, timeout=20)
 
 
