@@ -30,6 +30,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -105,13 +106,14 @@ def parse_visitors(text: str) -> list[int]:
     return sorted(set(counts) | {1})
 
 
-def request_args(endpoint: str, visitor: int, seed: int) -> tuple[str, list]:
+def request_args(endpoint: str, visitor: int, seed: int, generate: tuple | None = None) -> tuple[str, list]:
     """(api_name, inputs) of visitor `visitor`'s request with `seed` (generate: model, digit, sampler, steps,
-    guidance, seed, num_images; live: digit, steps, guidance, seed, num_images)."""
+    guidance, seed, num_images; live: digit, steps, guidance, seed, num_images). `generate`: (sampler, steps,
+    guidance) for Generate, default this tree's pixel-cond defaults."""
     kind = endpoint if endpoint != "mix" else ("generate", "live")[visitor % 2]
     if kind == "generate":
-        return "/generate", ["pixel-cond", DIGIT, dp.DEFAULT_SAMPLER, dp.DEFAULT_STEPS, dp.DEFAULT_GUIDANCE, seed,
-                             IMAGES]
+        sampler, steps, guidance = generate or (dp.DEFAULT_SAMPLER, dp.DEFAULT_STEPS, dp.DEFAULT_GUIDANCE)
+        return "/generate", ["pixel-cond", DIGIT, sampler, steps, guidance, seed, IMAGES]
     if kind == "live":
         return "/live", [DIGIT, LIVE_STEPS, LIVE_GUIDANCE, seed, IMAGES]
     raise ValueError(f"--endpoint must be one of {', '.join(ENDPOINTS)}, got {endpoint!r}")
@@ -155,7 +157,7 @@ def targets(rows: dict) -> dict:
 # ---------------------------------------------------------------- one phase: N visitors against one server
 
 def run_phase(srv: Server, n: int, endpoint: str, *, requests: int | None, duration: float | None,
-              timeout: float, seed0: int = 0) -> dict:
+              timeout: float, seed0: int = 0, generate: tuple | None = None) -> dict:
     """N visitors (threads, each its own Client) calling back to back: `requests` each, or until `duration` s have
     passed; nothing is submitted after `timeout` s and what is unanswered then is cancelled."""
     from gradio_client import Client
@@ -173,7 +175,7 @@ def run_phase(srv: Server, n: int, endpoint: str, *, requests: int | None, durat
             now = time.perf_counter() - t0[0]
             if now >= timeout or (duration is not None and now >= duration):
                 break
-            api, inputs = request_args(endpoint, k, seed0 + 1000 * k + i)
+            api, inputs = request_args(endpoint, k, seed0 + 1000 * k + i, generate)
             sent = time.perf_counter()
             record = {"ok": False, "images": inputs[-1], "latency_s": None, "kind": None}
             job = None
@@ -267,6 +269,9 @@ def report(results: dict) -> str:
                  "window; clients' CPU-s: the load generator's (it shares the cores)")
     lines.append(f"- requests: {s['endpoint']} ({s['request']}), {s['stop']}, phase deadline {s['phase_timeout_s']:g} s"
                  f"; each visitor its own session and forwarded address; weights: {s['weights']}")
+    if any(isinstance(g, list) for g in s.get("generate", {}).values()):   # --settings tree: each checkout's own
+        lines.append("- Generate's (sampler, steps, w) per checkout, its own defaults: "
+                     + ", ".join(f"{label} {tuple(g)}" for label, g in s["generate"].items()))
     m = results["machine"]
     lines.append(f"- machine: {m['cpu']} ({m['cores']} cores), load average {m['load_avg_start']} at the start and "
                  f"{m['load_avg_end']} at the end, {m['when']}")
@@ -275,6 +280,17 @@ def report(results: dict) -> str:
         lines.append(f"- {label}: {r['repo']} at {r['commit']}; load average per phase (start): "
                      + ", ".join(f"{n}: {p['load_avg_start'][0]}" for n, p in r["phases"].items()))
     return "\n".join(lines) + "\n"
+
+
+TREE_DEFAULTS = ("import json; from diffusion.pipeline import defaults_for; d = defaults_for('pixel-cond'); "
+                 "print(json.dumps([d.sampler, d.steps, d.guidance]))")
+
+
+def tree_defaults(repo: Path) -> tuple:
+    """(sampler, steps, guidance) of pixel-cond's defaults as the checkout at `repo` ships them."""
+    out = subprocess.run([sys.executable, "-c", TREE_DEFAULTS], cwd=repo, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(repo)})
+    return tuple(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -289,6 +305,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "0b4bb63); without it only this checkout is measured")
     p.add_argument("--after", type=Path, default=ROOT, help="checkout of the changed app (default: this one)")
     p.add_argument("--endpoint", default="generate", choices=ENDPOINTS)
+    p.add_argument("--settings", default="this", choices=("this", "tree"),
+                   help="Generate's sampler, steps and w: this checkout's defaults for every server (the same work), "
+                        "or each checkout's own (what a visitor of that version asked for by default)")
     p.add_argument("--phase-timeout", type=float, default=300.0, help="seconds after which a phase stops")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "load.json")
     args = p.parse_args(argv)
@@ -339,14 +358,18 @@ def main(argv=None) -> dict:
             servers[label] = launch(repo.resolve(), args.weights_dir.resolve(), work / label)
             print(f"{label}: {repo} ({results['rows'][label]['commit']}) ready in {time.perf_counter() - t0:.0f} s",
                   flush=True)
+        generate = {label: tree_defaults(repo.resolve()) if args.settings == "tree" else None
+                    for label, repo in checkouts.items()}
+        results["settings"]["generate"] = {label: g or "this checkout's" for label, g in generate.items()}
         for label, srv in servers.items():                     # warm-up: first-call overheads
-            run_phase(srv, 1, args.endpoint, requests=1, duration=None, timeout=args.phase_timeout)
+            run_phase(srv, 1, args.endpoint, requests=1, duration=None, timeout=args.phase_timeout,
+                      generate=generate[label])
         for n in args.visitors:
             for label, srv in servers.items():                 # interleaved: before and after see the same load
                 srv.quiet(timeout=30)
                 load0 = _load()
                 phase = run_phase(srv, n, args.endpoint, requests=args.requests_per_visitor, duration=args.duration,
-                                  timeout=args.phase_timeout)
+                                  timeout=args.phase_timeout, generate=generate[label])
                 phase.update(load_avg_start=load0, load_avg_end=_load(), rss_end_mib=round(srv.rss(), 1))
                 results["rows"][label]["phases"][str(n)] = phase
                 print(f"{label} x{n}: {json.dumps(phase)}", flush=True)

@@ -1,6 +1,7 @@
 """bench/load.py: percentiles on hand values, refusals named by kind, the targets and the table, bad arguments, and
 2 visitors x 2 requests against one launched app on tiny random models."""
 import inspect
+from pathlib import Path
 import json
 import types
 
@@ -70,6 +71,10 @@ def test_requests_follow_the_handlers_argument_order_and_the_apps_defaults():
     assert api == "/live" and dict(zip(names, inputs)) == {"digit": 3, "steps": 4, "guidance": 2.0, "seed": 7,
                                                            "num_images": 16}
     assert [bl.request_args("mix", k, 0)[0] for k in range(4)] == ["/generate", "/live", "/generate", "/live"]
+    # --settings tree: a checkout's own defaults, read from that checkout
+    assert bl.tree_defaults(Path(__file__).resolve().parents[2]) == (dp.DEFAULT_SAMPLER, dp.DEFAULT_STEPS,
+                                                                    dp.DEFAULT_GUIDANCE)
+    assert bl.request_args("generate", 0, 5, ("heun", 7, 2.5))[1][2:5] == ["heun", 7, 2.5]
 
 
 def test_each_visitor_is_its_own_public_address_to_the_fair_queue():
