@@ -2,7 +2,7 @@
 
 The good model is a run's final EMA weights (or a weights folder), the bad one an earlier checkpoint of the same run.
 Every (bad checkpoint, w) is sampled with the same seeds and scored in both feature spaces
-(diffusion.metrics.Evaluator); the rule is the project's (`diffusion.metrics.choose_setting`: lowest worse-of-two
+(diffusion.metrics.Evaluator); the rule is the project's (`diffusion.setting_rules.choose_setting`: lowest worse-of-two
 FD ratio; an unconditional model has no accuracy bar). Rows accumulate in bench/results/autoguidance.json, the
 report is bench/results/autoguidance.md.
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench.recipe_ab import _cpu, ema_model
 from bench.tables import EVALUATOR_COLUMNS, EVALUATOR_RULE, evaluator_cells
-from diffusion.metrics import choose_setting, worst_ratio
+from diffusion.setting_rules import choose_setting, worst_ratio
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STORE = RESULTS / "autoguidance.json"

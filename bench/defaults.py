@@ -1,7 +1,7 @@
 """Sampling defaults chosen by a written rule that uses both evaluators.
 
 For one model, sample each candidate setting (sampler, steps, guidance w) with the same seeds, score it in both
-feature spaces (diffusion.metrics.Evaluator) and apply `diffusion.metrics.choose_setting`: the lowest worse-of-two
+feature spaces (diffusion.metrics.Evaluator) and apply `diffusion.setting_rules.choose_setting`: the lowest worse-of-two
 Frechet ratio (FD / same-N real floor) among settings whose lower conditional accuracy is >= 99% and, where any
 setting reaches it, whose speck rate is within 1 point of real digits'.
 The guidance grid is coarse over 0-4 first, then 0.25 around the coarse optimum (`--refine`).
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from bench.tables import EVALUATOR_COLUMNS, EVALUATOR_RULE, evaluator_cells
-from diffusion.metrics import choose_setting, min_accuracy, worst_ratio
+from diffusion.setting_rules import choose_setting, min_accuracy, worst_ratio
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STORE = RESULTS / "defaults.json"
@@ -86,7 +86,7 @@ def run(model: str, weights_dir: Path, settings: list[tuple[str, int, float]], s
 
 def report(rows: list[dict]) -> str:
     lines = ["# Sampling defaults by rule (both evaluators)", "",
-             "Rule (`diffusion.metrics.choose_setting`): the lowest worse-of-two FD ratio (FD / same-N real floor, in the "
+             "Rule (`diffusion.setting_rules.choose_setting`): the lowest worse-of-two FD ratio (FD / same-N real floor, in the "
              "feature spaces of weights/classifier = c and weights/classifier-resnet = r) among settings whose lower "
              "conditional accuracy is >= 99%, and, where any setting reaches it, whose speck rate is within 1 point of real "
              "digits' (0.69%). Same seeds for every setting. Produced by `python -m bench.defaults`.", ""]

@@ -1,6 +1,6 @@
 """Sampling defaults by rule v3 (issue 27): every setting scored in every view beside real digits' own figures.
 
-Rule (`diffusion.metrics.choose_setting_v3`, committed before this sweep ran): among settings whose accuracy is within
+Rule (`diffusion.setting_rules.choose_setting_v3`, committed before this sweep ran): among settings whose accuracy is within
 the real-vs-real tolerance of real digits' under each classifier, whose speck rate and recall (in every feature space)
 are no worse than real digits' by more than that tolerance, the lowest worst FD ratio over every feature space
 (classifier, classifier-resnet, pixel-pca, autoencoder-latent; FD / real digits' mean FD at the same N); ties (to 2
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench.defaults import RESULTS, load_rows, setting_key, store_row
 from diffusion.guidance import SCHEDULE_KEYS, GuidanceSchedule
-from diffusion.metrics import choose_setting_v3, rule_v3_checks, worst_fd_ratio_v3
+from diffusion.setting_rules import choose_setting_v3, rule_v3_checks, worst_fd_ratio_v3
 
 STORE = RESULTS / "defaults_v3.json"
 SPACES = ("classifier", "classifier-resnet", "pixel-pca", "autoencoder-latent")
@@ -231,7 +231,7 @@ def report(rows: list[dict], out: Path | None = RESULTS / "defaults_v3.md") -> s
     """Per model: rule v3's pick, then every row (winners and losers) under real digits' own figures."""
     lines = ["# Sampling defaults by rule v3 (every view, real digits as the yardstick)", "",
              "Produced by `python -m bench.defaults_v3` (rows in bench/results/defaults_v3.json). Rule: "
-             "`diffusion.metrics.choose_setting_v3` (see the module docstring). FD ratio = FD / real digits' mean FD "
+             "`diffusion.setting_rules.choose_setting_v3` (see the module docstring). FD ratio = FD / real digits' mean FD "
              "at the same N in that space (c = weights/classifier, r = weights/classifier-resnet, pca = raw pixels on 64 "
              "principal axes of training digits, ae = the autoencoder's latents); real digits' row gives mean ± "
              "tolerance (2 sd over disjoint real subsets). Stroke width: mean ridge width in pixels (W1 distance of "

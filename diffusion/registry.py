@@ -238,13 +238,13 @@ class SpecTable(Mapping):
 # conditional accuracy. pixel-uncond is the exception that needs noise: its probability-flow ODE samples stay 1.5-1.7x
 # EM-500's FD at every NFE (the ODE carries the score model's errors to the end), while the SDE form of the same
 # solver, at the same 10 NFE, lands below EM-500.
-# Since Quality v2 the score models' defaults are the two-evaluator rule's pick (diffusion.metrics.choose_setting:
+# Since Quality v2 the score models' defaults are the two-evaluator rule's pick (diffusion.setting_rules.choose_setting:
 # accuracy >= 99% in both evaluators, specks within 1 point of real digits' where reachable, then the lowest
 # worse-of-two FD ratio) over bench/results/defaults.json (tests/bench/test_bench.py checks it). For both conditional
 # models that is the SDE form of DPM-Solver++(2M): its noise removes the isolated specks the ODE carries to the end
 # (pixel-cond: 0.35% against 2.3% with dpmpp_2m at w = 1.5, real digits 0.69%).
 # Since Quality v3 (issue 27) a model whose rule-v3 sweep covers the guidance grid (bench/results/defaults_v3.md) ships
-# rule v3's pick (diffusion.metrics.choose_setting_v3: every figure within real digits' own real-vs-real tolerance, in
+# rule v3's pick (diffusion.setting_rules.choose_setting_v3: every figure within real digits' own real-vs-real tolerance, in
 # every view, then the lowest worst FD ratio): pixel-cond -> dpmpp_2m_sde 10, w = 1 (no guidance; docs/quality-v3.md);
 # pixel-uncond -> dpmpp_2m_sde 10, autoguidance w = 2.1875 applied only at sigma <= 1 (diffusion/guidance.py): it
 # meets every real-digit band with a worst FD ratio of 3.06, against 3.57 for the best constant w (1.25; its grid

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from diffusion.metrics import (Classifier, Evaluator, ResNetClassifier, choose_setting, confident_rate, kid,
-                               precision_recall, speck_mask)
+from diffusion.metrics import Classifier, Evaluator, ResNetClassifier, confident_rate, kid, precision_recall, speck_mask
+from diffusion.setting_rules import choose_setting
 
 
 def gaussian(n, d=8, shift=0.0, seed=0):
@@ -121,7 +121,7 @@ def test_the_rules_real_speck_rate_is_the_measured_one():
     import json
     from pathlib import Path
 
-    from diffusion.metrics import REAL_SPECK_RATE
+    from diffusion.setting_rules import REAL_SPECK_RATE
     measured = json.loads((Path(__file__).resolve().parents[2] / "bench" / "results" / "real_rates.json").read_text())
     assert REAL_SPECK_RATE == pytest.approx(measured["speck_rate"], abs=5e-5)
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion.metrics import (Classifier, Evaluator, PixelPCA, ResNetClassifier, choose_setting_v3, pixel_stats,
-                               pixel_summary, rule_v3_checks, spread, stroke_widths, worst_fd_ratio_v3)
+from diffusion.metrics import (Classifier, Evaluator, PixelPCA, ResNetClassifier, pixel_stats, pixel_summary, spread,
+                               stroke_widths)
+from diffusion.setting_rules import choose_setting_v3, rule_v3_checks, worst_fd_ratio_v3
 
 
 def canvas():

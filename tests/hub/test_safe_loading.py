@@ -14,7 +14,7 @@ from diffusion import ScoreModel
 from diffusion.hub import WeightsNotFound, load_local, load_model
 from diffusion.hub_mixin import CorruptWeightsError, UnsafeWeightsError, check_safetensors_header
 from hub_helpers import evil_pickle, evil_torch_zip, make_weights, same_weights, tiny_model
-from train.loop import EMA, load_checkpoint, save_checkpoint
+from train.checkpoints import EMA, load_checkpoint, save_checkpoint
 
 
 @pytest.fixture

@@ -437,12 +437,12 @@ def test_auto_precision_runs_students_and_teachers_in_bf16_on_bf16_hardware(monk
 
 
 def test_students_guidance_defaults_follow_the_two_evaluator_rule_on_the_shipped_sweep():
-    """Each student's default w is diffusion.metrics.choose_setting's pick over its rows in
+    """Each student's default w is diffusion.setting_rules.choose_setting's pick over its rows in
     bench/results/distillation.json (largest N): changing the sweep or a default without the other fails here. A
     student whose rule-v3 sweep covers its grid (bench/results/defaults_v3.json) ships rule v3's pick instead,
     checked by tests/bench/test_bench.py."""
     from bench import defaults_v3 as dv
-    from diffusion.metrics import choose_setting
+    from diffusion.setting_rules import choose_setting
 
     rows = json.loads((Path(__file__).resolve().parents[2] / "bench" / "results" / "distillation.json").read_text())
     v3 = dv.load_rows(dv.STORE)

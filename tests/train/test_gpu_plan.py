@@ -23,8 +23,9 @@ import train.gpu_prepare as gpu_prepare
 import train.gpu_run as gpu_run
 import train.gpu_unpack as gpu_unpack
 import train.loop as loop
-from train.loop import (NonFiniteLoss, TrainConfig, check_run_options, dist_setup, latest_checkpoint, probe_end,
-                        resolve_amp, steps_to_deadline, train_loop)
+from train.checkpoints import latest_checkpoint
+from train.loop import (NonFiniteLoss, TrainConfig, check_run_options, dist_setup, probe_end, resolve_amp,
+                        steps_to_deadline, train_loop)
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("_ddp_worker", Path(__file__).with_name("_ddp_worker.py"))

@@ -14,12 +14,12 @@ import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-import train.loop as loop
+import train.checkpoints as checkpoints
 from ui.server import free_port
 from diffusion import timelapse
 from diffusion.score import ScoreModel
-from train.loop import (EMA, NonFiniteLoss, TrainConfig, latest_checkpoint, lr_at, parse_config, save_weights,
-                        train_loop)
+from train.checkpoints import EMA, latest_checkpoint
+from train.loop import NonFiniteLoss, TrainConfig, lr_at, parse_config, save_weights, train_loop
 
 _spec = importlib.util.spec_from_file_location("_ddp_worker", Path(__file__).with_name("_ddp_worker.py"))
 W = importlib.util.module_from_spec(_spec)
@@ -123,7 +123,7 @@ def test_finished_run_extended_with_resume(tmp_path):
 
 def test_crash_during_checkpoint_write_is_ignored_by_resume(reference, tmp_path, monkeypatch):
     _, ref_model, ref_ema, ref_history = reference
-    real_save, calls = loop.save_file, []
+    real_save, calls = checkpoints.save_file, []
 
     def dies_writing(tensors, path, *a, **k):                  # the 2nd checkpoint's write is cut short
         calls.append(path)
@@ -134,10 +134,10 @@ def test_crash_during_checkpoint_write_is_ignored_by_resume(reference, tmp_path,
             raise Crash("killed while writing a checkpoint")
         return real_save(tensors, path, *a, **k)
 
-    monkeypatch.setattr(loop, "save_file", dies_writing)
+    monkeypatch.setattr(checkpoints, "save_file", dies_writing)
     with pytest.raises(Crash):
         run(tmp_path)
-    monkeypatch.setattr(loop, "save_file", real_save)
+    monkeypatch.setattr(checkpoints, "save_file", real_save)
     assert ckpts(tmp_path) == [".tmp-ckpt-00000006", "ckpt-00000003"]
     assert latest_checkpoint(tmp_path) == tmp_path / "ckpt-00000003"
     model, ema, history = run(tmp_path, model_seed=7, resume=True)

@@ -178,7 +178,8 @@ def test_malformed_grid_clicks_are_named_errors_without_traceback(live, event):
     assert "index" in text and "Traceback" not in text and len(text) < 2000, (status, text[:300])
 
 
-def test_recommended_settings_names_a_bad_model_briefly(live):
-    status, _, body = post_json(live, "gradio_api/run/recommended_settings", {"data": ["z" * 5_000]})
+@pytest.mark.parametrize("api", ["recommended_settings", "race_recommended_guidance", "sdedit_recommended_guidance"])
+def test_recommended_settings_names_a_bad_model_briefly(live, api):
+    status, _, body = post_json(live, f"gradio_api/run/{api}", {"data": ["z" * 5_000]})
     text = body.decode()
     assert "model" in text and len(text) < 2000 and "zzzzzzzzzz" * 20 not in text, text[:300]
