@@ -66,13 +66,17 @@ class GenerateTab:
         final = sent_grid(step.x)
         decode = f" (autoencoder decoding: {fmt_s(step.decode_time)})" if pipe.is_latent else ""
         label_arg = f"[{digit}] * {n}" if pipe.conditional else f"None, num_images={n}"
-        schedule = pipe.defaults.schedule          # w only on part of the sigma range: the doubled calls only there
-        where = "" if batch == n or schedule.constant else f" where w applies ({schedule.describe(short=True)}), " \
-            f"on {n} elsewhere"
-        per_nfe = (f"each on a batch of {batch}" if batch == n else
-                   f"each on a batch of {batch} (images × 2 for guidance){where}" if pipe.conditional else
-                   f"{'two network calls' if where else 'each two network calls'} on {n} images (the model and its "
-                   f"guide){where.replace(f', on {n} elsewhere', ', one elsewhere')}")
+        schedule = pipe.defaults.schedule
+        partial = batch != n and not schedule.constant     # w on part of the sigma range: doubled calls only there
+        each, where = ("", f" where w applies ({schedule.describe(short=True)})") if partial else ("each ", "")
+        if batch == n:
+            per_nfe = f"each on a batch of {batch}"
+        elif pipe.conditional:
+            per_nfe = f"{each}on a batch of {batch} (images × 2 for guidance){where}" + (f", of {n} elsewhere"
+                                                                                         if partial else "")
+        else:
+            per_nfe = (f"{each}two network calls on {n} images (the model and its guide){where}"
+                       + (", one elsewhere" if partial else ""))
         summary = (f"{what}\n\n**Done** in {fmt_s(step.elapsed)} wall time{decode}: {step.nfe} NFE, {per_nfe}"
                    f"{lab.classifier_line(step.x, digit if pipe.conditional else None)}.\n\n"
                    f"Reproduce: `load_pipeline('{model}').generate({label_arg}, sampler='{sampler}', "

@@ -79,3 +79,20 @@ def test_gif_frames_are_rendered_only_for_the_frames_the_gif_keeps(tab, monkeypa
 def test_bad_input_is_refused_before_any_update(tab):
     with pytest.raises(gr.Error, match="num_images"):
         next(tab.generate("pixel-cond", 3, "dpmpp_2m", 10, 2.0, 0, 1000))
+
+
+def test_a_default_guidance_schedule_is_named_in_the_status_and_the_summary(tab):
+    """A model whose defaults apply w only at low sigma: the status line says where, the summary which calls doubled."""
+    import dataclasses
+
+    from diffusion.guidance import GuidanceSchedule
+    from diffusion.registry import model_spec, registered
+
+    spec = model_spec("pixel-cond")
+    low = dataclasses.replace(spec.defaults, schedule=GuidanceSchedule(sigma_hi=1.0))
+    with registered(dataclasses.replace(spec, defaults=low)):
+        *_, (_, _, summary, _, _, _) = list(tab.generate("pixel-cond", 3, "dpmpp_2m", 3, 2.0, 0, 2))
+        *_, (_, _, plain, _, _, _) = list(tab.generate("pixel-cond", 3, "dpmpp_2m", 3, 1.0, 0, 2))
+    assert "guidance 2 (at sigma <= 1)" in summary
+    assert "on a batch of 4 (images × 2 for guidance) where w applies (at sigma <= 1), of 2 elsewhere" in summary
+    assert "each on a batch of 2" in plain and "where w applies" not in plain      # w = 1: nothing doubled anywhere
