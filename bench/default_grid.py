@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.reliability import Server
+from bench.app_server import Server
 from diffusion.pipeline import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent

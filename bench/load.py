@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 import diffusion.pipeline as dp
-from bench.reliability import Server
+from bench.app_server import Server
 from diffusion.pipeline import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -210,7 +210,7 @@ def run_phase(srv: Server, n: int, endpoint: str, *, requests: int | None, durat
 # ---------------------------------------------------------------- servers, the run, the report
 
 def launch(repo: Path, weights: Path, work: Path) -> Server:
-    """bench/reliability.py's Server, stopped again if start-up is interrupted (Ctrl-C while it loads)."""
+    """bench/app_server.py's Server, stopped again if start-up is interrupted (Ctrl-C while it loads)."""
     srv = Server.__new__(Server)
     try:
         srv.__init__(repo, weights, work)

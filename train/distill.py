@@ -8,6 +8,8 @@ Stages, each a train_loop run folder under --out (checkpoints, resume, EMA), run
                        and the rounds then call the guided teacher, two network halves per call)
     round-T-to-T/2/    stage 2: one student step = two teacher DDIM steps on the T-step grid, T = --grid-steps, then
     ...                T/2, ... down to --end-steps; each round starts from the previous round's EMA student
+`--start-from DIR` continues the chain from an existing N-step student (e.g. the shipped 4-step one): stage 1 and every
+round that makes more than N steps are skipped, and the later rounds are trained again from it (longer, say).
 A finished stage holds student/ (its EMA weights, save_pretrained layout) and stage.json (loss, wall time) and is
 skipped when the command is run again; `--resume` continues an interrupted stage from its last checkpoint.
 At the end the --ship-steps student goes to --weights-dir (with train.common.finish: record, optional push) and each
@@ -39,6 +41,7 @@ class DistillConfig(TrainConfig):
     out: str = "runs/pixel-cond-distilled"
     weights_dir: str = "weights/pixel-cond-distilled"
     teacher: str = "weights/pixel-cond"     # the teacher's weights folder (save_pretrained layout)
+    start_from: str = ""                    # an N-step student of this teacher's grid: only the rounds below N run
     stage1_steps: int = 1000                # guidance distillation (0: skip)
     steps: int = 500                        # optimizer steps of each progressive round ...
     round_steps: str = ""                   # ... or one count per round, first round first, e.g. "300,400,600,800"
@@ -65,20 +68,28 @@ def _ints(s: str) -> list[int]:
     return [int(v) for v in s.split(",") if v.strip()]
 
 
-def round_plan(cfg: DistillConfig) -> list[tuple[int, int, int]]:
-    """[(teacher steps, student steps, optimizer steps)] for every progressive round; validates the step counts."""
+def round_plan(cfg: DistillConfig, start_steps: int | None = None) -> list[tuple[int, int, int]]:
+    """[(teacher steps, student steps, optimizer steps)] for every progressive round; validates the step counts.
+    start_steps: the chain starts from an existing student with that many steps (--start-from), so the rounds are
+    start_steps -> start_steps/2 -> ... -> end_steps, and --round-steps counts only those."""
     if cfg.end_steps < 1 or cfg.grid_steps < 2 * cfg.end_steps:
         raise ValueError(f"--grid-steps ({cfg.grid_steps}) must be at least twice --end-steps ({cfg.end_steps})")
     halvings = math.log2(cfg.grid_steps / cfg.end_steps)
     if halvings != int(halvings):
         raise ValueError(f"--grid-steps ({cfg.grid_steps}) must be --end-steps ({cfg.end_steps}) times a power of 2")
     counts = [cfg.grid_steps // 2 ** k for k in range(int(halvings) + 1)]   # T, T/2, ..., end
+    if start_steps is not None:
+        if start_steps not in counts[1:-1]:
+            raise ValueError(f"--start-from: a {start_steps}-step student is not one this plan continues from "
+                             f"(its rounds make {counts[1:]}; the start must be one of {counts[1:-1]})")
+        counts = counts[counts.index(start_steps):]
     per_round = _ints(cfg.round_steps) or [cfg.steps] * (len(counts) - 1)
     if len(per_round) != len(counts) - 1 or min(per_round) < 1:
         raise ValueError(f"--round-steps needs {len(counts) - 1} positive counts (rounds "
                          f"{', '.join(f'{a}->{b}' for a, b in zip(counts, counts[1:]))}), got {cfg.round_steps!r}")
+    made = counts[1:] if start_steps is None else counts       # a --start-from student can be shipped as it is
     for n in [cfg.ship_steps, *_ints(cfg.export_steps)]:
-        if n not in counts[1:]:
+        if n not in made:
             raise ValueError(f"no round produces a {n}-step student (the rounds make {counts[1:]})")
     if not 0 <= cfg.stage1_grid_fraction <= 1:
         raise ValueError(f"--stage1-grid-fraction must be in [0, 1], got {cfg.stage1_grid_fraction}")
@@ -183,9 +194,26 @@ def run_stage(cfg: DistillConfig, index: int, name: str, steps: int, make, task,
     return ema.to(device), record
 
 
+def load_start(cfg: DistillConfig):
+    """(student, its step count) from --start-from, checked against this run's grid; (None, None) without it."""
+    if not cfg.start_from:
+        return None, None
+    student = ScoreModel.from_pretrained(cfg.start_from)
+    d = student.distilled or {}
+    if not d.get("steps"):
+        raise SystemExit(f"--start-from {cfg.start_from}: not a progressive student (its config has no distilled steps)")
+    have = (int(d["grid_steps"]), float(d["rho"]), [float(v) for v in d["guidance_range"]])
+    want = (cfg.grid_steps, float(cfg.rho), [float(cfg.w_min), float(cfg.w_max)])
+    if have != want:
+        raise SystemExit(f"--start-from {cfg.start_from}: its grid (grid steps, rho, guidance range) {have} is not this "
+                         f"run's {want}: set --grid-steps, --rho, --w-min and --w-max to match")
+    return student, int(d["steps"])
+
+
 def main(argv=None):
     cfg = parse_config(DistillConfig, argv)
-    plan = round_plan(cfg)
+    start, start_steps = load_start(cfg)
+    plan = round_plan(cfg, start_steps)
     _, world, device, (x_train, y_train) = setup(cfg)
     if world > 1:
         raise SystemExit("train.distill runs as one process (the teacher's calls are not split across ranks)")
@@ -197,14 +225,17 @@ def main(argv=None):
     def student_config(steps):
         return distilled_config(steps, cfg.grid_steps, w_range, cfg.rho, teacher=Path(cfg.teacher).name)
 
-    records, current = [], teacher
-    if cfg.stage1_steps > 0:
+    records, current, students = [], teacher, {}
+    if start is not None:
+        current = students[start_steps] = _for_training(start, cfg, device)
+        records.append({"stage": f"start-from {cfg.start_from}", "student_steps": start_steps, "steps": 0,
+                        "final_loss": None, "wall_s": 0.0})
+    elif cfg.stage1_steps > 0:
         current, rec = run_stage(cfg, 0, "guidance", cfg.stage1_steps,
                                  lambda: make_student(teacher, student_config(None), seed=cfg.seed),
                                  GuidanceTask(teacher, cfg), x_train, y_train, device, cfg.grid_steps,
                                  {"student_steps": None, "teacher_steps": None})
         records.append(rec)
-    students = {}
     for index, (t_steps, s_steps, opt_steps) in enumerate(plan, start=1):
         prev = current.eval().requires_grad_(False)
         grid = student_sigmas(sde, cfg.grid_steps, t_steps, cfg.rho)          # the teacher's (t_steps + 1) sigmas

@@ -9,7 +9,7 @@ import pytest
 
 import diffusion.pipeline as dp
 from bench import load as bl
-from bench.reliability import tiny_weights
+from bench.app_server import tiny_weights
 from ui.fair_queue import client_address
 from ui.tab_generate import GenerateTab
 from ui.tab_live import LiveTab

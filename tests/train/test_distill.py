@@ -298,6 +298,39 @@ def test_script_end_to_end(script_run):
     assert torch.equal(ScoreModel.from_pretrained(run / "w" / "pcd").net.conv_in.weight, final.net.conv_in.weight)
 
 
+def test_start_from_a_shipped_student_trains_only_the_later_rounds(script_run, monkeypatch):
+    """--start-from the 4-step student: no stage 1, no 8->4 round; the 4-step student ships unchanged, the 2- and
+    1-step students are trained again (with their own --round-steps)."""
+    from train import distill
+    tmp, final, _ = script_run
+    monkeypatch.setattr(train.common, "load_mnist", lambda *a, **k: _data())
+    start = tmp / "ref" / "w" / "pcd"
+    again, records = distill.main(_args(tmp, "again", "--start-from", str(start), "--round-steps", "2,5"))
+    assert [r["stage"] for r in records] == [f"start-from {start}", "round-4-to-2", "round-2-to-1"]
+    assert [r["steps"] for r in records] == [0, 2, 5]
+    assert torch.equal(again.net.conv_in.weight, final.net.conv_in.weight)           # shipped as it was
+    for folder in ("pcd-2step", "pcd-1step"):
+        new = ScoreModel.from_pretrained(tmp / "again" / "w" / folder).net.conv_in.weight
+        assert not torch.equal(new, ScoreModel.from_pretrained(tmp / "ref" / "w" / folder).net.conv_in.weight)
+    assert not (tmp / "again" / "guidance").exists() and not (tmp / "again" / "round-8-to-4").exists()
+
+
+def test_start_from_checks_the_student_and_the_plan(script_run, monkeypatch):
+    from train import distill
+    from train.distill import DistillConfig, round_plan
+    tmp, _, _ = script_run
+    monkeypatch.setattr(train.common, "load_mnist", lambda *a, **k: _data())
+    with pytest.raises(SystemExit, match="not a progressive student"):
+        distill.main(_args(tmp, "bad1", "--start-from", str(tmp / "teacher")))
+    with pytest.raises(SystemExit, match="is not this run's"):
+        distill.main(_args(tmp, "bad2", "--start-from", str(tmp / "ref" / "w" / "pcd"), "--w-max", "3"))
+    with pytest.raises(ValueError, match="the start must be one of"):
+        round_plan(DistillConfig(grid_steps=8), start_steps=1)
+    with pytest.raises(ValueError, match="needs 2 positive counts"):
+        round_plan(DistillConfig(grid_steps=8, round_steps="1,2,3"), start_steps=4)
+    assert round_plan(DistillConfig(grid_steps=16, round_steps="7,9"), start_steps=4) == [(4, 2, 7), (2, 1, 9)]
+
+
 def test_script_reruns_skip_finished_stages_and_resume_exactly(script_run, tmp_path, monkeypatch):
     from train import distill
     tmp, final, _ = script_run
