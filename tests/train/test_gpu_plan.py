@@ -23,6 +23,7 @@ import train.gpu_prepare as gpu_prepare
 import train.gpu_run as gpu_run
 import train.gpu_unpack as gpu_unpack
 import train.loop as loop
+import train.pacing as pacing
 from train.checkpoints import latest_checkpoint
 from train.loop import (NonFiniteLoss, TrainConfig, check_run_options, dist_setup, probe_end, resolve_amp,
                         steps_to_deadline, train_loop)
@@ -136,8 +137,9 @@ def test_fit_to_deadline_sizes_the_run_after_the_probe(tmp_path, monkeypatch):
     """A clock that advances 0.125 s per training step (8 steps/s, exact in binary): the probe ends at step 15 (10
     untimed + 5 timed) at t = 1.875 s; deadline at t = 6 s, 3 s reserved: 1.125 s remain, 9 more steps, 24 in all."""
     clock = {"t": 1000.0}
-    monkeypatch.setattr(loop, "time", type("Clock", (), {"time": staticmethod(lambda: clock["t"]),
-                                                         "perf_counter": staticmethod(lambda: clock["t"])}))
+    fake = type("Clock", (), {"time": staticmethod(lambda: clock["t"]), "perf_counter": staticmethod(lambda: clock["t"])})
+    monkeypatch.setattr(loop, "time", fake)                  # the deadline checks
+    monkeypatch.setattr(pacing, "time", fake)                # the probe's step timer
 
     class Tick:
         def __init__(self, task):
@@ -189,8 +191,8 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
 
 @pytest.mark.slow  # dynamo traces the U-Net forward and backward: ~20 s on 2 busy cores
 def test_compile_auto_times_both_and_keeps_one(tmp_path, monkeypatch):
-    monkeypatch.setattr(loop, "COMPILE_KWARGS", {"backend": "eager"})   # dynamo without a C compiler
-    monkeypatch.setattr(loop, "WARM_STEPS", 1)
+    monkeypatch.setattr(pacing, "COMPILE_KWARGS", {"backend": "eager"})   # dynamo without a C compiler
+    monkeypatch.setattr(pacing, "WARM_STEPS", 1)
     cfg, _, _, history = run(tmp_path, steps=8, compile="auto", probe_steps=2)
     info = cfg._run_info
     assert info["eager_steps_per_s"] > 0 and info["compiled_steps_per_s"] > 0
@@ -203,7 +205,7 @@ def test_a_failing_compiler_falls_back_to_the_same_eager_step(tmp_path, monkeypa
         raise RuntimeError("no compiler here")
 
     _, ref_model, ref_ema, _ = run(tmp_path / "eager")
-    monkeypatch.setattr(loop, "COMPILE_KWARGS", {"backend": broken_backend})
+    monkeypatch.setattr(pacing, "COMPILE_KWARGS", {"backend": broken_backend})
     cfg, model, ema, _ = run(tmp_path / "on", compile="on")
     assert "no compiler here" in cfg._run_info["compile_error"] and cfg._run_info["compiled"] is False
     assert same_state(model, ref_model) and same_state(ema, ref_ema)    # the failed step was redone, same noise
