@@ -15,6 +15,7 @@ kept as they were); the report is bench/results/defaults_v3.md.
 
     python -m bench.defaults_v3 --queue bench/results/defaults_v3_queue.txt --samples 2000 --stop-at 22:30
     python -m bench.defaults_v3 --report-only
+    python -m bench.defaults_v3 --queue Q --weights-dir CANDIDATES --store bench/results/defaults_v3_candidates.json
 """
 from __future__ import annotations
 
@@ -278,16 +279,23 @@ def main(argv=None):
     p.add_argument("--weights-dir", default="weights")
     p.add_argument("--stop-at", default=None, help="HH:MM UTC today: start no new row after it")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--store", default=str(STORE),
+                   help="rows file; another file (e.g. candidate weights' rows) gets its report beside it as .md, and "
+                        "the shipped report and card tables are left alone")
     a = p.parse_args(argv)
+    store = Path(a.store)
     if not a.report_only:
         stop = None
         if a.stop_at:
             hh, mm = (int(x) for x in a.stop_at.split(":"))
             stop = dt.datetime.now(dt.timezone.utc).replace(hour=hh, minute=mm, second=0, microsecond=0)
-        run_queue(Path(a.queue), a.samples, Path(a.weights_dir), stop)
-    rows = load_rows(STORE)
+        run_queue(Path(a.queue), a.samples, Path(a.weights_dir), stop, store=store)
+    rows = load_rows(store)
     if rows:
-        print(report(rows))
+        shipped = store.resolve() == STORE.resolve()
+        print(report(rows) if shipped else report(rows, out=None))
+        if not shipped:
+            store.with_suffix(".md").write_text(report(rows, out=None))
 
 
 if __name__ == "__main__":

@@ -103,3 +103,17 @@ def test_the_cards_tables_file_is_the_stored_sweeps_rendering():
 
     rows = dv.load_rows(dv.STORE)
     assert json.loads(dv.CARD_TABLES.read_text(encoding="utf-8")) == dv.card_tables(rows)
+
+
+def test_a_candidate_store_gets_its_own_report_and_leaves_the_shipped_one_alone(tmp_path):
+    """--store: candidate weights' rows are reported beside their file; the shipped report and card tables stay."""
+    import json
+    shipped = [r for r in dv.load_rows(dv.STORE) if r["model"] == "pixel-cond-distilled-1step"]
+    store = tmp_path / "candidates.json"
+    store.write_text(json.dumps(shipped))
+    before = {p: p.stat().st_mtime_ns for p in (dv.STORE.with_suffix(".md"), dv.CARD_TABLES)}
+    dv.main(["--report-only", "--store", str(store)])
+    text = store.with_suffix(".md").read_text()
+    assert "## pixel-cond-distilled-1step" in text and "## pixel-cond\n" not in text
+    assert f"**Pick: {dv._setting_text(dv.pick_v3(shipped, 'pixel-cond-distilled-1step')['setting'])}**" in text
+    assert {p: p.stat().st_mtime_ns for p in before} == before
