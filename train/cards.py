@@ -229,6 +229,8 @@ def _training_lines(name: str, rec: dict) -> list[str]:
                 f"{(rec.get('total_wall_s') or 0) / 60:.1f} min of training on a 2-core CPU",
                 f"exported by `{rec.get('command', 'n/a')}`",
                 "used as the weaker model of autoguidance (diffusion.autoguidance): D_w = D_guide + w (D - D_guide)"]
+    if "stages" in rec:                             # a distilled student (train/distill.py)
+        return _distill_lines(rec)
     cfg, spec = rec.get("config", {}), model_spec(name)
     if spec.role in ("classifier", "autoencoder"):       # the loss its record names, else the registry's
         loss = rec.get("loss") or spec.loss
@@ -251,6 +253,33 @@ def _training_lines(name: str, rec: dict) -> list[str]:
             f"EMA decay {cfg.get('ema_decay')} (the weights here are the EMA weights)",
             f"wall time: {rec.get('wall_time_s', 0) / 60:.1f} min on a 2-core CPU build machine, no GPU (torch "
             f"{rec.get('torch')}), shared with other jobs during the run, so an idle machine is faster"]
+
+
+def _distill_lines(rec: dict) -> list[str]:
+    """A student's training: its loss, the optimiser, and each stage that made it (a re-trained student's record
+    carries the earlier run's stages with that run's command: train.distill --start-from)."""
+    cfg, stages = rec.get("config", {}), rec["stages"]
+    made = [st for st in stages if not st["stage"].startswith("start-from")]
+    command_of = [st.get("command") or rec.get("command", "n/a") for st in made]
+    commands = list(dict.fromkeys(command_of))
+    lines = [f"command: `{c}`" if len(commands) == 1 else f"command {k + 1} of {len(commands)}: `{c}`"
+             for k, c in enumerate(commands)]
+    lines += ["loss really used: guided progressive distillation (diffusion/distill.py; Meng et al. 2023, Salimans & "
+              "Ho 2022): stage 1 regresses the student D_s(x; sigma, c, w) onto the guided teacher D_T(x; sigma, c, w), "
+              f"w ~ U[{cfg.get('w_min')}, {cfg.get('w_max')}]; each round regresses one student step onto two DDIM "
+              "steps of the previous round's student on the teacher's grid; lambda(sigma)-weighted",
+              f"optimisation (each stage): AdamW lr {cfg.get('lr')}, {cfg.get('warmup')} warm-up steps then cosine "
+              f"decay, batch {cfg.get('batch_size')}, grad clip {cfg.get('grad_clip')}, EMA decay {cfg.get('ema_decay')} "
+              "(each stage's EMA weights start the next; the weights here are the last stage's EMA weights)"]
+    batch = cfg.get("batch_size") or 0
+    for st, command in zip(made, command_of):
+        run = f" (command {commands.index(command) + 1})" if len(commands) > 1 else ""
+        lines.append(f"stage {st['stage']}{run}: {st['steps']} optimizer steps ({st['steps'] * batch:,} images), final "
+                     f"loss {st.get('final_loss')}, {(st.get('wall_s') or 0) / 60:.1f} min")
+    lines.append(f"wall time: {(rec.get('total_wall_s') or 0) / 60:.1f} min in all on a 2-core CPU build machine, no GPU "
+                 f"(torch {rec.get('torch')}, {rec.get('device', 'CPU')}), shared with other jobs during the run, so an "
+                 "idle machine is faster")
+    return lines
 
 
 def _headline(name: str, m: dict) -> tuple[str, list[str], list[tuple[str, list[str]]]]:

@@ -31,7 +31,8 @@ from diffusion.distill import (distilled_config, guidance_target, make_student, 
 from diffusion.images import save_grid
 from diffusion.pipeline import Pipeline
 from diffusion.score import ScoreModel
-from train.common import finish, setup
+from diffusion.hub import DEFAULT_WEIGHTS_DIR
+from train.common import RECORDS, finish, setup
 from train.loop import TrainConfig, parse_config, save_weights, train_loop
 
 
@@ -210,6 +211,48 @@ def load_start(cfg: DistillConfig):
     return student, int(d["steps"])
 
 
+def earlier_stages(cfg: DistillConfig, start_steps: int) -> list[dict]:
+    """The stages that made the --start-from student, from its training record (train/records/<name>.json, kept for
+    shipped weights only), each with that run's command: a re-trained student's record then tells its whole making.
+    [] when the start is not a shipped folder or its record does not reach a `start_steps` student."""
+    start = Path(cfg.start_from)
+    path = RECORDS / f"{start.name}.json"
+    if start.resolve().parent != DEFAULT_WEIGHTS_DIR.resolve() or not path.is_file():
+        return []
+    record, made = json.loads(path.read_text()), []
+    for stage in record.get("stages", []):
+        made.append({**stage, "command": record.get("command")})
+        if stage.get("student_steps") == start_steps:
+            return made
+    return []
+
+
+def stages_of(records: list[dict], steps: int) -> list[dict]:
+    """The stages that made the `steps`-step student: every stage up to the one that produced it (later rounds only
+    used it as their teacher); a --start-from student's own entry counts as producing it."""
+    for k, record in enumerate(records):
+        if record.get("student_steps") == steps:
+            return records[:k + 1]
+    raise ValueError(f"no stage made a {steps}-step student")
+
+
+def student_record(records: list[dict], steps: int) -> dict:
+    """What a student's training record adds to train.common.finish's: its stages, its final loss, the wall time."""
+    mine = stages_of(records, steps)
+    return {"stages": mine, "ship_steps": steps, "final_loss": mine[-1]["final_loss"],
+            "total_wall_s": round(sum(r.get("wall_s") or 0.0 for r in mine), 1)}
+
+
+def write_export_record(cfg: DistillConfig, records: list[dict], steps: int, dest: Path) -> None:
+    """The record of an exported student: the shipped student's record.json with this student's stages; beside it in
+    the run folder (record-{steps}step.json) and, for shipped weights, in train/records/ like finish's."""
+    record = {**json.loads((Path(cfg.out) / "record.json").read_text()), **student_record(records, steps)}
+    text = json.dumps(record, indent=1) + "\n"
+    (Path(cfg.out) / f"record-{steps}step.json").write_text(text)
+    if dest.resolve().parent == DEFAULT_WEIGHTS_DIR.resolve():
+        (RECORDS / f"{dest.name}.json").write_text(text)
+
+
 def main(argv=None):
     cfg = parse_config(DistillConfig, argv)
     start, start_steps = load_start(cfg)
@@ -228,8 +271,11 @@ def main(argv=None):
     records, current, students = [], teacher, {}
     if start is not None:
         current = students[start_steps] = _for_training(start, cfg, device)
+        earlier = earlier_stages(cfg, start_steps)
+        records += [{**r, "student_steps": None if r.get("student_steps") == start_steps else r.get("student_steps")}
+                    for r in earlier]       # the start's own entry below is the one that "produced" it
         records.append({"stage": f"start-from {cfg.start_from}", "student_steps": start_steps, "steps": 0,
-                        "final_loss": None, "wall_s": 0.0})
+                        "final_loss": earlier[-1]["final_loss"] if earlier else None, "wall_s": 0.0})
     elif cfg.stage1_steps > 0:
         current, rec = run_stage(cfg, 0, "guidance", cfg.stage1_steps,
                                  lambda: make_student(teacher, student_config(None), seed=cfg.seed),
@@ -245,13 +291,14 @@ def main(argv=None):
                                  {"student_steps": s_steps, "teacher_steps": t_steps})
         records.append(rec)
         students[s_steps] = current
-    for n in _ints(cfg.export_steps):
-        dest = save_weights(_portable(students[n]), f"{cfg.weights_dir.rstrip('/')}-{n}step")
-        print(f"{n}-step student written to {dest}")
+    exported = {n: save_weights(_portable(students[n]), f"{cfg.weights_dir.rstrip('/')}-{n}step")
+                for n in _ints(cfg.export_steps)}
     final = _portable(students[cfg.ship_steps])
-    finish(cfg, final, {"stages": records, "ship_steps": cfg.ship_steps,
-                        "final_loss": next(r["final_loss"] for r in records if r["student_steps"] == cfg.ship_steps),
-                        "total_wall_s": round(sum(r["wall_s"] or 0.0 for r in records), 1)})
+    finish(cfg, final, student_record(records, cfg.ship_steps))
+    for n, dest in exported.items():
+        if cfg.weights_dir:
+            write_export_record(cfg, records, n, dest)
+        print(f"{n}-step student written to {dest}")
     return final, records
 
 

@@ -286,8 +286,15 @@ def test_script_end_to_end(script_run):
         assert json.loads((run / r["stage"] / "stage.json").read_text()) == r
         assert (run / r["stage"] / "samples.png").is_file()
     record = json.loads((run / "record.json").read_text())
-    assert record["command"].startswith("python -m ") and [s["stage"] for s in record["stages"]] == names
+    # each student's record: the stages that made it (later rounds only used it as a teacher), its own final loss
+    assert record["command"].startswith("python -m ") and [s["stage"] for s in record["stages"]] == names[:2]
     assert record["config"]["teacher"].endswith("teacher") and record["ship_steps"] == 4
+    assert record["final_loss"] == records[1]["final_loss"]
+    assert record["total_wall_s"] == round(records[0]["wall_s"] + records[1]["wall_s"], 1)
+    for steps, made in ((2, names[:3]), (1, names)):
+        export = json.loads((run / f"record-{steps}step.json").read_text())
+        assert [s["stage"] for s in export["stages"]] == made and export["ship_steps"] == steps
+        assert export["final_loss"] == records[len(made) - 1]["final_loss"] and export["command"] == record["command"]
     for folder, steps in (("pcd", 4), ("pcd-2step", 2), ("pcd-1step", 1)):
         student = ScoreModel.from_pretrained(run / "w" / folder)
         assert student.guidance_embed and student.distilled["steps"] == steps
@@ -313,6 +320,37 @@ def test_start_from_a_shipped_student_trains_only_the_later_rounds(script_run, m
         new = ScoreModel.from_pretrained(tmp / "again" / "w" / folder).net.conv_in.weight
         assert not torch.equal(new, ScoreModel.from_pretrained(tmp / "ref" / "w" / folder).net.conv_in.weight)
     assert not (tmp / "again" / "guidance").exists() and not (tmp / "again" / "round-8-to-4").exists()
+    one = json.loads((tmp / "again" / "record-1step.json").read_text())
+    assert [s["stage"] for s in one["stages"]] == [f"start-from {start}", "round-4-to-2", "round-2-to-1"]
+
+
+def test_a_start_from_shipped_weights_carries_the_earlier_stages_with_their_command(tmp_path, monkeypatch):
+    """--start-from weights/<name>: the stages of its record (train/records/<name>.json) up to that student, each
+    with the earlier run's command, then the new rounds: the record tells the student's whole making."""
+    from train import distill
+    weights, records_dir = tmp_path / "weights", tmp_path / "records"
+    records_dir.mkdir()
+    monkeypatch.setattr(distill, "DEFAULT_WEIGHTS_DIR", weights)
+    monkeypatch.setattr(distill, "RECORDS", records_dir)
+    old = {"command": "python -m train.distill --old", "stages": [
+        {"stage": "guidance", "student_steps": None, "steps": 9, "final_loss": 3.0, "wall_s": 10.0},
+        {"stage": "round-8-to-4", "student_steps": 4, "steps": 7, "final_loss": 2.0, "wall_s": 5.0},
+        {"stage": "round-4-to-2", "student_steps": 2, "steps": 7, "final_loss": 9.0, "wall_s": 5.0}]}
+    (records_dir / "pcd.json").write_text(json.dumps(old))
+    cfg = distill.DistillConfig(start_from=str(weights / "pcd"))
+    got = distill.earlier_stages(cfg, 4)
+    assert [s["stage"] for s in got] == ["guidance", "round-8-to-4"]
+    assert {s["command"] for s in got} == {"python -m train.distill --old"}
+    assert distill.earlier_stages(cfg, 1) == []                                  # the record never reached it
+    assert distill.earlier_stages(distill.DistillConfig(start_from=str(tmp_path / "elsewhere" / "pcd")), 4) == []
+    new = [*got[:1], {**got[1], "student_steps": None},
+           {"stage": "start-from x", "student_steps": 4, "steps": 0, "final_loss": 2.0, "wall_s": 0.0},
+           {"stage": "round-4-to-2", "student_steps": 2, "steps": 20, "final_loss": 1.5, "wall_s": 30.0}]
+    two = distill.student_record(new, 2)
+    assert two["total_wall_s"] == 45.0 and two["final_loss"] == 1.5 and len(two["stages"]) == 4
+    assert distill.student_record(new, 4)["final_loss"] == 2.0
+    with pytest.raises(ValueError, match="no stage made a 1-step student"):
+        distill.student_record(new, 1)
 
 
 def test_start_from_checks_the_student_and_the_plan(script_run, monkeypatch):
