@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import inspect
 import time
 from pathlib import Path
 
 from bench.defaults import RESULTS, load_rows, setting_key, store_row
 from diffusion.guidance import SCHEDULE_KEYS, GuidanceSchedule
+from diffusion.samplers import sampler_spec
 from diffusion.setting_rules import choose_setting_v3, rule_v3_checks, worst_fd_ratio_v3
 
 STORE = RESULTS / "defaults_v3.json"
@@ -60,6 +62,16 @@ def next_setting(queue: Path, samples: int, rows: list[dict]) -> tuple[str, dict
     return None
 
 
+def unnamed_options(pipe, sampler: str, named: dict) -> dict:
+    """The sampler's own defaults for the model's default options that a row does not name: the pipeline gives its
+    default sampler the model's options (e.g. the 2-step student's eta = 0.5), and a row `ddim 2 1.5` must measure
+    eta = 0 (ddim's own default), as it says, not the model's."""
+    if sampler != pipe.defaults.sampler:
+        return {}
+    params = inspect.signature(sampler_spec(sampler).fn).parameters
+    return {k: params[k].default for k, _ in pipe.defaults.options if k not in named}
+
+
 def run_queue(queue: Path, samples: int, weights_dir: Path, stop_at: dt.datetime | None, seed: int = 1234,
               store: Path = STORE) -> None:
     """Sample and score queued settings until the queue is done or `stop_at` (UTC) has passed (no new row starts)."""
@@ -81,6 +93,7 @@ def run_queue(queue: Path, samples: int, weights_dir: Path, stop_at: dt.datetime
         # w_lo / w_hi / w_ramp name a guidance schedule; without them w applies everywhere (never the model's default
         # schedule: a row measures exactly the setting it names)
         extras["guidance_schedule"] = GuidanceSchedule.from_setting(s)
+        extras.update(unnamed_options(pipe, s["sampler"], extras))
         t0 = time.perf_counter()
         images, labels, nfe, wall = generate(pipe, samples, s["sampler"], s["steps"], s["guidance"], seed, **extras)
         m = evaluator.evaluate(images, labels if pipe.conditional else None)

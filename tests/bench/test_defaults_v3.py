@@ -117,3 +117,23 @@ def test_a_candidate_store_gets_its_own_report_and_leaves_the_shipped_one_alone(
     assert "## pixel-cond-distilled-1step" in text and "## pixel-cond\n" not in text
     assert f"**Pick: {dv._setting_text(dv.pick_v3(shipped, 'pixel-cond-distilled-1step')['setting'])}**" in text
     assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_a_row_that_names_no_eta_measures_the_samplers_own_not_the_models_default(tiny_weights, tmp_path,
+                                                                                   monkeypatch):
+    """The 2-step student's default sampler carries eta = 0.5 (its SamplingDefaults.options): a row `ddim 2 1.5`
+    must still run ddim's own eta = 0, and a row naming eta runs that; another sampler gets nothing added."""
+    import train.evaluate
+    seen = []
+
+    def fake_generate(pipe, n, sampler, steps, guidance, seed, **extras):
+        seen.append({k: v for k, v in extras.items() if k != "guidance_schedule"})
+        raise SystemExit("one row is enough")
+    monkeypatch.setattr(train.evaluate, "generate", fake_generate)
+    monkeypatch.setattr(train.evaluate, "load_evaluator", lambda weights_dir: None)
+    for line in ("pixel-cond-distilled-2step ddim 2 1.5", "pixel-cond-distilled-2step ddim 2 1.5 eta=0.25",
+                 "pixel-cond-distilled-2step euler_ancestral 2 1.5"):
+        (tmp_path / "q.txt").write_text(line + "\n")
+        with pytest.raises(SystemExit):
+            dv.run_queue(tmp_path / "q.txt", 10, tiny_weights, None, store=tmp_path / "v3.json")
+    assert seen == [{"eta": 0.0}, {"eta": 0.25}, {}]
