@@ -322,3 +322,14 @@ def test_the_readme_shows_how_each_default_was_chosen():
     assert len(lines) > 2
     missing = [line for line in lines if line not in text]
     assert not missing, "README.md's rule-v3 table is stale; paste:\n" + "\n".join(lines)
+
+
+def test_the_readme_says_how_long_each_model_trained_from_its_record():
+    """The README's training table is train/training_table.py's rendering of the committed records."""
+    from train.training_table import table_lines
+
+    text = README.read_text(encoding="utf-8")
+    lines = table_lines()
+    assert len(lines) == 2 + len(list((ROOT / "train" / "records").glob("*.json")))
+    missing = [line for line in lines if line not in text]
+    assert not missing, "README.md's training table is stale; paste `python -m train.training_table`:\n" + "\n".join(lines)
