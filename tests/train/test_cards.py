@@ -209,7 +209,7 @@ def test_cards_cli_renders_every_folder_from_the_stored_metrics(tiny_weights, tm
 def test_a_students_card_tells_its_distillation_stage_by_stage():
     """A student's training lines: the distillation loss (not denoising score matching), each stage that made it
     with its images, and for a re-trained student (train.distill --start-from) both commands, each stage tagged."""
-    from train.cards import _training_lines
+    from train.card_training import training_lines
     rec = {"command": "python -m train.distill --new", "config": {"batch_size": 64, "lr": 5e-4, "w_min": 0.0,
                                                                   "w_max": 4.0},
            "total_wall_s": 600.0, "torch": "2.x", "device": "CPU (1 threads)",
@@ -217,11 +217,11 @@ def test_a_students_card_tells_its_distillation_stage_by_stage():
                       {"stage": "round-4-to-2", "steps": 100, "final_loss": 1.5, "wall_s": 540.0, "command": "python -m old"},
                       {"stage": "start-from weights/x", "steps": 0, "final_loss": 1.5, "wall_s": 0.0},
                       {"stage": "round-2-to-1", "steps": 2000, "final_loss": 0.5, "wall_s": 0.0}]}
-    lines = _training_lines("pixel-cond-distilled-1step", rec)
+    lines = training_lines("pixel-cond-distilled-1step", rec)
     assert lines[:2] == ["command 1 of 2: `python -m old`", "command 2 of 2: `python -m train.distill --new`"]
     assert "guided progressive distillation" in lines[2] and "score matching" not in " ".join(lines)
     assert "stage round-2-to-1 (command 2): 2000 optimizer steps (128,000 images), final loss 0.5, 0.0 min" in lines
     assert "stage guidance (command 1): 10 optimizer steps (640 images), final loss 3.0, 1.0 min" in lines
     assert not any("start-from" in line for line in lines) and lines[-1].startswith("wall time: 10.0 min in all")
-    single = _training_lines("pixel-cond-distilled", {**rec, "stages": rec["stages"][3:]})
+    single = training_lines("pixel-cond-distilled", {**rec, "stages": rec["stages"][3:]})
     assert single[0] == "command: `python -m train.distill --new`" and "(command" not in " ".join(single)
