@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import gradio as gr
 
 import diffusion.pipeline as dp  # defaults read at build time, never copied
+from diffusion.guidance import GuidanceSchedule
 from diffusion.registry import FLAGSHIP, evaluation_order
 from diffusion.samplers import SAMPLERS
 
@@ -59,6 +60,29 @@ def follow_recommended_guidance(model: gr.Radio, guidance: gr.Slider, api_name: 
     """A person's pick of a model (`input`, not `change`: a preset sets its own w) sets w to that model's default."""
     model.input(recommended_guidance, model, guidance, api_name=api_name, queue=False, show_progress="hidden",
                 preprocess=False, **PLUMBING)
+
+
+# "Where w applies" (Kynkäänniemi et al. 2024: guidance on part of the noise range; diffusion/guidance.py): a choice
+# -> (its label, the schedule; None: the model's own recipe, e.g. pixel-uncond's autoguidance only at sigma <= 1)
+GUIDANCE_WHERE = {
+    "model": ("the model's own recipe", None),
+    "all": ("every step", GuidanceSchedule()),
+    "low": ("only at σ ≤ 1: the details", GuidanceSchedule(sigma_hi=1.0)),
+    "high": ("only at σ > 1: the layout", GuidanceSchedule(sigma_lo=1.0)),
+}
+
+
+def guidance_where_control(prefix: str) -> gr.Radio:
+    return gr.Radio([(label, key) for key, (label, _) in GUIDANCE_WHERE.items()], value="model",
+                    label="Where w applies", key=f"{prefix}-where",
+                    info="guidance on part of the noise range only: high σ shapes the digit, low σ its strokes; "
+                         "steps without guidance cost one network call instead of two")
+
+
+def guidance_schedule_for(pipe, where) -> GuidanceSchedule:
+    """The schedule a "Where w applies" choice names for this model (a bad choice: the usual named error)."""
+    schedule = GUIDANCE_WHERE[check_choice("where", where, list(GUIDANCE_WHERE))][1]
+    return pipe.defaults.schedule if schedule is None else schedule
 
 
 def sampling_controls(page: Page, prefix: str):

@@ -119,10 +119,10 @@ class Lab:
         return work_batch(n, pipe.guided, guidance)
 
     @staticmethod
-    def guidance_note(pipe, guidance: float) -> str:
+    def guidance_note(pipe, guidance: float, schedule=None) -> str:
         """How a status line names w: classifier-free guidance, autoguidance (an unconditional model with a guide,
-        diffusion.autoguidance), or n/a."""
-        schedule = pipe.defaults.schedule
+        diffusion.autoguidance), or n/a; and where along sigma it applies (`schedule`, default: the model's own)."""
+        schedule = pipe.defaults.schedule if schedule is None else schedule
         where = "" if schedule.constant or guidance == 1 else f" ({schedule.describe(short=True)})"
         if pipe.conditional:
             return f"guidance {guidance:g}{where}"

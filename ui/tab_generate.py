@@ -10,7 +10,8 @@ from diffusion.registry import model_spec
 from diffusion.samplers import SAMPLERS, sampler_spec
 
 from . import presets
-from .controls import DEFAULT_DIGIT, DEFAULT_IMAGES, DEFAULT_SEED, IMG, PLUMBING, Page, note, sampling_controls
+from .controls import (DEFAULT_DIGIT, DEFAULT_IMAGES, DEFAULT_SEED, IMG, PLUMBING, Page, guidance_schedule_for,
+                       guidance_where_control, note, sampling_controls)
 from .lab import MODEL_NAMES, Lab, fmt_s, preview_every
 from .pictures import GIF_PX, GRID_PX, FrameBuffer, captioned, sent_grid, show_grid, upscaled
 from .validation import MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, MAX_STEPS, check_choice, check_float, check_int
@@ -31,19 +32,21 @@ class GenerateTab:
         self.presets = None                 # the gr.Examples, once laid out
 
     # -- handlers ----------------------------------------------------------------------------------
-    def generate(self, model, digit, sampler, steps, guidance, seed, num_images):
-        """Stream x_t and the denoised estimate x0 side by side; end with the final grid and a GIF."""
+    def generate(self, model, digit, sampler, steps, guidance, seed, num_images, where="model"):
+        """Stream x_t and the denoised estimate x0 side by side; end with the final grid and a GIF. `where`: a key
+        of ui.controls.GUIDANCE_WHERE, where along sigma w applies ("model": the model's own recipe)."""
         lab = self.lab
         pipe = lab.pipeline(model)
         digit = check_int("digit", digit, 0, 9)
         sampler, steps, guidance, seed = lab.check_sampling(sampler, steps, guidance, seed)
         n = check_int("num_images", num_images, 1, MAX_IMAGES)
+        schedule = guidance_schedule_for(pipe, where)
         lab.refuse_runaway(model, sampler, steps, n, guidance)
         adaptive = sampler_spec(sampler).adaptive
         labels = [digit] * n if pipe.conditional else None
         what = (f"**{model}** · {f'digit {digit}' if pipe.conditional else 'unconditional (digit ignored)'} · "
                 f"{sampler} · {'adaptive steps' if adaptive else f'{steps} steps'} · "
-                f"{lab.guidance_note(pipe, guidance)} · seed {seed} · {n} images")
+                f"{lab.guidance_note(pipe, guidance, schedule)} · seed {seed} · {n} images")
         frames, step = FrameBuffer(), None
         yield None, None, what + "\n\nstarting…", None, None, None
         # pixel models: every step comes back here (x and x0 are cheap to copy), so that the time limit and the stop
@@ -51,7 +54,7 @@ class GenerateTab:
         # preview, so only every k-th step is decoded (the GIF's frames: it needs them all)
         every = preview_every(sampler, steps) if pipe.is_latent else 1
         stream = pipe.stream(labels, num_images=n, sampler=sampler, num_steps=steps, guidance=guidance,
-                             seed=seed, preview_every=every)
+                             seed=seed, preview_every=every, guidance_schedule=schedule)
         for step, due in lab.run(stream):
             total = "?" if adaptive else step.num_steps
             # a GIF frame per kept step, rendered only at the end and only if the GIF keeps it (FrameBuffer)
@@ -66,21 +69,21 @@ class GenerateTab:
         final = sent_grid(step.x)
         decode = f" (autoencoder decoding: {fmt_s(step.decode_time)})" if pipe.is_latent else ""
         label_arg = f"[{digit}] * {n}" if pipe.conditional else f"None, num_images={n}"
-        schedule = pipe.defaults.schedule
+        schedule_arg = "" if schedule == pipe.defaults.schedule else f", guidance_schedule={schedule!r}"
         partial = batch != n and not schedule.constant     # w on part of the sigma range: doubled calls only there
-        each, where = ("", f" where w applies ({schedule.describe(short=True)})") if partial else ("each ", "")
+        each, where_text = ("", f" where w applies ({schedule.describe(short=True)})") if partial else ("each ", "")
         if batch == n:
             per_nfe = f"each on a batch of {batch}"
         elif pipe.conditional:
-            per_nfe = f"{each}on a batch of {batch} (images × 2 for guidance){where}" + (f", of {n} elsewhere"
+            per_nfe = f"{each}on a batch of {batch} (images × 2 for guidance){where_text}" + (f", of {n} elsewhere"
                                                                                          if partial else "")
         else:
-            per_nfe = (f"{each}two network calls on {n} images (the model and its guide){where}"
+            per_nfe = (f"{each}two network calls on {n} images (the model and its guide){where_text}"
                        + (", one elsewhere" if partial else ""))
         summary = (f"{what}\n\n**Done** in {fmt_s(step.elapsed)} wall time{decode}: {step.nfe} NFE, {per_nfe}"
                    f"{lab.classifier_line(step.x, digit if pipe.conditional else None)}.\n\n"
                    f"Reproduce: `load_pipeline('{model}').generate({label_arg}, sampler='{sampler}', "
-                   f"num_steps={steps}, guidance={guidance:g}, seed={seed})`")
+                   f"num_steps={steps}, guidance={guidance:g}, seed={seed}{schedule_arg})`")
         stem = f"{model}_{f'digit{digit}_' if pipe.conditional else ''}{sampler}_{steps}steps_seed{seed}"
         gif = lab.write_gif(frames.frames, stem)             # ~11 small frames: a few ms, so one final update
         yield final, final, summary, final, gif, gif       # complete, so that predict() returns everything
@@ -129,6 +132,7 @@ class GenerateTab:
                              label="Model")
             digit = gr.Radio(list(range(10)), value=DEFAULT_DIGIT, label="Digit", info="ignored by pixel-uncond")
         sampler, steps, guidance = sampling_controls(page, "gen")
+        where = guidance_where_control("gen")
         with gr.Row():
             seed = gr.Number(DEFAULT_SEED, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
             dice = gr.Button("Random seed", scale=0, min_width=130)
@@ -154,11 +158,11 @@ class GenerateTab:
                                 buttons=["fullscreen"])
                 gif = gr.File(label="Trajectory GIF (download)", interactive=False, elem_id="gen-gif")
 
-        inputs, outputs = [model, digit, sampler, steps, guidance, seed, n], [xt, x0, status, final, gif, anim]
+        inputs, outputs = [model, digit, sampler, steps, guidance, seed, n, where], [xt, x0, status, final, gif, anim]
         with presets_box:
             self.presets = presets.examples(
                 page, "generate", [p for p in presets.GENERATE if p.values["model"] in page.available],
-                dict(zip(("model", "digit", "sampler", "steps", "guidance", "seed", "num_images"), inputs)),
+                dict(zip(("model", "digit", "sampler", "steps", "guidance", "seed", "num_images", "where"), inputs)),
                 outputs, self.generate)
         gen = run.click(self.generate, inputs, outputs, api_name="generate", **page.heavy)
         stop.click(None, cancels=[gen])

@@ -48,7 +48,9 @@ def test_every_tab_has_a_named_endpoint(client):
     for name in ("/generate", "/compare", "/interpolate", "/forward_diffusion"):   # plumbing: test_visitor.py
         assert name in api, name
     params = [p["parameter_name"] for p in api["/generate"]["parameters"]]
-    assert params == ["model", "digit", "sampler", "steps", "guidance", "seed", "num_images"]
+    assert params == ["model", "digit", "sampler", "steps", "guidance", "seed", "num_images", "where"]
+    where = api["/generate"]["parameters"][-1]      # added later, optional: a 7-argument client still works
+    assert where["parameter_has_default"] and where["parameter_default"] == "model"
 
 
 def _status(url: str) -> int:

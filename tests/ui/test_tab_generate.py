@@ -96,3 +96,38 @@ def test_a_default_guidance_schedule_is_named_in_the_status_and_the_summary(tab)
     assert "guidance 2 (at sigma <= 1)" in summary
     assert "on a batch of 4 (images × 2 for guidance) where w applies (at sigma <= 1), of 2 elsewhere" in summary
     assert "each on a batch of 2" in plain and "where w applies" not in plain      # w = 1: nothing doubled anywhere
+
+
+def test_where_w_applies_is_a_choice_that_reaches_the_sampler_and_the_summary(tab):
+    """"Where w applies": the model's own recipe (pixel-cond's: every step), every step, only at sigma <= 1; the
+    images follow the choice, the summary and the Reproduce line say it; a bad choice is refused by name."""
+    from diffusion.guidance import GuidanceSchedule
+
+    def run(where, w=2.0):
+        *_, final = list(tab.generate("pixel-cond", 3, "dpmpp_2m", 4, w, 0, 2, where))
+        return final[3], final[2]
+    own, own_text = run("model")
+    every, _ = run("all")
+    low, low_text = run("low")
+    assert np.array_equal(own, every) and not np.array_equal(low, every)
+    assert "guidance 2 (at sigma <= 1)" in low_text and "where w applies (at sigma <= 1)" in low_text
+    assert f"guidance_schedule={GuidanceSchedule(sigma_hi=1.0)!r})`" in low_text
+    assert "guidance_schedule" not in own_text and "where w applies" not in own_text
+    with pytest.raises(gr.Error, match="where"):
+        next(tab.generate("pixel-cond", 3, "dpmpp_2m", 4, 2.0, 0, 2, "sometimes"))
+
+
+def test_every_step_overrides_a_models_own_schedule(tab):
+    import dataclasses
+
+    from diffusion.guidance import GuidanceSchedule
+    from diffusion.registry import model_spec, registered
+
+    spec = model_spec("pixel-cond")
+    low = dataclasses.replace(spec.defaults, schedule=GuidanceSchedule(sigma_hi=1.0))
+    with registered(dataclasses.replace(spec, defaults=low)):
+        *_, (_, _, own, _, _, _) = list(tab.generate("pixel-cond", 3, "dpmpp_2m", 3, 2.0, 0, 2))
+        *_, (_, _, every, _, _, _) = list(tab.generate("pixel-cond", 3, "dpmpp_2m", 3, 2.0, 0, 2, "all"))
+    assert "where w applies (at sigma <= 1)" in own and "guidance_schedule" not in own
+    assert "each on a batch of 4 (images × 2 for guidance)" in every and "where w applies" not in every
+    assert f"guidance_schedule={GuidanceSchedule()!r})`" in every
