@@ -46,9 +46,9 @@ class Preset:
 _cond = dp.defaults_for(FLAGSHIP)  # the flagship model's (pixel-cond), read at import, never copied
 
 
-def _gen(label, digit, sampler, steps, guidance, model=FLAGSHIP, seed=0, num_images=16, where="model") -> Preset:
+def _gen(label, digit, sampler, steps, guidance, model=FLAGSHIP, seed=0, num_images=16) -> Preset:
     return Preset(label, dict(model=model, digit=digit, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
-                              num_images=num_images, where=where))
+                              num_images=num_images))
 
 
 GENERATE = (

@@ -132,7 +132,12 @@ class GenerateTab:
                              label="Model")
             digit = gr.Radio(list(range(10)), value=DEFAULT_DIGIT, label="Digit", info="ignored by pixel-uncond")
         sampler, steps, guidance = sampling_controls(page, "gen")
-        where = guidance_where_control("gen")
+        where_choice = guidance_where_control("gen")
+        # a session's choice, kept in a State: /generate's API keeps its 7 inputs (a State is no API parameter), and a
+        # call through the API runs the model's own recipe
+        where = gr.State("model")
+        where_choice.change(lambda choice: choice, where_choice, where, queue=False, show_progress="hidden",
+                            api_name="generate_where", **PLUMBING)
         with gr.Row():
             seed = gr.Number(DEFAULT_SEED, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
             dice = gr.Button("Random seed", scale=0, min_width=130)
@@ -162,7 +167,7 @@ class GenerateTab:
         with presets_box:
             self.presets = presets.examples(
                 page, "generate", [p for p in presets.GENERATE if p.values["model"] in page.available],
-                dict(zip(("model", "digit", "sampler", "steps", "guidance", "seed", "num_images", "where"), inputs)),
+                dict(zip(("model", "digit", "sampler", "steps", "guidance", "seed", "num_images"), inputs[:-1])),
                 outputs, self.generate)
         gen = run.click(self.generate, inputs, outputs, api_name="generate", **page.heavy)
         stop.click(None, cancels=[gen])

@@ -48,9 +48,8 @@ def test_every_tab_has_a_named_endpoint(client):
     for name in ("/generate", "/compare", "/interpolate", "/forward_diffusion"):   # plumbing: test_visitor.py
         assert name in api, name
     params = [p["parameter_name"] for p in api["/generate"]["parameters"]]
-    assert params == ["model", "digit", "sampler", "steps", "guidance", "seed", "num_images", "where"]
-    where = api["/generate"]["parameters"][-1]      # added later, optional: a 7-argument client still works
-    assert where["parameter_has_default"] and where["parameter_default"] == "model"
+    # "Where w applies" is a session State, not an API parameter: /generate keeps its 7 inputs for every client
+    assert params == ["model", "digit", "sampler", "steps", "guidance", "seed", "num_images"]
 
 
 def _status(url: str) -> int:
@@ -128,6 +127,17 @@ def test_generate_other_models_and_samplers(client):
     assert _size(out[3]) == (224, 224)                       # one digit, x8 (the page shows it at its box size)
     out = client.predict(*_gen_args(model="latent-cond", sampler="euler_maruyama", steps=3, num_images=2), **GEN)
     assert "autoencoder decoding" in out[2] and "3 NFE" in out[2]
+
+
+def test_where_w_applies_is_the_sessions_choice(client):
+    """The radio's choice lives in the session (a State): the same client's next /generate follows it, and /generate
+    itself keeps its 7 inputs."""
+    out = client.predict(*_gen_args(steps=3, num_images=1), **GEN)
+    assert "(at sigma <= 1)" not in out[2]
+    client.predict("low", api_name="/generate_where")
+    out = client.predict(*_gen_args(steps=3, num_images=1), **GEN)
+    assert "guidance 2 (at sigma <= 1)" in out[2] and "guidance_schedule=GuidanceSchedule(" in out[2]
+    client.predict("model", api_name="/generate_where")
 
 
 def test_generate_is_reproducible(client):
