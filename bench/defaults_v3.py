@@ -30,6 +30,7 @@ from diffusion.guidance import SCHEDULE_KEYS, GuidanceSchedule
 from diffusion.samplers import sampler_spec
 from diffusion.setting_rules import choose_setting_v3, rule_v3_checks, worst_fd_ratio_v3
 
+ROOT = RESULTS.parent.parent
 STORE = RESULTS / "defaults_v3.json"
 SPACES = ("classifier", "classifier-resnet", "pixel-pca", "autoencoder-latent")
 SHORT = {"classifier": "c", "classifier-resnet": "r", "pixel-pca": "pca", "autoencoder-latent": "ae"}
@@ -241,10 +242,15 @@ def readme_table(rows: list[dict], models) -> list[str]:
     return lines
 
 
-def report(rows: list[dict], out: Path | None = RESULTS / "defaults_v3.md") -> str:
-    """Per model: rule v3's pick, then every row (winners and losers) under real digits' own figures."""
-    lines = ["# Sampling defaults by rule v3 (every view, real digits as the yardstick)", "",
-             "Produced by `python -m bench.defaults_v3` (rows in bench/results/defaults_v3.json). Rule: "
+def report(rows: list[dict], out: Path | None = RESULTS / "defaults_v3.md", store: Path = STORE) -> str:
+    """Per model: rule v3's pick, then every row (winners and losers) under real digits' own figures. `store`: the
+    rows' file, named in the text (another than the shipped store: candidate weights, not the shipped ones)."""
+    name = store.resolve().relative_to(ROOT) if store.resolve().is_relative_to(ROOT) else store
+    candidates = store.resolve() != STORE.resolve()
+    title = ("# Candidate weights by rule v3 (not the shipped models unless their cards say so)" if candidates
+             else "# Sampling defaults by rule v3 (every view, real digits as the yardstick)")
+    lines = [title, "",
+             f"Produced by `python -m bench.defaults_v3` (rows in {name}). Rule: "
              "`diffusion.setting_rules.choose_setting_v3` (see the module docstring). FD ratio = FD / real digits' mean FD "
              "at the same N in that space (c = weights/classifier, r = weights/classifier-resnet, pca = raw pixels on 64 "
              "principal axes of training digits, ae = the autoencoder's latents); real digits' row gives mean ± "
@@ -306,9 +312,9 @@ def main(argv=None):
     rows = load_rows(store)
     if rows:
         shipped = store.resolve() == STORE.resolve()
-        print(report(rows) if shipped else report(rows, out=None))
+        print(report(rows) if shipped else report(rows, out=None, store=store))
         if not shipped:
-            store.with_suffix(".md").write_text(report(rows, out=None))
+            store.with_suffix(".md").write_text(report(rows, out=None, store=store))
 
 
 if __name__ == "__main__":

@@ -115,6 +115,7 @@ def test_a_candidate_store_gets_its_own_report_and_leaves_the_shipped_one_alone(
     dv.main(["--report-only", "--store", str(store)])
     text = store.with_suffix(".md").read_text()
     assert "## pixel-cond-distilled-1step" in text and "## pixel-cond\n" not in text
+    assert text.startswith("# Candidate weights") and f"(rows in {store})" in text
     assert f"**Pick: {dv._setting_text(dv.pick_v3(shipped, 'pixel-cond-distilled-1step')['setting'])}**" in text
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
