@@ -152,11 +152,14 @@ def session_flood(srv: Server) -> dict:
     flood_ok = "event: complete" in srv.call("generate", GEN_FLOOD, visitor(70))[1]
     flood_job = time.time() - t0                       # one of the flooder's jobs, alone
     config = json.loads(http(srv.url.replace("gradio_api/", "config"))[1])
-    fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "generate")
+    generate = next(d for d in config["dependencies"] if d.get("api_name") == "generate")
+    fn_index = generate["id"]
+    # queue/join is the browser's route: every input, a session State included (null), in the tree's own count
+    flood = GEN_FLOOD + [None] * (len(generate["inputs"]) - len(GEN_FLOOD))
     stream = threading.Thread(target=lambda: http(srv.url + "queue/data?session_hash=flooder", timeout=120),
                               daemon=True)
     stream.start()
-    joins = [http(srv.url + "queue/join", {"data": GEN_FLOOD, "fn_index": fn_index, "session_hash": "flooder",
+    joins = [http(srv.url + "queue/join", {"data": flood, "fn_index": fn_index, "session_hash": "flooder",
                                            "event_data": None, "trigger_id": None}, visitor(71))
              for _ in range(20)]
     accepted = [json.loads(b)["event_id"] for s, b in joins if s == 200]

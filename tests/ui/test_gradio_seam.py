@@ -64,12 +64,13 @@ def test_folders_follow_gradios_environment(monkeypatch, tmp_path):
 def test_event_functions_and_their_inputs(app_demo):
     fns = gradio_seam.event_functions(app_demo)
     generate = gradio_seam.function_for(app_demo, api_name="generate")
-    assert generate in fns.values() and generate.queue and len(generate.inputs) == 7
+    assert generate in fns.values() and generate.queue and len(generate.inputs) == 8   # 7 + the session's State
     index = next(i for i, fn in fns.items() if fn is generate)
     assert gradio_seam.function_for(app_demo, fn_index=index) is generate
     assert gradio_seam.function_for(app_demo, api_name="nonexistent") is None
     assert gradio_seam.function_for(app_demo, fn_index=True) is None                 # a bool is not an index
-    assert gradio_seam.api_inputs(generate) == list(generate.inputs)                 # no hidden inputs here
+    assert isinstance(generate.inputs[-1], gr.State)                                 # "Where w applies"
+    assert gradio_seam.api_inputs(generate) == list(generate.inputs)[:7]             # a State is not sent
     assert [i for i, _ in gradio_seam.checked_inputs(generate)] == list(range(7))
     with gr.Blocks() as demo:
         state, box = gr.State(1), gr.Textbox()

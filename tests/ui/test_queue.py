@@ -134,17 +134,17 @@ def test_a_session_holds_at_most_its_share_of_the_queue(tiny_weights):
         fn_index = next(i for i, fn in served.demo.fns.items() if fn.api_name == "generate")
         slow = ["pixel-cond", 3, "euler_maruyama", 1000, 2.0, 0, 2]
         answers = [post_json(served, "gradio_api/queue/join",
-                             {"data": slow, "fn_index": fn_index, "session_hash": "flooder"}) for _ in range(6)]
+                             {"data": slow + [None], "fn_index": fn_index, "session_hash": "flooder"}) for _ in range(6)]
         statuses = [a[0] for a in answers]
         assert statuses[:2] == [200, 200] and set(statuses[2:]) == {429}, statuses
         refusal = answers[2]
         assert refusal[1].get("retry-after") or refusal[1].get("Retry-After")
         assert "This session already has 2 requests waiting or running" in json.loads(refusal[2])["detail"]
         other = post_json(served, "gradio_api/queue/join",
-                          {"data": GEN, "fn_index": fn_index, "session_hash": "visitor-b"})
+                          {"data": GEN + [None], "fn_index": fn_index, "session_hash": "visitor-b"})
         assert other[0] == 200
         third = post_json(served, "gradio_api/queue/join",             # a third session from the same address
-                          {"data": GEN, "fn_index": fn_index, "session_hash": "visitor-c"})
+                          {"data": GEN + [None], "fn_index": fn_index, "session_hash": "visitor-c"})
         assert third[0] == 429 and "Your address already has 3" in json.loads(third[2])["detail"]
         # round robin: visitor-b's job waits ahead of the flooder's second one
         line = next(line for line in _lines(served.demo) if line)
