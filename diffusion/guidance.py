@@ -39,6 +39,14 @@ class GuidanceSchedule:
             raise ValueError(f"a guidance ramp is linear in log sigma: it needs 0 < sigma_lo < sigma_hi < inf, "
                              f"got sigma_lo={self.sigma_lo!r}, sigma_hi={self.sigma_hi!r}")
 
+    def __repr__(self) -> str:
+        """Python that builds this schedule, naming only what differs from the defaults (the dataclass's own repr
+        would print sigma_hi=inf, which is not Python): what the app's Reproduce line shows."""
+        args = [f"sigma_lo={self.sigma_lo:g}"] if self.sigma_lo != 0.0 else []
+        args += [f"sigma_hi={self.sigma_hi:g}"] if math.isfinite(self.sigma_hi) else []
+        args += ["ramp=True"] if self.ramp else []
+        return f"GuidanceSchedule({', '.join(args)})"
+
     @property
     def constant(self) -> bool:
         """True when w applies at every noise level (plain guidance)."""

@@ -115,3 +115,15 @@ def test_score_calls_take_sigma_from_t():
     t_low = model.sde.t_from_std(torch.tensor(0.1, dtype=torch.float64))
     assert math.isclose(float(model.sde.marginal_std(t_low)), 0.1, rel_tol=1e-6)
     assert torch.allclose(wrapped(x, t_low, labels, guidance=3.0), model(x, t_low, labels, guidance=3.0))
+
+
+def test_repr_is_python_that_builds_the_same_schedule():
+    """The app's Reproduce line prints a schedule: it must run as written (no `inf`), naming only what differs."""
+    import math
+
+    from diffusion.guidance import GuidanceSchedule
+    cases = {GuidanceSchedule(): "GuidanceSchedule()", GuidanceSchedule(sigma_hi=1.0): "GuidanceSchedule(sigma_hi=1)",
+             GuidanceSchedule(sigma_lo=0.5): "GuidanceSchedule(sigma_lo=0.5)",
+             GuidanceSchedule(0.3, 5.0, True): "GuidanceSchedule(sigma_lo=0.3, sigma_hi=5, ramp=True)"}
+    for schedule, text in cases.items():
+        assert repr(schedule) == text and eval(text, {"GuidanceSchedule": GuidanceSchedule, "math": math}) == schedule
