@@ -303,6 +303,8 @@ def main(argv=None):
                         "the shipped report and card tables are left alone")
     a = p.parse_args(argv)
     store = Path(a.store)
+    if a.report_only and not store.is_file():
+        raise SystemExit(f"--store {store}: no such rows file (a sweep writes it: run without --report-only)")
     if not a.report_only:
         stop = None
         if a.stop_at:

@@ -199,6 +199,9 @@ def load_start(cfg: DistillConfig):
     """(student, its step count) from --start-from, checked against this run's grid; (None, None) without it."""
     if not cfg.start_from:
         return None, None
+    if not (Path(cfg.start_from) / "config.json").is_file():
+        raise SystemExit(f"--start-from {cfg.start_from}: not a weights folder (it needs config.json and "
+                         "model.safetensors, as train.distill writes them)")
     student = ScoreModel.from_pretrained(cfg.start_from)
     d = student.distilled or {}
     if not d.get("steps"):

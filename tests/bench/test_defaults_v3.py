@@ -138,3 +138,8 @@ def test_a_row_that_names_no_eta_measures_the_samplers_own_not_the_models_defaul
         with pytest.raises(SystemExit):
             dv.run_queue(tmp_path / "q.txt", 10, tiny_weights, None, store=tmp_path / "v3.json")
     assert seen == [{"eta": 0.0}, {"eta": 0.25}, {}]
+
+
+def test_a_report_of_a_missing_store_is_refused_by_name(tmp_path):
+    with pytest.raises(SystemExit, match="no such rows file"):
+        dv.main(["--report-only", "--store", str(tmp_path / "nope.json")])

@@ -358,6 +358,8 @@ def test_start_from_checks_the_student_and_the_plan(script_run, monkeypatch):
     from train.distill import DistillConfig, round_plan
     tmp, _, _ = script_run
     monkeypatch.setattr(train.common, "load_mnist", lambda *a, **k: _data())
+    with pytest.raises(SystemExit, match="not a weights folder"):
+        distill.main(_args(tmp, "bad0", "--start-from", str(tmp / "nowhere")))
     with pytest.raises(SystemExit, match="not a progressive student"):
         distill.main(_args(tmp, "bad1", "--start-from", str(tmp / "teacher")))
     with pytest.raises(SystemExit, match="is not this run's"):
