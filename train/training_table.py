@@ -9,8 +9,7 @@ import json
 from pathlib import Path
 
 from diffusion.registry import model_folders
-
-RECORDS = Path(__file__).resolve().parent / "records"
+from train.common import RECORDS
 MNIST_TRAIN = 60_000
 HEADER = ["| model | optimizer steps × batch | images seen (× the 60k training digits) | wall time | on |", "|---|---:|---:|---:|---|"]
 
