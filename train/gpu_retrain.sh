@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 28 on a lent GPU: ONE device command (<= 9 minutes) that trains pixel-cond, latent-cond and pixel-uncond at
-# once on the one GPU, with a fresh autoencoder and a latent-cond on its latents beside them, each run sized from
+# once on the one GPU, with a fresh autoencoder and a latent-cond on its latents beside them and a narrower
+# pixel-cond (issue 24's cheaper network, --narrow-channels), each run sized from
 # its own steps/s to end at a common deadline, and brings everything back in <= 8 files. The plan, the settings
 # and why, how the results come back, get evaluated and get resumed: docs/gpu-run.md. The work: train/gpu_run.py.
 #

@@ -1,6 +1,7 @@
 """The prepared GPU run (issue 28): pixel-cond, latent-cond and pixel-uncond trained at once on one GPU, each sized
 to a wall-clock budget, plus a fresh autoencoder with a latent-cond on its latents (the autoencoder ships only if
-that pair beats the shipped one: see docs/gpu-run.md), and everything packed into at most 8 files under --out.
+that pair beats the shipped one: see docs/gpu-run.md) and a narrower pixel-cond (--narrow-channels: issue 24's
+cheaper network, judged by rule v3 before its speed counts), everything packed into at most 8 files under --out.
 
     python -m train.gpu_run --out $OUT                      # what train/gpu_retrain.sh runs on the device
     python -m train.gpu_run --out /tmp/o --allow-cpu --tiny --budget-s 30 ...   # the CPU rehearsal
@@ -104,6 +105,9 @@ def plan_jobs(a: argparse.Namespace, work: Path, t0: float) -> list[Job]:
             # the shipped guide (its own CPU run's step-500 EMA) guides the new model: gpu_unpack installs it
             Job("pixel-uncond", "train.pixel_uncond", "weights/pixel-uncond", "pixel-uncond", "pixel-uncond",
                 score + tiny_score + ["--guide-step", "0"])]
+    if a.narrow_channels:   # issue 24: about a quarter of the arithmetic (bench/results/widths.md), same recipe
+        jobs.append(Job("pixel-cond-narrow", "train.pixel_cond", "weights-narrow/pixel-cond", "narrow", "pixel-cond",
+                        score + ["--channels", a.narrow_channels] + tiny_score))
     if a.autoencoder_s > 0:
         ae_deadline = t0 + a.autoencoder_s
         ae = common + ["--batch-size", str(a.ae_batch), "--lr", str(a.ae_lr), "--perceptual", "none"] + tiny_ae
@@ -322,7 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--probe-steps", type=int, default=100)
     p.add_argument("--reserve-s", type=float, default=25.0)
-    p.add_argument("--threads", type=int, default=3, help="CPU threads per run (16 cores, 5 runs)")
+    p.add_argument("--narrow-channels", default="8,16,32",
+                   help="a narrower pixel-cond beside the others ('' for none): issue 24's cheaper network")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads per run (16 cores, 6 runs)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--amp", default="auto")
     p.add_argument("--compile", default="auto")

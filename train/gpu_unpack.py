@@ -8,6 +8,7 @@ gives
                                in its config.json), the students after a distillation, and copies of the shipped
                                classifier, classifier-resnet and autoencoder that evaluation and latent-cond need
     gpu-results/weights-ae2/   the new autoencoder and the latent-cond trained on its latents (+ the classifiers)
+    gpu-results/weights-narrow/ the narrower pixel-cond (issue 24) (+ the classifiers and the shipped autoencoder)
     gpu-results/runs/          each run's config, history, record, sample grids, newest checkpoint (a resume:
                                python -m train.gpu_prepare --resume gpu-results)
     gpu-results/summary.json, log.txt, logs/
@@ -73,18 +74,17 @@ def weights_from_checkpoint(dest: Path, run: str, weights: Path) -> str | None:
 
 
 def add_companions(dest: Path) -> list[str]:
-    """What evaluation needs beside the new models: the shipped evaluators in every weights folder, the shipped
-    autoencoder beside a latent-cond trained on it, and the shipped guide for the new pixel-uncond."""
+    """What evaluation needs beside the new models: the shipped evaluators in every weights folder; the shipped
+    autoencoder where no new one was trained (a latent-cond's decoder, and the evaluator's autoencoder-latent view:
+    without it that view is silently missing); the shipped guide for the new pixel-uncond."""
     notes = []
-    for folder in (dest / "weights", dest / "weights-ae2"):
+    for folder in (dest / "weights", dest / "weights-ae2", dest / "weights-narrow"):
         if not folder.is_dir():
             continue
-        for name in EVALUATORS:
+        for name in EVALUATORS + (() if folder.name == "weights-ae2" else ("autoencoder",)):
             if not (folder / name).exists():
                 shutil.copytree(SHIPPED / name, folder / name)
     weights = dest / "weights"
-    if (weights / "latent-cond").is_dir() and not (weights / "autoencoder").exists():
-        shutil.copytree(SHIPPED / "autoencoder", weights / "autoencoder")
     uncond = weights / "pixel-uncond"
     if (uncond / "config.json").is_file() and not json.loads((uncond / "config.json").read_text()).get("autoguide"):
         from diffusion.score import ScoreModel

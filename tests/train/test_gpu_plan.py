@@ -259,9 +259,10 @@ def flag(args, name):
     return args[args.index(name) + 1]
 
 
-def test_plan_trains_three_models_and_the_autoencoder_pair_to_one_deadline(tmp_path):
+def test_plan_trains_three_models_a_narrow_one_and_the_autoencoder_pair_to_one_deadline(tmp_path):
     jobs = gpu_run.plan_jobs(plan_args(), tmp_path, t0=1000.0)
-    assert [j.run for j in jobs] == ["pixel-cond", "latent-cond", "pixel-uncond", "autoencoder-ae2", "latent-cond-ae2"]
+    assert [j.run for j in jobs] == ["pixel-cond", "latent-cond", "pixel-uncond", "pixel-cond-narrow",
+                                     "autoencoder-ae2", "latent-cond-ae2"]
     for j in jobs:
         for name in ("--fit-to-deadline", "--resume"):
             assert name in j.args, (j.run, name)
@@ -269,15 +270,21 @@ def test_plan_trains_three_models_and_the_autoencoder_pair_to_one_deadline(tmp_p
         assert int(flag(j.args, "--warmup")) >= probe_end(TrainConfig(compile="auto", probe_steps=100), 0)
     deadlines = {j.run: float(flag(j.args, "--deadline")) for j in jobs}
     assert deadlines == {"pixel-cond": 1375.0, "latent-cond": 1375.0, "pixel-uncond": 1375.0,
-                         "autoencoder-ae2": 1075.0, "latent-cond-ae2": 1375.0}
+                         "pixel-cond-narrow": 1375.0, "autoencoder-ae2": 1075.0, "latent-cond-ae2": 1375.0}
     assert (flag(jobs[0].args, "--batch-size"), flag(jobs[0].args, "--lr"), flag(jobs[0].args, "--steps")) == \
         ("512", "0.004", "100000")
     pair = jobs[-1]
     assert pair.after == "autoencoder-ae2" and flag(pair.args, "--autoencoder") == str(tmp_path / "weights-ae2" / "autoencoder")
     assert flag(jobs[1].args, "--autoencoder") == str(ROOT / "weights" / "autoencoder")
     assert flag(jobs[2].args, "--guide-step") == "0"
-    assert flag(jobs[3].args, "--perceptual") == "none"
+    narrow = jobs[3]       # issue 24's cheaper network: the same recipe, a quarter of the arithmetic, its own folder
+    assert (narrow.module, flag(narrow.args, "--channels"), narrow.weights, narrow.record) == \
+        ("train.pixel_cond", "8,16,32", "weights-narrow/pixel-cond", "pixel-cond")
+    assert flag(jobs[4].args, "--perceptual") == "none"
     assert len({j.group for j in jobs}) + 2 <= gpu_run.MAX_FILES          # tarballs + log + summary come back
+    assert "pixel-cond-narrow" not in [j.run for j in gpu_run.plan_jobs(plan_args(narrow_channels=""), tmp_path, 0.0)]
+    tiny = gpu_run.plan_jobs(plan_args(tiny=True), tmp_path, 0.0)[3]          # the rehearsal shrinks it like the rest
+    assert flag(tiny.args[tiny.args.index("--channels") + 2:], "--channels") == "8,16"
 
 
 def test_distill_plan(tmp_path):
@@ -408,6 +415,22 @@ def test_the_new_pixel_uncond_gets_the_shipped_guide(tmp_path):
     assert json.loads((weights / "pixel-uncond" / "config.json").read_text())["autoguide"] == "pixel-uncond-guide"
     assert load_pipeline("pixel-uncond", weights_dir=weights).guided
     assert gpu_unpack.add_companions(tmp_path / "results") == []          # a second unpack changes nothing
+
+
+def test_every_folder_gets_the_evaluators_and_the_autoencoder_view_it_needs(tmp_path):
+    """Without an autoencoder beside them the evaluator silently drops its autoencoder-latent view: the narrow
+    folder and the main one get the shipped autoencoder; weights-ae2 keeps its own (never the shipped one)."""
+    from factories import tiny_model
+    results = tmp_path / "results"
+    tiny_model("pixel-cond").save_pretrained(results / "weights-narrow" / "pixel-cond")
+    tiny_model("pixel-cond").save_pretrained(results / "weights" / "pixel-cond")
+    (results / "weights-ae2" / "latent-cond").mkdir(parents=True)
+    gpu_unpack.add_companions(results)
+    for folder in ("weights", "weights-narrow"):
+        for name in ("classifier", "classifier-resnet", "autoencoder"):
+            assert (results / folder / name / "model.safetensors").is_file(), (folder, name)
+    assert (results / "weights-ae2" / "classifier" / "model.safetensors").is_file()
+    assert not (results / "weights-ae2" / "autoencoder").exists()
 
 
 # ---------------------------------------------------------------- preparing
