@@ -21,13 +21,7 @@ import statistics
 from pathlib import Path
 
 from bench.defaults_v3 import SPACES, STORE, _setting_text
-from diffusion.setting_rules import _spaces, choose_setting_v3, rule_v3_checks, worst_fd_ratio_v3
-
-
-def fd_ratios(metrics: dict) -> dict[str, float]:
-    """{feature space: FD / real digits' mean FD at the same N} for every space the row has."""
-    real = _spaces(metrics["real"])
-    return {name: m["frechet_distance"] / real[name]["frechet_distance"]["mean"] for name, m in _spaces(metrics).items()}
+from diffusion.setting_rules import _spaces, choose_setting_v3, fd_ratios, rule_v3_checks, worst_fd_ratio_v3
 
 
 def _key(row: dict) -> tuple:

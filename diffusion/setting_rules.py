@@ -70,10 +70,15 @@ def _spaces(metrics: dict) -> dict:
     return {**metrics["evaluators"], **metrics.get("views", {})}
 
 
+def fd_ratios(metrics: dict) -> dict[str, float]:
+    """{feature space: FD / real digits' mean FD at the same N} for every space (classifiers and views)."""
+    real = _spaces(metrics["real"])
+    return {name: m["frechet_distance"] / real[name]["frechet_distance"]["mean"] for name, m in _spaces(metrics).items()}
+
+
 def worst_fd_ratio_v3(metrics: dict) -> float:
     """max over every feature space (classifiers and views) of FD / real digits' mean FD at the same N."""
-    real = _spaces(metrics["real"])
-    return max(m["frechet_distance"] / real[name]["frechet_distance"]["mean"] for name, m in _spaces(metrics).items())
+    return max(fd_ratios(metrics).values())
 
 
 def choose_setting_v3(rows: list[dict]) -> dict:
