@@ -55,7 +55,8 @@ def dsm_noise(x: torch.Tensor, generator: torch.Generator | None, eps: float = 1
 
 
 def dsm_loss(score_model, x: torch.Tensor, labels: torch.Tensor | None = None, noise: dict | None = None,
-             generator: torch.Generator | None = None, label_dropout: float = 0.0, *, model=None) -> torch.Tensor:
+             generator: torch.Generator | None = None, label_dropout: float = 0.0, *, model=None,
+             teacher=None, teacher_weight: float = 1.0) -> torch.Tensor:
     """E lambda(std) std^2 || std(t) s(x + std(t) z, t) + z ||^2; `noise` from `dsm_noise` (drawn here when None).
 
     lambda = score_model.loss_weight(std) where the model has one (1 / c_out^2, see diffusion.score), so that
@@ -63,7 +64,14 @@ def dsm_loss(score_model, x: torch.Tensor, labels: torch.Tensor | None = None, n
     parameterisation (and a model without loss_weight) lambda std^2 = 1, the plain DSM loss above.
 
     `model` (default: score_model) supplies sde, null_label and loss_weight: under DDP, score_model is the wrapper that
-    is called and `model` the bare ScoreModel it wraps."""
+    is called and `model` the bare ScoreModel it wraps.
+
+    `teacher` (a frozen score model of the same space, sde and labels): knowledge distillation on the score. The
+    teacher's std s_T(x_t, t) estimates E[-z | x_t], the posterior mean of DSM's regression target, so with
+    a = teacher_weight
+        L = (1 - a) E lambda std^2 || std s + z ||^2  +  a E lambda std^2 || std s - std s_T ||^2
+    has the same minimiser as DSM wherever the teacher is exact, without z's variance in the target: a small network
+    learns a large one's score from far fewer images (Hinton et al. 2015, on the denoiser's output)."""
     model = score_model if model is None else model
     if noise is None:
         noise = dsm_noise(x, generator, model.sde.eps, label_dropout)
@@ -71,8 +79,16 @@ def dsm_loss(score_model, x: torch.Tensor, labels: torch.Tensor | None = None, n
     std = model.sde.marginal_std(t)[:, None, None, None]
     if labels is not None:
         labels = torch.where(noise["drop"].to(x.device), torch.full_like(labels, model.null_label), labels)
-    score = score_model(x + std * z, t, labels)
+    x_t = x + std * z
+    score = score_model(x_t, t, labels)
     per_image = (std * score + z).square().flatten(1).sum(dim=1)
+    if teacher is not None:
+        if not 0.0 <= teacher_weight <= 1.0:
+            raise ValueError(f"teacher_weight must be in [0, 1], got {teacher_weight}")
+        with torch.no_grad():
+            teacher_eps = std * teacher(x_t, t, labels)                     # ~ E[-z | x_t]
+        per_image_kd = (std * score - teacher_eps).square().flatten(1).sum(dim=1)
+        per_image = (1.0 - teacher_weight) * per_image + teacher_weight * per_image_kd
     weight_fn = getattr(model, "loss_weight", None)
     if weight_fn is not None:
         sigma = std.flatten().double()

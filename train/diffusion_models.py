@@ -43,6 +43,9 @@ class ScoreConfig(TrainConfig):
     sample_every: int = 500           # a sample grid and a time-lapse frame every N steps
     timelapse_per_digit: int = 4      # time-lapse samples per digit (conditional) / total / 10 (unconditional)
     channels_last: bool = True
+    teacher: str = ""                 # knowledge distillation (issue 24): a trained score model's weights folder (e.g.
+                                      # weights/pixel-cond) whose score is the regression target (diffusion.losses)
+    teacher_weight: float = 1.0       # with --teacher: the teacher's share of the loss (the rest is plain DSM)
     guide_step: int = 0               # unconditional: keep the EMA weights at this step (a multiple of sample_every) as
                                       # the autoguidance guide, shipped as <weights_dir>-guide (diffusion.autoguidance)
 
@@ -53,10 +56,11 @@ def _ints(s: str) -> tuple[int, ...]:
 
 class DSMTask:
     def __init__(self, model: ScoreModel, label_dropout: float, conditional: bool, t_sampling: str = "uniform",
-                 p_mean: float = -1.2, p_std: float = 1.2):
+                 p_mean: float = -1.2, p_std: float = 1.2, teacher: ScoreModel | None = None,
+                 teacher_weight: float = 1.0):
         self.eps, self.label_dropout, self.conditional = model.sde.eps, label_dropout, conditional
         self.t_sampling, self.p_mean, self.p_std = t_sampling, p_mean, p_std
-        self.model = model
+        self.model, self.teacher, self.teacher_weight = model, teacher, teacher_weight
 
     def noise(self, x, y, g):
         return dsm_noise(x, g, self.eps, self.label_dropout if self.conditional else 0.0, self.t_sampling, self.model.sde,
@@ -65,7 +69,29 @@ class DSMTask:
     def loss(self, model, x, y, noise):
         # `model` may be the DDP wrapper (called); sde / null label / loss weight come from the bare ScoreModel
         bare = getattr(model, "module", model)
-        return dsm_loss(model, x, y if self.conditional else None, noise, model=bare), {}
+        return dsm_loss(model, x, y if self.conditional else None, noise, model=bare, teacher=self.teacher,
+                        teacher_weight=self.teacher_weight), {}
+
+
+def load_teacher(cfg: ScoreConfig, student: ScoreModel, device) -> ScoreModel:
+    """The frozen teacher of --teacher, checked against the student: same noise process, channels, size, labels."""
+    if not 0.0 <= cfg.teacher_weight <= 1.0:
+        raise SystemExit(f"--teacher-weight must be in [0, 1], got {cfg.teacher_weight}")
+    if not (Path(cfg.teacher) / "config.json").is_file():
+        raise SystemExit(f"--teacher {cfg.teacher}: no config.json there (a score model's weights folder, e.g. "
+                         f"weights/pixel-cond)")
+    teacher = ScoreModel.from_pretrained(cfg.teacher)
+    want = {"sigma": student.sde.sigma, "in_channels": student.in_channels, "image_size": student.image_size,
+            "num_classes": student.num_classes}
+    have = {"sigma": teacher.sde.sigma, "in_channels": teacher.in_channels, "image_size": teacher.image_size,
+            "num_classes": teacher.num_classes}
+    if have != want:
+        diff = ", ".join(f"{k} {have[k]} (student {want[k]})" for k in want if have[k] != want[k])
+        raise SystemExit(f"--teacher {cfg.teacher} does not match the student: {diff}")
+    if getattr(teacher, "distilled", None):
+        raise SystemExit(f"--teacher {cfg.teacher} is a few-step student, not a score model of every noise level")
+    teacher = teacher.to(device).eval().requires_grad_(False)
+    return teacher.to(memory_format=torch.channels_last) if cfg.channels_last else teacher
 
 
 def build_model(cfg: ScoreConfig, in_channels: int, image_size: int) -> ScoreModel:
@@ -138,7 +164,9 @@ def train_score_model(argv=None, config_cls=ScoreConfig):
             ema_model.save_pretrained(run_dir / "guide")
             (run_dir / "guide" / "step.json").write_text(json.dumps({"step": step, "wall_s": wall}))
 
-    task = DSMTask(model, cfg.label_dropout, cfg.conditional, cfg.t_sampling, cfg.p_mean, cfg.p_std)
+    teacher = load_teacher(cfg, model, device) if cfg.teacher else None
+    task = DSMTask(model, cfg.label_dropout, cfg.conditional, cfg.t_sampling, cfg.p_mean, cfg.p_std, teacher,
+                   cfg.teacher_weight)
     ema, history = train_loop(cfg, model, task, x_train, y_train, on_sample=on_sample, device=device, rank=rank, world=world)
     if rank == 0:
         ema = ema.cpu().to(memory_format=torch.contiguous_format)

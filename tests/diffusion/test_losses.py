@@ -235,3 +235,44 @@ def test_edm_noise_levels_are_log_normal_and_clamped():
         dsm_noise(x, None, t_sampling="edm")
     with pytest.raises(ValueError, match="uniform, log_sigma, edm"):
         dsm_noise(x, None, t_sampling="karras")
+
+
+def test_teacher_term_is_the_score_gap_exactly():
+    """Against an exact teacher, a student off by c costs exactly d c^2 std^2 per image in the teacher's term (no
+    noise in the target), the plain DSM loss at teacher_weight 0, and the straight mix in between."""
+    x = data(64)
+    noise = fixed_t_noise(x)
+    c = 0.1
+    std2 = VESDE(25.0).marginal_std(noise["t"].double()) ** 2
+    kd = float(dsm_loss(GaussianScore(offset=c), x, noise=noise, teacher=GaussianScore()))
+    assert kd == pytest.approx(float(D * c**2 * std2.mean()), rel=1e-5)
+    assert float(dsm_loss(GaussianScore(), x, noise=noise, teacher=GaussianScore())) == pytest.approx(0.0, abs=1e-6)
+    plain = float(dsm_loss(GaussianScore(offset=c), x, noise=noise))
+    assert float(dsm_loss(GaussianScore(offset=c), x, noise=noise, teacher=GaussianScore(),
+                          teacher_weight=0.0)) == pytest.approx(plain, rel=1e-6)
+    mixed = float(dsm_loss(GaussianScore(offset=c), x, noise=noise, teacher=GaussianScore(), teacher_weight=0.25))
+    assert mixed == pytest.approx(0.75 * plain + 0.25 * kd, rel=1e-5)
+    with pytest.raises(ValueError, match=r"teacher_weight must be in \[0, 1\]"):
+        dsm_loss(GaussianScore(), x, noise=noise, teacher=GaussianScore(), teacher_weight=1.5)
+
+
+def test_teacher_sees_the_students_noisy_input_and_dropped_labels():
+    x = data(4)
+    labels = torch.tensor([1, 2, 3, 4])
+    noise = fixed_t_noise(x) | {"drop": torch.tensor([False, True, False, True])}
+    student, teacher = GaussianScore(), GaussianScore()
+    dsm_loss(student, x, labels, noise=noise, teacher=teacher)
+    assert teacher.labels[0].tolist() == student.labels[0].tolist() == [1, 10, 3, 10]
+
+
+def test_an_exact_teachers_target_carries_no_noise():
+    """The point of the teacher's target: the same offset student, two draws of the noise; DSM's loss varies with
+    z, the teacher's term does not."""
+    x = data(256)
+    losses = {"dsm": [], "teacher": []}
+    for seed in (1, 2):
+        noise = fixed_t_noise(x, seed=seed)
+        losses["dsm"].append(float(dsm_loss(GaussianScore(offset=0.1), x, noise=noise)))
+        losses["teacher"].append(float(dsm_loss(GaussianScore(offset=0.1), x, noise=noise, teacher=GaussianScore())))
+    assert losses["teacher"][0] == pytest.approx(losses["teacher"][1], rel=1e-6)
+    assert abs(losses["dsm"][0] - losses["dsm"][1]) > 1e-3

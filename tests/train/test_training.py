@@ -295,6 +295,38 @@ def test_training_script_end_to_end_and_nan_keeps_weights(tmp_path, monkeypatch)
     assert (weights / "README.md").read_text() == "model card"
 
 
+def test_training_script_distils_a_narrower_student_from_a_teacher(tmp_path, monkeypatch):
+    """--teacher: the student regresses onto the teacher's score (diffusion.losses.dsm_loss); a teacher of another
+    kind is refused by name before any step."""
+    import train.common
+    from train import diffusion_models
+    x, y = W.tiny_data(32)
+    monkeypatch.setattr(train.common, "load_mnist", lambda *a, **k: (x, y))
+    common = ["--steps", "3", "--batch-size", "8", "--attention-levels", "1", "--embed-dim", "16", "--context-dim", "8",
+              "--ckpt-every", "3", "--warmup", "1", "--log-every", "1", "--threads", "1"]
+    teacher = tmp_path / "teacher"
+    diffusion_models.main(["--out", str(tmp_path / "t"), "--weights-dir", str(teacher), "--channels", "8,16", *common])
+    seen = []
+    real_loss = diffusion_models.dsm_loss
+    monkeypatch.setattr(diffusion_models, "dsm_loss", lambda *a, **k: seen.append(k) or real_loss(*a, **k))
+    student = tmp_path / "student"
+    diffusion_models.main(["--out", str(tmp_path / "s"), "--weights-dir", str(student), "--channels", "4,8",
+                           "--teacher", str(teacher), "--teacher-weight", "0.75", *common])
+    assert len(seen) == 3 and all(k["teacher_weight"] == 0.75 for k in seen)
+    assert not any(p.requires_grad for p in seen[0]["teacher"].parameters())
+    assert json.loads((student / "config.json").read_text())["channels"] == [4, 8]
+    assert json.loads((tmp_path / "s" / "config.json").read_text())["teacher"] == str(teacher)
+
+    uncond = ["--out", str(tmp_path / "u"), "--weights-dir", str(tmp_path / "u-w"), "--channels", "4,8",
+              "--no-conditional", "--teacher", str(teacher), *common]
+    with pytest.raises(SystemExit, match=r"does not match the student: num_classes 10 \(student None\)"):
+        diffusion_models.main(uncond)
+    with pytest.raises(SystemExit, match="no config.json there"):
+        diffusion_models.main([*uncond[:-len(common) - 2], "--teacher", str(tmp_path / "nowhere"), *common])
+    with pytest.raises(SystemExit, match=r"--teacher-weight must be in \[0, 1\]"):
+        diffusion_models.main([*uncond[:6], "--teacher", str(teacher), "--teacher-weight", "2", *common])
+
+
 @pytest.mark.slow  # two fresh Python processes importing torch: ~20 s on 2 busy cores
 def test_ddp_two_processes_match_one(tmp_path):
     steps = 5
