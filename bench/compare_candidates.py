@@ -11,7 +11,8 @@ Both stores are `bench.defaults_v3` stores (the shipped `bench/results/defaults_
    its speck rate is not higher by more than real digits' tolerance; every reason it is not is named.
 
     python -m bench.compare_candidates --model pixel-cond --candidate bench/results/defaults_v3_long.json
-Writes the comparison beside the candidate store (<store>_<model>_compare.md) and prints it.
+Writes the comparison beside the candidate store (<store>_<model>_compare.md) and prints it; `--shipped OTHER` compares
+against another candidate's store instead (<store>_<model>_vs_<other>_compare.md).
 """
 from __future__ import annotations
 
@@ -48,8 +49,9 @@ def same_settings(shipped: list[dict], candidate: list[dict]) -> dict:
     return out
 
 
-def verdict(shipped_pick: dict, candidate_pick: dict) -> tuple[bool, list[str]]:
-    """(better by every evaluator?, the reasons it is not) for two rows, each its store's rule-v3 pick."""
+def verdict(shipped_pick: dict, candidate_pick: dict, baseline: str = "shipped") -> tuple[bool, list[str]]:
+    """(better by every evaluator?, the reasons it is not) for two rows, each its store's rule-v3 pick; `baseline`
+    names the first store in the reasons."""
     s, c = shipped_pick["metrics"], candidate_pick["metrics"]
     reasons = []
     rs, rc = fd_ratios(s), fd_ratios(c)
@@ -57,7 +59,7 @@ def verdict(shipped_pick: dict, candidate_pick: dict) -> tuple[bool, list[str]]:
         if space in rs and space in rc and not rc[space] < rs[space]:
             reasons.append(f"FD ratio in {space} not lower ({rc[space]:.2f} against {rs[space]:.2f})")
     passed, now = rule_v3_checks(s), rule_v3_checks(c)
-    reasons += [f"fails '{name}', which the shipped default meets" for name, ok in now.items()
+    reasons += [f"fails '{name}', which the {baseline} default meets" for name, ok in now.items()
                 if not ok and passed.get(name, False)]
     tolerance = c["real"]["speck_rate"]["tolerance"]
     if c["speck_rate"] > s["speck_rate"] + tolerance:
@@ -77,8 +79,10 @@ def _pick_line(label: str, row: dict) -> str:
             + f" | {acc} | {m['speck_rate']:.2%} | {', '.join(missed) or 'none'} |")
 
 
-def compare(shipped_rows: list[dict], candidate_rows: list[dict], model: str) -> tuple[bool, str]:
-    """(better by every evaluator at the defaults?, the comparison as markdown)."""
+def compare(shipped_rows: list[dict], candidate_rows: list[dict], model: str,
+            baseline: str = "shipped") -> tuple[bool, str]:
+    """(better by every evaluator at the defaults?, the comparison as markdown); `baseline` names the first store
+    (another candidate's, e.g. a plain-trained run against a taught one)."""
     shipped = [r for r in shipped_rows if r["model"] == model]
     candidate = [r for r in candidate_rows if r["model"] == model]
     if not shipped or not candidate:
@@ -89,21 +93,21 @@ def compare(shipped_rows: list[dict], candidate_rows: list[dict], model: str) ->
         raise ValueError(f"{model}: the shipped store has no rows at N = {n}, the candidate's")
     candidate_n = [r for r in candidate if r["samples"] == n]
     picks = choose_setting_v3(shipped_n), choose_setting_v3(candidate_n)
-    better, reasons = verdict(*picks)
+    better, reasons = verdict(*picks, baseline=baseline)
     same = same_settings(shipped_n, candidate_n)
-    lines = [f"# {model}: candidate against shipped (N = {n})", "",
+    lines = [f"# {model}: candidate against {baseline} (N = {n})", "",
              f"**Verdict: {'better by every evaluator: ships' if better else 'not better by every evaluator'}**", ""]
     lines += [f"- {r}" for r in reasons] + ([""] if reasons else [])
     lines += ["| weights | rule-v3 default | worst FD ratio | FD ratio c / r / pca / ae | accuracy % | specks | "
               "rule v3 misses |", "|---|---|---|---|---|---|---|",
-              _pick_line("shipped", picks[0]), _pick_line("candidate", picks[1]), ""]
+              _pick_line(baseline, picks[0]), _pick_line("candidate", picks[1]), ""]
     lines.append(f"Same settings ({same['pairs']} measured in both stores):")
     lines.append("")
     for space, s in same["spaces"].items():
-        lines.append(f"- {space}: FD ratio lower in {s['lower']} of {s['of']}; candidate / shipped "
+        lines.append(f"- {space}: FD ratio lower in {s['lower']} of {s['of']}; candidate / {baseline} "
                      f"{s['mean_ratio']:.3f} on average")
     if same["pairs"]:
-        lines.append(f"- specks: candidate - shipped {100 * same['speck_diff_mean']:+.2f} points on average "
+        lines.append(f"- specks: candidate - {baseline} {100 * same['speck_diff_mean']:+.2f} points on average "
                      f"(sd {100 * same['speck_diff_sd']:.2f})")
     return better, "\n".join(lines) + "\n"
 
@@ -112,16 +116,22 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True)
     p.add_argument("--candidate", type=Path, required=True, help="the candidate's defaults_v3 store")
-    p.add_argument("--shipped", type=Path, default=STORE)
+    p.add_argument("--shipped", type=Path, default=STORE,
+                   help="the store to beat (default: the shipped one); another is named by its file in the report, "
+                        "which is written as <candidate>_<model>_vs_<its stem>_compare.md")
     a = p.parse_args(argv)
     for label, path in (("--candidate", a.candidate), ("--shipped", a.shipped)):
         if not path.is_file():
             raise SystemExit(f"{label} {path}: no such store (write one with python -m bench.defaults_v3 --store)")
     try:
-        better, text = compare(json.loads(a.shipped.read_text()), json.loads(a.candidate.read_text()), a.model)
+        shipped = a.shipped.resolve() == STORE.resolve()
+        baseline = "shipped" if shipped else a.shipped.stem
+        better, text = compare(json.loads(a.shipped.read_text()), json.loads(a.candidate.read_text()), a.model,
+                               baseline)
     except ValueError as e:
         raise SystemExit(str(e))
-    out = a.candidate.with_name(f"{a.candidate.stem}_{a.model}_compare.md")
+    suffix = "" if shipped else f"_vs_{a.shipped.stem}"
+    out = a.candidate.with_name(f"{a.candidate.stem}_{a.model}{suffix}_compare.md")
     out.write_text(text)
     print(text + f"\nwrote {out}")
     return 0

@@ -81,7 +81,14 @@ def test_cli_writes_the_comparison_beside_the_candidate_store(tmp_path):
     shipped.write_text(json.dumps([row(1.0, metrics(1.2))]))
     candidate.write_text(json.dumps([row(1.0, metrics(1.3))]))
     assert cc.main(["--model", "pixel-cond", "--candidate", str(candidate), "--shipped", str(shipped)]) == 0
-    text = (tmp_path / "cand_pixel-cond_compare.md").read_text()
+    text = (tmp_path / "cand_pixel-cond_vs_shipped_compare.md").read_text()     # another store than the shipped one
     assert "not better by every evaluator" in text and "FD ratio in classifier not lower (1.30 against 1.20)" in text
+    assert text.startswith("# pixel-cond: candidate against shipped (N = 100)")   # the baseline named by its file
+    assert "| shipped | " in text and "candidate / shipped " in text
+    other = tmp_path / "narrow.json"
+    other.write_text(shipped.read_text())
+    assert cc.main(["--model", "pixel-cond", "--candidate", str(candidate), "--shipped", str(other)]) == 0
+    text = (tmp_path / "cand_pixel-cond_vs_narrow_compare.md").read_text()
+    assert text.startswith("# pixel-cond: candidate against narrow (") and "| narrow | " in text
     with pytest.raises(SystemExit, match="no such store"):
         cc.main(["--model", "pixel-cond", "--candidate", str(tmp_path / "missing.json"), "--shipped", str(shipped)])
