@@ -1,0 +1,68 @@
+"""Distribution matching distillation of a one-step student (Yin et al. 2024, "One-step Diffusion with Distribution
+Matching Distillation"; the two-network update of DMD2, Yin et al. 2024), in the VE SDE's denoiser terms.
+
+Progressive distillation (diffusion/distill.py) copies the teacher's deterministic trajectories, and the teacher's
+probability-flow ODE itself puts a lone speck in about one image in twenty-five (docs/quality-v3.md). DMD instead
+asks the generator's *distribution* to match the teacher's, whose score the teacher knows at every noise level: the
+stochastic sampler's distribution, not the ODE's paths.
+
+Generator: the one-step student, x = G(z, c, w) = D_s(sigma_max z; sigma_max, c, w). Noised at sigma,
+x_t = x + sigma eps, its distribution p_fake,sigma; the teacher's guided denoiser D_real(x_t; sigma, c, w) gives the
+real score s_real = (D_real - x_t) / sigma^2 (Tweedie), and a second network D_fake, trained online with DSM on
+the generator's own (detached) outputs, gives s_fake = (D_fake - x_t) / sigma^2. The KL gradient per sample is
+
+    grad_x KL(p_fake,sigma || p_real,sigma) = -(s_real - s_fake) = (D_fake - D_real) / sigma^2
+
+and DMD's weight sigma^2 / mean_pixels |x - D_real| makes it unit-scaled at every sigma:
+
+    g = (D_fake - D_real) / mean|x - D_real|                                   (dmd_direction, (B, C, H, W))
+
+applied through the surrogate 0.5 ||x - sg(x - g)||^2, whose gradient in x is g (mean-reduced: g / numel).
+Where G makes a speck that real digits do not have, D_real at low sigma removes it and D_fake (which has learned the
+generator's specks) keeps it, so g points from the speck towards clean paper.
+
+An optional anchor lambda ||x - G_0(z)||^2 to the starting student's output (DMD's regression term, here onto the
+progressive student instead of an ODE dataset) keeps the generator near the modes it already covers.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def dmd_direction(x: torch.Tensor, real_denoised: torch.Tensor, fake_denoised: torch.Tensor) -> torch.Tensor:
+    """g = (D_fake - D_real) / mean_pixels |x - D_real| per sample (the DMD gradient of the KL in x; x the
+    generator's clean output (B, C, H, W), the denoisers evaluated at its noised copy). Zero where fake == real."""
+    scale = (x - real_denoised).abs().flatten(1).mean(dim=1).clamp_min(1e-8).view(-1, *[1] * (x.dim() - 1))
+    return (fake_denoised - real_denoised) / scale
+
+
+def dmd_loss(x: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """The surrogate 0.5 mean (x - sg(x - g))^2: its gradient in x is g / x.numel(), the DMD step (direction g detached).
+    Its value, 0.5 mean g^2, measures how far apart the two scores still are."""
+    target = (x - direction).detach()
+    return 0.5 * (x - target).square().mean()
+
+
+def one_step_generate(student, z: torch.Tensor, labels, w) -> torch.Tensor:
+    """G(z, c, w) = D_s(sigma_max z; sigma_max, c, w): what `ddim` does in one step from the prior, differentiable.
+    z (B, C, H, W) unit noise, w (B,) or a float."""
+    sigma_max = student.sde.std_max
+    return student.denoise(z * sigma_max, torch.full((z.shape[0],), sigma_max, dtype=torch.float64,
+                                                     device=z.device), labels, guidance=w)
+
+
+def check_one_step_pair(student, teacher) -> None:
+    """A DMD run needs a one-step student with w as an input and the class-conditional teacher it imitates (same SDE,
+    image size and channels); ValueError naming what does not match."""
+    d = getattr(student, "distilled", None) or {}
+    if d.get("steps") != 1 or not getattr(student, "guidance_embed", False):
+        raise ValueError(f"the generator must be a one-step distilled student (config distilled.steps = 1, w an input); "
+                         f"got distilled = {d or None}")
+    if not teacher.conditional or getattr(teacher, "distilled", None):
+        raise ValueError("the teacher must be a class-conditional score model, not a student")
+    for what, a, b in (("sigma", student.sde.sigma, teacher.sde.sigma),
+                       ("image size", student.image_size, teacher.image_size),
+                       ("channels", student.in_channels, teacher.in_channels),
+                       ("classes", student.num_classes, teacher.num_classes)):
+        if a != b:
+            raise ValueError(f"student and teacher differ in {what}: {a} against {b}")

@@ -1,0 +1,143 @@
+"""train.dmd end to end on tiny models: both networks train on their own losses, the EMA generator ships as a one-step
+student with its DMD record and narrowed guidance range, and runs that cannot work are refused by name."""
+import json
+
+import pytest
+import torch
+
+import train.common
+from diffusion.distill import distilled_config, make_student
+from diffusion.dmd import dmd_direction, dmd_loss, one_step_generate
+from diffusion.pipeline import Pipeline
+from diffusion.score import ScoreModel
+from tests.factories import tiny_score
+from train import dmd
+from train.checkpoints import latest_checkpoint
+
+
+def _data(n=64):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dmd")
+    teacher = tiny_score(num_classes=10, image_size=8, precond="edm")
+    teacher.save_pretrained(tmp / "teacher")
+    for name, steps in (("student", 1), ("student4", 4), ("stage1", None)):
+        make_student(teacher, distilled_config(steps, 16, (0.0, 4.0), teacher="teacher")).save_pretrained(tmp / name)
+    return tmp
+
+
+def _args(tmp, out, *extra):
+    return ["--student", str(tmp / "student"), "--teacher", str(tmp / "teacher"), "--out", str(tmp / out),
+            "--weights-dir", str(tmp / out / "w"), "--steps", "3", "--batch-size", "16", "--threads", "1",
+            "--warmup", "1", "--log-every", "1", "--ckpt-every", "3", "--lr", "1e-3", *extra]
+
+
+def _run(monkeypatch, argv):
+    monkeypatch.setattr(train.common, "load_mnist", lambda *a, **k: _data())
+    return dmd.main(argv)
+
+
+def test_script_end_to_end(folders, monkeypatch):
+    generator, history = _run(monkeypatch, _args(folders, "run", "--w-min", "1", "--w-max", "3"))
+    assert [h["step"] for h in history] == [0, 1, 2]
+    for h in history:          # both networks' losses and the anchor are logged, all finite
+        assert {"dmd", "fake", "anchor"} <= set(h) and all(torch.isfinite(torch.tensor(h[k])) for k in h)
+    shipped = ScoreModel.from_pretrained(folders / "run" / "w")
+    d = shipped.distilled
+    assert d["steps"] == 1 and d["guidance_range"] == [1.0, 3.0]
+    assert d["dmd"] == {"teacher": "teacher", "start": "student", "steps": 3, "anchor_weight": 0.25, "fake_updates": 4}
+    start = ScoreModel.from_pretrained(folders / "student")
+    assert not torch.equal(shipped.net.conv_in.weight, start.net.conv_in.weight)    # the generator trained
+    ckpt = latest_checkpoint(folders / "run")
+    from safetensors.torch import load_file
+    keys = load_file(ckpt / "state.safetensors").keys()          # both networks are checkpointed, for --resume
+    assert any(k.startswith("model.fake.") for k in keys) and any(k.startswith("model.generator.") for k in keys)
+    assert (folders / "run" / "samples.png").is_file()
+    record = json.loads((folders / "run" / "record.json").read_text())
+    assert record["command"].startswith("python -m ") and record["config"]["anchor_weight"] == 0.25
+    pipe = Pipeline(shipped, name="x", precision="fp32")
+    images, last = pipe.generate([0, 7], sampler="ddim", num_steps=1, guidance=2.0, seed=0)
+    assert last.nfe == 1 and images.shape == (2, 8, 8) and torch.isfinite(images).all()
+    with pytest.raises(ValueError, match="outside"):
+        pipe.generate([0], sampler="ddim", num_steps=1, guidance=0.5)      # below the range DMD trained
+
+
+def _pair_and_task(folders, **cfg):
+    teacher = ScoreModel.from_pretrained(folders / "teacher").requires_grad_(False)
+    start = ScoreModel.from_pretrained(folders / "student").requires_grad_(False)
+    with torch.no_grad():
+        start.net.guidance_embed[-1].weight.normal_(0, 0.5)     # the anchor then differs from the generator
+    pair = dmd.GeneratorAndFake(ScoreModel.from_pretrained(folders / "student"),
+                                ScoreModel.from_pretrained(folders / "stage1"))
+    return pair, dmd.DMDTask(teacher, start, dmd.DMDConfig(**cfg)), teacher, start
+
+
+def test_the_generator_loss_is_dmd_plus_anchor_and_reaches_only_the_generator(folders):
+    """The loss train_loop back-propagates, rebuilt by hand from the same noise after the fake's updates: the same
+    value, the same generator gradient, no gradient on the fake (its own optimizer already stepped it, k times)."""
+    pair, task, teacher, start = _pair_and_task(folders, fake_updates=2, warmup=1)
+    before = [p.detach().clone() for p in pair.fake.parameters()]
+    gen_before = [p.detach().clone() for p in pair.generator.parameters()]
+    x, y = _data(8)
+    n = task.noise(x, y, torch.Generator().manual_seed(3))
+    assert n["fake_z"].shape == (8, 2, 1, 8, 8) and n["fake_sigma"].shape == (8, 2)
+    assert float(n["sigma"].min()) >= 0.05 and float(n["fake_sigma"].min()) < 0.05   # the floor is the DMD term's only
+    loss, logs = task.loss(pair, x, y, n)
+    assert task.fake_steps == 2 and any(not torch.equal(a, b) for a, b in zip(before, pair.fake.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(gen_before, pair.generator.parameters()))
+    loss.backward()
+    got = {name: p.grad.clone() for name, p in pair.generator.named_parameters()}
+    assert all(p.grad is None for p in pair.fake.parameters())
+    pair.zero_grad()
+
+    gen, fake, w = pair.generator, pair.fake, n["w"]
+    sample = one_step_generate(gen, n["z"], y, w)
+    clean = sample.detach()
+    noisy = clean + n["sigma"].float().view(-1, 1, 1, 1) * n["eps"]
+    with torch.no_grad():
+        direction = dmd_direction(clean, teacher.denoise(noisy, n["sigma"], y, guidance=w),
+                                  fake.denoise(noisy, n["sigma"], y, guidance=w))
+        start_sample = one_step_generate(start, n["z"], y, w)
+    by_hand = dmd_loss(sample, direction) + 0.25 * (sample - start_sample).square().mean()
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6) and logs["anchor"] > 0
+    by_hand.backward()
+    for name, p in gen.named_parameters():
+        torch.testing.assert_close(got[name], p.grad, msg=name)
+    assert sum(g.abs().sum() for g in got.values()) > 0
+
+
+def test_the_fake_learns_the_generators_samples(folders):
+    """The fake's DSM updates lower its loss on generator samples it has not seen (a fixed generator)."""
+    pair, task, _, _ = _pair_and_task(folders, fake_updates=1, warmup=1, fake_lr=3e-3)
+    x, y = _data(32)
+    held_out = task.noise(x, y, torch.Generator().manual_seed(99))
+
+    def held_out_loss():
+        with torch.no_grad():
+            return float(task.fake_loss(pair.generator, pair.fake, held_out["fake_z"][:, 0], y, held_out["fake_w"][:, 0],
+                                        held_out["fake_sigma"][:, 0], held_out["fake_eps"][:, 0]))
+
+    first, g = held_out_loss(), torch.Generator().manual_seed(0)
+    for _ in range(40):
+        task.update_fake(pair.generator, pair.fake, y, task.noise(x, y, g), x.device, x.dtype)
+    assert held_out_loss() < 0.8 * first
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--student", "{tmp}/student4"], "one-step distilled student"),
+    (["--teacher", "{tmp}/student"], "not a student"),
+    (["--fake-init", "{tmp}/teacher"], "guidance-embedded denoiser"),
+    (["--fake-init", "{tmp}/student4"], "guidance-embedded denoiser"),
+    (["--fake-init", "{tmp}/nowhere"], "not a weights folder"),
+    (["--w-min", "0", "--w-max", "5"], "leave the student's range"),
+    (["--w-min", "2", "--w-max", "1"], "--w-min"),
+])
+def test_runs_that_cannot_work_are_refused_by_name(folders, monkeypatch, extra, message):
+    argv = _args(folders, "refused") + [e.format(tmp=folders) for e in extra]
+    with pytest.raises(SystemExit, match=message):
+        _run(monkeypatch, argv)
+    assert not (folders / "refused" / "w").exists()

@@ -1,0 +1,200 @@
+"""Distribution matching distillation (DMD) of the one-step student: fine-tune it so that its samples' distribution,
+not its path, matches the guided teacher's (the math in diffusion/dmd.py).
+
+    python -m train.dmd --student weights/pixel-cond-distilled-1step --teacher weights/pixel-cond [flags]
+
+Two networks train together (DMD2's two time-scale update):
+    generator   the one-step student, moved along the DMD direction (D_fake - D_real) / mean|x - D_real|, at noise
+                levels >= --dmd-sigma-min; its loss is the one train_loop optimizes (--lr, schedule, EMA)
+    fake        a w-conditioned denoiser of the generator's own samples, trained with DSM on them as they change,
+                --fake-updates times per generator step (its own AdamW at --fake-lr), so that it keeps up; it starts
+                as --fake-init (stage 1's guidance student, a denoiser of the guided teacher, so the DMD direction
+                starts near zero) or, without it, as the teacher with a new, zero w-embedding
+`--anchor-weight a` adds a ||G(z) - G_0(z)||^2, G_0 the starting student (0: off, one network call less per step).
+The run is a train_loop run (checkpoints of both networks, --resume, EMA, --deadline; the fake's optimizer state is not
+checkpointed: a resumed run restarts its moments); the EMA generator goes to --weights-dir with `distilled.dmd` in its
+config and the guidance range narrowed to the one DMD trained on.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from diffusion.distill import make_student, weighted_error
+from diffusion.dmd import check_one_step_pair, dmd_direction, dmd_loss, one_step_generate
+from diffusion.images import save_grid
+from diffusion.pipeline import Pipeline
+from diffusion.score import ScoreModel
+from train.common import finish, setup
+from train.loop import TrainConfig, parse_config, train_loop
+
+
+@dataclass
+class DMDConfig(TrainConfig):
+    """Distribution matching distillation of a one-step student (python -m train.dmd)."""
+    out: str = "runs/pixel-cond-distilled-1step-dmd"
+    weights_dir: str = ""
+    student: str = "weights/pixel-cond-distilled-1step"   # the generator's starting point: a one-step student
+    teacher: str = "weights/pixel-cond"                   # the real score: its guided denoiser at the student's w
+    fake_init: str = ""                     # a guidance-embedded denoiser of the teacher (train.distill's stage 1)
+    steps: int = 1000
+    lr: float = 2e-5                        # the generator's learning rate (train_loop's schedule)
+    fake_lr: float = 1e-4                   # the fake denoiser's (its own AdamW, constant after --warmup)
+    fake_updates: int = 4                   # fake updates per generator step, each on fresh generator samples (TTUR)
+    warmup: int = 50
+    ema_decay: float = 0.99
+    ckpt_every: int = 100
+    log_every: int = 25
+    w_min: float = 1.0                      # w ~ U[w_min, w_max]: the generator's and the teacher's guidance
+    w_max: float = 3.0
+    p_mean: float = -1.2                    # both losses' noise: ln sigma ~ N(p_mean, p_std^2), clamped to the SDE's
+    p_std: float = 1.2
+    dmd_sigma_min: float = 0.05             # the generator's loss: no noise level below this (the fake's error there
+                                            # is pixel noise, and the generator learns it as grain)
+    anchor_weight: float = 0.25
+    sample_guidance: float = 1.75           # w of the 10x10 grid written at the end
+    channels_last: bool = True
+
+
+class GeneratorAndFake(torch.nn.Module):
+    """The two trained networks as one module: train_loop's optimizer, EMA and checkpoints then hold both."""
+
+    def __init__(self, generator: ScoreModel, fake: ScoreModel):
+        super().__init__()
+        self.generator, self.fake = generator, fake
+
+
+class DMDTask:
+    """One generator step (DMD2's two time-scale update): first --fake-updates DSM steps of the fake denoiser on fresh
+    generator samples (no gradient through G; the task's own optimizer), then the generator's DMD loss (+ the anchor),
+    the loss train_loop back-propagates. The fake's parameters get no gradient from that loss."""
+
+    def __init__(self, teacher, anchor, cfg: DMDConfig):
+        self.teacher, self.anchor, self.cfg, self.sde = teacher, anchor, cfg, teacher.sde
+        self.fake_opt, self.fake_steps = None, 0
+
+    def _sigma(self, shape, g, floor):
+        ln_sigma = self.cfg.p_mean + self.cfg.p_std * torch.randn(shape, generator=g, dtype=torch.float64)
+        return ln_sigma.exp().clamp(max(floor, self.sde.std_min), self.sde.std_max)
+
+    def noise(self, x, y, g):
+        b, k, c = x.shape[0], self.cfg.fake_updates, self.cfg
+        return {"z": torch.randn(x.shape, generator=g), "w": c.w_min + (c.w_max - c.w_min) * torch.rand(b, generator=g),
+                "sigma": self._sigma(b, g, c.dmd_sigma_min), "eps": torch.randn(x.shape, generator=g),
+                # (B, k, ...): the k fake updates' generator noise, w, noise level and DSM noise
+                "fake_z": torch.randn(b, k, *x.shape[1:], generator=g),
+                "fake_w": c.w_min + (c.w_max - c.w_min) * torch.rand(b, k, generator=g),
+                "fake_sigma": self._sigma((b, k), g, 0.0), "fake_eps": torch.randn(b, k, *x.shape[1:], generator=g)}
+
+    def fake_loss(self, gen, fake, z, y, w, sigma, eps):
+        """lambda(sigma) ||D_fake(x + sigma eps) - x||^2 on generator samples x = G(z) (detached)."""
+        with torch.no_grad():
+            clean = one_step_generate(gen, z, y, w)
+        noisy = clean + sigma.to(clean.dtype).view(-1, 1, 1, 1) * eps
+        return weighted_error(fake, fake.denoise(noisy, sigma, y, guidance=w), clean, sigma)
+
+    def update_fake(self, gen, fake, y, noise, device, dtype):
+        if self.fake_opt is None:
+            self.fake_opt = torch.optim.AdamW(fake.parameters(), lr=self.cfg.fake_lr)
+        losses = []
+        for j in range(self.cfg.fake_updates):
+            for group in self.fake_opt.param_groups:
+                group["lr"] = self.cfg.fake_lr * min(1.0, (self.fake_steps + 1) / max(1, self.cfg.warmup))
+            loss = self.fake_loss(gen, fake, noise["fake_z"][:, j].to(device, dtype), y,
+                                  noise["fake_w"][:, j].to(device), noise["fake_sigma"][:, j].to(device),
+                                  noise["fake_eps"][:, j].to(device, dtype))
+            self.fake_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.fake_opt.step()
+            self.fake_opt.zero_grad(set_to_none=True)
+            self.fake_steps += 1
+            losses.append(float(loss.detach()))
+        return losses
+
+    def loss(self, pair, x, y, noise):
+        gen, fake = pair.generator, pair.fake
+        logs = {}
+        if self.cfg.fake_updates and torch.is_grad_enabled():
+            logs["fake"] = sum(self.update_fake(gen, fake, y, noise, x.device, x.dtype)) / self.cfg.fake_updates
+        z, w = noise["z"].to(x.device, x.dtype), noise["w"].to(x.device)
+        sample = one_step_generate(gen, z, y, w)                                  # (B, C, H, W), grads to G
+        clean = sample.detach()
+        sigma = noise["sigma"].to(x.device)
+        noisy = clean + sigma.to(x.dtype).view(-1, 1, 1, 1) * noise["eps"].to(x.device, x.dtype)
+        with torch.no_grad():
+            real_d = self.teacher.denoise(noisy, sigma, y, guidance=w)            # two halves: the guided teacher
+            fake_d = fake.denoise(noisy, sigma, y, guidance=w)
+        loss = dmd_loss(sample, dmd_direction(clean, real_d, fake_d))
+        logs["dmd"] = float(loss.detach())
+        if self.anchor is not None and self.cfg.anchor_weight > 0:
+            with torch.no_grad():
+                start = one_step_generate(self.anchor, z, y, w)
+            anchor = (sample - start).square().mean()
+            loss = loss + self.cfg.anchor_weight * anchor
+            logs["anchor"] = float(anchor.detach())
+        return loss, logs
+
+
+def load_fake(cfg: DMDConfig, teacher: ScoreModel, student: ScoreModel) -> ScoreModel:
+    """The fake denoiser's start: --fake-init (checked: w an input, no step grid, the teacher's shape), else the
+    teacher with a zero w-embedding (train.distill's make_student)."""
+    if not cfg.fake_init:
+        return make_student(teacher, {**student.distilled, "steps": None})
+    if not (Path(cfg.fake_init) / "config.json").is_file():
+        raise SystemExit(f"--fake-init {cfg.fake_init}: not a weights folder (config.json and model.safetensors)")
+    fake = ScoreModel.from_pretrained(cfg.fake_init)
+    if not fake.guidance_embed or (fake.distilled or {}).get("steps"):
+        raise SystemExit(f"--fake-init {cfg.fake_init}: needs a guidance-embedded denoiser with no step grid "
+                         "(train.distill's stage-1 student), not a teacher or a few-step student")
+    if dict(fake._hub_mixin_config, distilled=None) != dict(student._hub_mixin_config, distilled=None):
+        raise SystemExit(f"--fake-init {cfg.fake_init}: its architecture is not the student's")
+    return fake
+
+
+def _portable(model):
+    return copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format).float()
+
+
+def main(argv=None):
+    cfg = parse_config(DMDConfig, argv)
+    if not 0 <= cfg.w_min <= cfg.w_max:
+        raise SystemExit(f"need 0 <= --w-min <= --w-max, got {cfg.w_min}, {cfg.w_max}")
+    student, teacher = ScoreModel.from_pretrained(cfg.student), ScoreModel.from_pretrained(cfg.teacher)
+    try:
+        check_one_step_pair(student, teacher)
+    except ValueError as e:
+        raise SystemExit(f"--student {cfg.student} / --teacher {cfg.teacher}: {e}") from None
+    lo, hi = student.distilled["guidance_range"]
+    if cfg.w_min < lo or cfg.w_max > hi:
+        raise SystemExit(f"--w-min/--w-max [{cfg.w_min}, {cfg.w_max}] leave the student's range [{lo}, {hi}]")
+    fake = load_fake(cfg, teacher, student)
+    _, world, device, (x_train, y_train) = setup(cfg)
+    if world > 1:
+        raise SystemExit("train.dmd runs as one process")
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    frozen = [m.to(device, memory_format=fmt).eval().requires_grad_(False) for m in (teacher, copy.deepcopy(student))]
+    anchor = frozen[1] if cfg.anchor_weight > 0 else None
+    pair = GeneratorAndFake(student, fake).to(device, memory_format=fmt)
+    ema, history = train_loop(cfg, pair, DMDTask(frozen[0], anchor, cfg), x_train, y_train, device=device)
+    trained = _portable(ema.generator)
+    distilled = {**trained.distilled, "guidance_range": [float(cfg.w_min), float(cfg.w_max)],
+                 "dmd": {"teacher": Path(cfg.teacher).name, "start": Path(cfg.student).name,
+                         "steps": int(cfg._run_info.get("steps_done", cfg.steps)), "anchor_weight": cfg.anchor_weight,
+                         "fake_updates": cfg.fake_updates}}
+    generator = ScoreModel(**{**dict(trained._hub_mixin_config), "distilled": distilled})
+    generator.load_state_dict(trained.state_dict())
+    w = min(max(cfg.sample_guidance, cfg.w_min), cfg.w_max)
+    images, _ = Pipeline(generator, name="dmd", precision="fp32").generate(
+        torch.arange(10).repeat_interleave(10), sampler="ddim", num_steps=1, guidance=w, seed=0)
+    save_grid(images, Path(cfg.out) / "samples.png", nrow=10)
+    tail = [h["loss"] for h in history[-max(1, len(history) // 10):]]
+    finish(cfg, generator, {"final_loss": round(sum(tail) / max(1, len(tail)), 5) if tail else None,
+                            "history_tail": history[-3:]})
+    return generator, history
+
+
+if __name__ == "__main__":
+    main()
