@@ -44,7 +44,7 @@ def training_lines(name: str, rec: dict) -> list[str]:
 def distill_lines(rec: dict) -> list[str]:
     """A student's training: its loss, the optimiser, and each stage that made it (a re-trained student's record
     carries the earlier run's stages with that run's command: train.distill --start-from)."""
-    cfg, stages = rec.get("config", {}), rec["stages"]
+    cfg, stages = rec.get("distill_config") or rec.get("config", {}), rec["stages"]
     made = [st for st in stages if not st["stage"].startswith("start-from")]
     command_of = [st.get("command") or rec.get("command", "n/a") for st in made]
     commands = list(dict.fromkeys(command_of))
@@ -57,8 +57,18 @@ def distill_lines(rec: dict) -> list[str]:
               f"optimisation (each stage): AdamW lr {cfg.get('lr')}, {cfg.get('warmup')} warm-up steps then cosine "
               f"decay, batch {cfg.get('batch_size')}, grad clip {cfg.get('grad_clip')}, EMA decay {cfg.get('ema_decay')} "
               "(each stage's EMA weights start the next; the weights here are the last stage's EMA weights)"]
+    if "dmd" in rec:                                # then fine-tuned by distribution matching (train/dmd.py)
+        d = rec["dmd"]
+        lines.append("then distribution matching distillation (diffusion/dmd.py; Yin et al. 2024, DMD and DMD2): the "
+                     "one-step generator moved along (D_fake - D_real) / mean|x - D_real|, D_real the guided teacher, "
+                     f"D_fake a denoiser of the generator's own samples updated {d.get('fake_updates')}x per step (AdamW "
+                     f"lr {d.get('fake_lr')}); generator AdamW lr {d.get('lr')}, batch {d.get('batch_size')}, "
+                     f"w ~ U[{d['w_range'][0]}, {d['w_range'][1]}], anchor weight {d.get('anchor_weight')}, noise "
+                     f"levels >= {d.get('dmd_sigma_min')}")
     batch = cfg.get("batch_size") or 0
     for st, command in zip(made, command_of):
+        if st["stage"] == "dmd":
+            batch = rec.get("dmd", {}).get("batch_size") or batch
         run = f" (command {commands.index(command) + 1})" if len(commands) > 1 else ""
         lines.append(f"stage {st['stage']}{run}: {st['steps']} optimizer steps ({st['steps'] * batch:,} images), final "
                      f"loss {st.get('final_loss')}, {(st.get('wall_s') or 0) / 60:.1f} min")

@@ -15,7 +15,7 @@ import train.common
 from diffusion.registry import evaluation_order, model_spec
 
 # the steps of the build that are not one model's own script: the students (all at once) and the evaluation
-AFTER_MODELS = {"distill": "train.distill", "evaluate": "train.evaluate"}
+AFTER_MODELS = {"distill": "train.distill", "dmd": "train.dmd", "evaluate": "train.evaluate"}
 
 
 def scripts() -> dict[str, str]:

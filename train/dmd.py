@@ -18,6 +18,7 @@ config and the guidance range narrowed to the one DMD trained on.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,8 @@ from diffusion.dmd import check_one_step_pair, dmd_direction, dmd_loss, one_step
 from diffusion.images import save_grid
 from diffusion.pipeline import Pipeline
 from diffusion.score import ScoreModel
-from train.common import finish, setup
+from diffusion.hub import DEFAULT_WEIGHTS_DIR
+from train.common import RECORDS, finish, run_command, setup
 from train.loop import TrainConfig, parse_config, train_loop
 
 
@@ -55,7 +57,7 @@ class DMDConfig(TrainConfig):
     dmd_sigma_min: float = 0.05             # the generator's loss: no noise level below this (the fake's error there
                                             # is pixel noise, and the generator learns it as grain)
     anchor_weight: float = 0.25
-    sample_guidance: float = 1.75           # w of the 10x10 grid written at the end
+    sample_guidance: float = 1.5            # w of the 10x10 grid written at the end (the shipped default)
     channels_last: bool = True
 
 
@@ -154,6 +156,31 @@ def load_fake(cfg: DMDConfig, teacher: ScoreModel, student: ScoreModel) -> Score
     return fake
 
 
+def making_of(cfg: DMDConfig, history: list[dict]) -> dict:
+    """What the new student's record adds to finish's: the stages that made the starting student (from its record in
+    train/records/, for shipped weights; each with its run's command) and this run as a last stage, "dmd"; the
+    progressive run's config as `distill_config` (the card's loss line), `dmd` naming this run's settings."""
+    start = Path(cfg.student)
+    path = RECORDS / f"{start.name}.json"
+    earlier = {}
+    if start.resolve().parent == DEFAULT_WEIGHTS_DIR.resolve() and path.is_file():
+        earlier = json.loads(path.read_text())
+    stages = [{**st, "command": st.get("command") or earlier.get("command")} for st in earlier.get("stages", [])
+              if st["stage"] != "dmd"]     # a rerun (build_all.sh --resume) reads its own earlier record: one dmd stage
+    tail = [h["loss"] for h in history[-max(1, len(history) // 10):]]
+    final_loss = round(sum(tail) / len(tail), 5) if tail else None
+    wall = history[-1]["wall_s"] if history else 0.0
+    stages.append({"stage": "dmd", "steps": int(cfg._run_info.get("steps_done", cfg.steps)), "student_steps": 1,
+                   "final_loss": final_loss, "wall_s": wall, "command": run_command()})
+    return {"stages": stages, "ship_steps": 1, "final_loss": final_loss,
+            "total_wall_s": round(sum(st.get("wall_s") or 0.0 for st in stages), 1),
+            "distill_config": earlier.get("config", {}),
+            "dmd": {"w_range": [cfg.w_min, cfg.w_max], "lr": cfg.lr, "fake_lr": cfg.fake_lr,
+                    "fake_updates": cfg.fake_updates, "anchor_weight": cfg.anchor_weight,
+                    "dmd_sigma_min": cfg.dmd_sigma_min, "batch_size": cfg.batch_size, "steps": cfg.steps,
+                    "fake_init": cfg.fake_init or "the teacher, a zero w-embedding"}}
+
+
 def _portable(model):
     return copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format).float()
 
@@ -190,9 +217,7 @@ def main(argv=None):
     images, _ = Pipeline(generator, name="dmd", precision="fp32").generate(
         torch.arange(10).repeat_interleave(10), sampler="ddim", num_steps=1, guidance=w, seed=0)
     save_grid(images, Path(cfg.out) / "samples.png", nrow=10)
-    tail = [h["loss"] for h in history[-max(1, len(history) // 10):]]
-    finish(cfg, generator, {"final_loss": round(sum(tail) / max(1, len(tail)), 5) if tail else None,
-                            "history_tail": history[-3:]})
+    finish(cfg, generator, making_of(cfg, history))
     return generator, history
 
 

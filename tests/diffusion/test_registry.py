@@ -128,7 +128,7 @@ def test_training_cli_lists_the_extra_model_and_refuses_an_unknown_one(capsys):
     import train.cli
     with registered(FASHION):
         assert train.cli.scripts()["fashion-pixel-cond"] == "train.fashion_pixel_cond"
-        assert list(train.cli.scripts())[-3:] == ["fashion-pixel-cond", "distill", "evaluate"]
+        assert list(train.cli.scripts())[-4:] == ["fashion-pixel-cond", "distill", "dmd", "evaluate"]
         assert train.cli.main([]) == 2 and "pixel-uncond, fashion-pixel-cond, distill" in capsys.readouterr().out
     assert train.cli.main(["nope"]) == 2 and "unknown model 'nope'" in capsys.readouterr().err
 

@@ -59,6 +59,8 @@ def test_script_end_to_end(folders, monkeypatch):
     assert (folders / "run" / "samples.png").is_file()
     record = json.loads((folders / "run" / "record.json").read_text())
     assert record["command"].startswith("python -m ") and record["config"]["anchor_weight"] == 0.25
+    assert [st["stage"] for st in record["stages"]] == ["dmd"] and record["stages"][0]["steps"] == 3
+    assert record["dmd"]["w_range"] == [1.0, 3.0] and record["distill_config"] == {}
     pipe = Pipeline(shipped, name="x", precision="fp32")
     images, last = pipe.generate([0, 7], sampler="ddim", num_steps=1, guidance=2.0, seed=0)
     assert last.nfe == 1 and images.shape == (2, 8, 8) and torch.isfinite(images).all()
@@ -141,3 +143,30 @@ def test_runs_that_cannot_work_are_refused_by_name(folders, monkeypatch, extra, 
     with pytest.raises(SystemExit, match=message):
         _run(monkeypatch, argv)
     assert not (folders / "refused" / "w").exists()
+
+
+def test_a_shipped_students_record_carries_its_stages_into_the_new_one(folders, monkeypatch, tmp_path):
+    """--student from the shipped weights folder: the new record lists the stages that made it (each with its run's
+    command), then "dmd"; the card's Training section tells both methods, with each stage's own batch."""
+    from train.card_training import training_lines
+    shipped, records = tmp_path / "weights", tmp_path / "records"
+    records.mkdir()
+    ScoreModel.from_pretrained(folders / "student").save_pretrained(shipped / "pixel-cond-distilled-1step")
+    old = {"command": "python -m train.distill --teacher weights/pixel-cond", "config": {"w_min": 0.0, "w_max": 4.0,
+           "batch_size": 64, "lr": 5e-4}, "stages": [{"stage": "guidance", "steps": 10, "final_loss": 1.0, "wall_s": 60.0},
+           {"stage": "round-2-to-1", "steps": 20, "final_loss": 2.0, "wall_s": 120.0, "command": "python -m x"}]}
+    (records / "pixel-cond-distilled-1step.json").write_text(json.dumps(old))
+    monkeypatch.setattr(dmd, "DEFAULT_WEIGHTS_DIR", shipped)
+    monkeypatch.setattr(dmd, "RECORDS", records)
+    argv = _args(folders, "from-shipped", "--batch-size", "8")
+    argv[argv.index("--student") + 1] = str(shipped / "pixel-cond-distilled-1step")
+    _run(monkeypatch, argv)
+    record = json.loads((folders / "from-shipped" / "record.json").read_text())
+    assert [st["stage"] for st in record["stages"]] == ["guidance", "round-2-to-1", "dmd"]
+    assert [st["command"] for st in record["stages"][:2]] == [old["command"], "python -m x"]
+    assert record["stages"][2]["command"].startswith("python -m ") and record["distill_config"] == old["config"]
+    assert record["total_wall_s"] == round(180.0 + record["stages"][2]["wall_s"], 1)
+    text = "\n".join(training_lines("pixel-cond-distilled-1step", record))
+    assert "w ~ U[0.0, 4.0]" in text                       # the progressive stages' range, from their own config
+    assert "distribution matching" in text and "w ~ U[1.0, 3.0]" in text
+    assert "stage dmd" in text and "(24 images)" in text   # 3 steps of batch 8, not the progressive batch of 64
