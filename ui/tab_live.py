@@ -27,7 +27,8 @@ LIVE_TARGET_S = 0.25                  # network seconds for DEFAULT_LIVE_IMAGES:
 ALL_DIGITS = "all"                    # the digit choice that draws 0-9 in turn
 TEACHER = model_spec(DISTILLED_NAMES[0]).teacher     # the students' teacher: what runs when they are missing
 FALLBACK_SAMPLER, FALLBACK_STEPS = "dpmpp_2m", 5   # FD 7.94 at w = 2 (bench/results/samplers.md)
-FALLBACK_GUIDANCE_RANGE = (0.0, 4.0)  # train.distill's default w range: the page is the same once students arrive
+FALLBACK_GUIDANCE_RANGE = (1.0, 3.0)  # the shipped students' common w range (the 1-step's since its DMD fine-tune):
+                                      # the page is the same once students arrive (tests/ui/test_live.py)
 BUILD_COMMAND = ("python -m train.distill --teacher weights/pixel-cond --out runs/pixel-cond-distilled "
                  "--weights-dir weights/pixel-cond-distilled")
 EXPLAINED = (Path(__file__).resolve().parent / "live.md").read_text(encoding="utf-8")

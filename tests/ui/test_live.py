@@ -18,7 +18,7 @@ from diffusion.registry import DISTILLED_NAMES
 from factories import tiny_model, tiny_students
 from ui import build_demo
 from ui.pictures import SENT_PX, sent_grid
-from ui.tab_live import BUILD_COMMAND, FALLBACK_STEPS, student_messages
+from ui.tab_live import BUILD_COMMAND, FALLBACK_GUIDANCE_RANGE, FALLBACK_STEPS, student_messages
 
 LIVE = dict(api_name="/live")
 
@@ -178,6 +178,16 @@ def test_without_students_the_teacher_runs_and_the_page_says_so(teacher):
     assert "no student weights" in summary and "images × 2 for guidance" in summary
     with pytest.raises(gr.Error, match=rf"steps \(Steps\) must be one of {FALLBACK_STEPS} \(the teacher"):
         run(tab, steps=4)
+
+
+def test_the_fallbacks_guidance_range_is_the_shipped_students_common_range():
+    """Without students Live offers the w range it will offer once the shipped students load: the page does not
+    change under a visitor when they arrive (their configs in weights/, not the tiny ones)."""
+    import json
+    from diffusion.hub import DEFAULT_WEIGHTS_DIR
+    ranges = [json.loads((DEFAULT_WEIGHTS_DIR / n / "config.json").read_text())["distilled"]["guidance_range"]
+              for n in DISTILLED_NAMES]
+    assert FALLBACK_GUIDANCE_RANGE == (max(lo for lo, _ in ranges), min(hi for _, hi in ranges)) == (1.0, 3.0)
 
 
 def test_without_any_model_live_is_off_and_says_how_to_build_the_students(teacher):
