@@ -1,4 +1,4 @@
-"""Distribution matching distillation of a one-step student (Yin et al. 2024, "One-step Diffusion with Distribution
+"""Distribution matching distillation of a few-step student (Yin et al. 2024, "One-step Diffusion with Distribution
 Matching Distillation"; the two-network update of DMD2, Yin et al. 2024), in the VE SDE's denoiser terms.
 
 Progressive distillation (diffusion/distill.py) copies the teacher's deterministic trajectories, and the teacher's
@@ -6,7 +6,9 @@ probability-flow ODE itself puts a lone speck in about one image in twenty-five 
 asks the generator's *distribution* to match the teacher's, whose score the teacher knows at every noise level: the
 stochastic sampler's distribution, not the ODE's paths.
 
-Generator: the one-step student, x = G(z, c, w) = D_s(sigma_max z; sigma_max, c, w). Noised at sigma,
+Generator: a few-step student run by its own sampler (`student_generate`; one step: x = G(z, c, w) =
+D_s(sigma_max z; sigma_max, c, w); more steps: ddim on its grid, ancestral with eta, back-propagated through every
+call). Noised at sigma,
 x_t = x + sigma eps, its distribution p_fake,sigma; the teacher's guided denoiser D_real(x_t; sigma, c, w) gives the
 real score s_real = (D_real - x_t) / sigma^2 (Tweedie), and a second network D_fake, trained online with DSM on
 the generator's own (detached) outputs, gives s_fake = (D_fake - x_t) / sigma^2. The KL gradient per sample is
@@ -28,6 +30,8 @@ from __future__ import annotations
 
 import torch
 
+from .samplers import ancestral_split, ddim_step, sampling_sigmas
+
 
 def dmd_direction(x: torch.Tensor, real_denoised: torch.Tensor, fake_denoised: torch.Tensor) -> torch.Tensor:
     """g = (D_fake - D_real) / mean_pixels |x - D_real| per sample (the DMD gradient of the KL in x; x the
@@ -43,21 +47,35 @@ def dmd_loss(x: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
     return 0.5 * (x - target).square().mean()
 
 
-def one_step_generate(student, z: torch.Tensor, labels, w) -> torch.Tensor:
-    """G(z, c, w) = D_s(sigma_max z; sigma_max, c, w): what `ddim` does in one step from the prior, differentiable.
-    z (B, C, H, W) unit noise, w (B,) or a float."""
-    sigma_max = student.sde.std_max
-    return student.denoise(z * sigma_max, torch.full((z.shape[0],), sigma_max, dtype=torch.float64,
-                                                     device=z.device), labels, guidance=w)
+def student_generate(student, z: torch.Tensor, labels, w, eta: float = 0.0, noises: torch.Tensor | None = None):
+    """G(z, c, w): the student's own sampler, differentiable: `ddim` on its N-step grid from x = sigma_0 z, each
+    step x' = D + (sigma_down / sigma)(x - D) + sigma_up n_i (diffusion.samplers.ancestral_split; eta = 0: plain
+    DDIM), the last returning D. One step: D_s(sigma_max z; sigma_max, c, w). z (B, C, H, W) unit noise; noises
+    (B, N - 1, C, H, W) the unit noise of the ancestral steps (needed when eta > 0 and N > 1); w (B,) or a float."""
+    sigmas = sampling_sigmas(student, int(student.distilled["steps"])).tolist()
+    if eta > 0 and len(sigmas) > 2 and noises is None:
+        raise ValueError("an ancestral generator (eta > 0) of more than one step needs the noises of its steps")
+    b, x = z.shape[0], z * sigmas[0]
+    for i, (sigma, sigma_next) in enumerate(zip(sigmas, sigmas[1:])):
+        denoised = student.denoise(x, torch.full((b,), sigma, dtype=torch.float64, device=z.device), labels,
+                                   guidance=w)
+        if sigma_next == 0:
+            return denoised
+        if eta > 0:
+            sigma_down, sigma_up = ancestral_split(sigma, sigma_next, eta)
+            x = ddim_step(x, denoised, sigma, sigma_down) + sigma_up * noises[:, i]
+        else:
+            x = ddim_step(x, denoised, sigma, sigma_next)
+    raise ValueError(f"the student's grid {sigmas} does not end at sigma = 0")
 
 
-def check_one_step_pair(student, teacher) -> None:
-    """A DMD run needs a one-step student with w as an input and the class-conditional teacher it imitates (same SDE,
-    image size and channels); ValueError naming what does not match."""
+def check_student_pair(student, teacher) -> None:
+    """A DMD run needs a few-step student with w as an input and the class-conditional teacher it imitates (same SDE,
+    image size, channels and classes); ValueError naming what does not match."""
     d = getattr(student, "distilled", None) or {}
-    if d.get("steps") != 1 or not getattr(student, "guidance_embed", False):
-        raise ValueError(f"the generator must be a one-step distilled student (config distilled.steps = 1, w an input); "
-                         f"got distilled = {d or None}")
+    if not d.get("steps") or not getattr(student, "guidance_embed", False):
+        raise ValueError(f"the generator must be a few-step distilled student (config distilled.steps set, w an "
+                         f"input); got distilled = {d or None}")
     if not teacher.conditional or getattr(teacher, "distilled", None):
         raise ValueError("the teacher must be a class-conditional score model, not a student")
     for what, a, b in (("sigma", student.sde.sigma, teacher.sde.sigma),

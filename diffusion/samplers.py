@@ -374,6 +374,14 @@ def check_guidance(score_model, guidance) -> None:
         raise ValueError(f"guidance {guidance!r} is outside [{lo:g}, {hi:g}], the range this student was distilled on")
 
 
+def ancestral_split(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
+    """(sigma_down, sigma_up) of an ancestral step sigma -> sigma' (k-diffusion's `get_ancestral_step`): fresh noise
+    sigma_up = min(sigma', eta sigma' sqrt(1 - sigma'^2 / sigma^2)), the deterministic part sigma_down =
+    sqrt(sigma'^2 - sigma_up^2), so that sigma_down^2 + sigma_up^2 = sigma'^2."""
+    sigma_up = min(sigma_next, eta * sigma_next * math.sqrt(1 - (sigma_next / sigma) ** 2))
+    return math.sqrt(sigma_next ** 2 - sigma_up ** 2), sigma_up
+
+
 @register_sampler("ddim", nfe=lambda steps: steps,
                   description="DDIM: Euler on the probability-flow ODE, 1 NFE/step; a distilled student's sampler "
                               "(on its own 1-4 step grid), plain DDIM on the Karras grid for other models")
@@ -399,8 +407,7 @@ def ddim(score_model, x, labels=None, *, num_steps, generator=None, guidance=1.0
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x0 = score_model.denoise(x, sigma, labels, guidance)   # one network call (a student takes w as an input)
         if eta > 0 and sigma_next > 0:
-            sigma_up = min(sigma_next, eta * sigma_next * math.sqrt(1 - (sigma_next / sigma) ** 2))
-            sigma_down = math.sqrt(sigma_next ** 2 - sigma_up ** 2)
+            sigma_down, sigma_up = ancestral_split(sigma, sigma_next, eta)
             x = ddim_step(x, x0, sigma, sigma_down) + sigma_up * _randn_like(x, generator)
         else:
             x = ddim_step(x, x0, sigma, sigma_next)         # last step: sigma' = 0, x = D

@@ -60,7 +60,8 @@ def distill_lines(rec: dict) -> list[str]:
     if "dmd" in rec:                                # then fine-tuned by distribution matching (train/dmd.py)
         d = rec["dmd"]
         lines.append("then distribution matching distillation (diffusion/dmd.py; Yin et al. 2024, DMD and DMD2): the "
-                     "one-step generator moved along (D_fake - D_real) / mean|x - D_real|, D_real the guided teacher, "
+                     f"{rec.get('ship_steps', 1)}-step generator (ddim on its grid, eta {d.get('eta', 0.0)}) moved "
+                     "along (D_fake - D_real) / mean|x - D_real|, D_real the guided teacher, "
                      f"D_fake a denoiser of the generator's own samples updated {d.get('fake_updates')}x per step (AdamW "
                      f"lr {d.get('fake_lr')}); generator AdamW lr {d.get('lr')}, batch {d.get('batch_size')}, "
                      f"w ~ U[{d['w_range'][0]}, {d['w_range'][1]}], anchor weight {d.get('anchor_weight')}, noise "

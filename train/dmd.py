@@ -1,11 +1,13 @@
-"""Distribution matching distillation (DMD) of the one-step student: fine-tune it so that its samples' distribution,
+"""Distribution matching distillation (DMD) of a few-step student: fine-tune it so that its samples' distribution,
 not its path, matches the guided teacher's (the math in diffusion/dmd.py).
 
     python -m train.dmd --student weights/pixel-cond-distilled-1step --teacher weights/pixel-cond [flags]
 
 Two networks train together (DMD2's two time-scale update):
-    generator   the one-step student, moved along the DMD direction (D_fake - D_real) / mean|x - D_real|, at noise
-                levels >= --dmd-sigma-min; its loss is the one train_loop optimizes (--lr, schedule, EMA)
+    generator   the student run by its own sampler (ddim on its grid, ancestral with --eta between steps: 0.5 for
+                the 2-step student's default, 1 for the 4-step's euler_ancestral), moved along the DMD direction
+                (D_fake - D_real) / mean|x - D_real| at noise levels >= --dmd-sigma-min; its loss is the one
+                train_loop optimizes (--lr, schedule, EMA), back-propagated through every step
     fake        a w-conditioned denoiser of the generator's own samples, trained with DSM on them as they change,
                 --fake-updates times per generator step (its own AdamW at --fake-lr), so that it keeps up; it starts
                 as --fake-init (stage 1's guidance student, a denoiser of the guided teacher, so the DMD direction
@@ -25,7 +27,7 @@ from pathlib import Path
 import torch
 
 from diffusion.distill import make_student, weighted_error
-from diffusion.dmd import check_one_step_pair, dmd_direction, dmd_loss, one_step_generate
+from diffusion.dmd import check_student_pair, dmd_direction, dmd_loss, student_generate
 from diffusion.images import save_grid
 from diffusion.pipeline import Pipeline
 from diffusion.score import ScoreModel
@@ -36,10 +38,11 @@ from train.loop import TrainConfig, parse_config, train_loop
 
 @dataclass
 class DMDConfig(TrainConfig):
-    """Distribution matching distillation of a one-step student (python -m train.dmd)."""
+    """Distribution matching distillation of a few-step student (python -m train.dmd)."""
     out: str = "runs/pixel-cond-distilled-1step-dmd"
     weights_dir: str = ""
-    student: str = "weights/pixel-cond-distilled-1step"   # the generator's starting point: a one-step student
+    student: str = "weights/pixel-cond-distilled-1step"   # the generator's starting point: a few-step student
+    eta: float = 0.0                        # the generator's ancestral noise between its steps (ddim's eta)
     teacher: str = "weights/pixel-cond"                   # the real score: its guided denoiser at the student's w
     fake_init: str = ""                     # a guidance-embedded denoiser of the teacher (train.distill's stage 1)
     steps: int = 1000
@@ -74,27 +77,33 @@ class DMDTask:
     generator samples (no gradient through G; the task's own optimizer), then the generator's DMD loss (+ the anchor),
     the loss train_loop back-propagates. The fake's parameters get no gradient from that loss."""
 
-    def __init__(self, teacher, anchor, cfg: DMDConfig):
-        self.teacher, self.anchor, self.cfg, self.sde = teacher, anchor, cfg, teacher.sde
+    def __init__(self, teacher, anchor, cfg: DMDConfig, steps: int = 1):
+        self.teacher, self.anchor, self.cfg, self.sde, self.steps = teacher, anchor, cfg, teacher.sde, steps
         self.fake_opt, self.fake_steps = None, 0
+
+    def generate(self, student, z, y, w, step_noise):
+        return student_generate(student, z, y, w, self.cfg.eta, step_noise)
 
     def _sigma(self, shape, g, floor):
         ln_sigma = self.cfg.p_mean + self.cfg.p_std * torch.randn(shape, generator=g, dtype=torch.float64)
         return ln_sigma.exp().clamp(max(floor, self.sde.std_min), self.sde.std_max)
 
     def noise(self, x, y, g):
-        b, k, c = x.shape[0], self.cfg.fake_updates, self.cfg
+        b, k, c, m = x.shape[0], self.cfg.fake_updates, self.cfg, self.steps - 1
         return {"z": torch.randn(x.shape, generator=g), "w": c.w_min + (c.w_max - c.w_min) * torch.rand(b, generator=g),
+                # (B, N - 1, ...) and (B, k, N - 1, ...): the ancestral steps' noise of an N-step generator
+                "steps": torch.randn(b, m, *x.shape[1:], generator=g),
+                "fake_steps": torch.randn(b, k, m, *x.shape[1:], generator=g),
                 "sigma": self._sigma(b, g, c.dmd_sigma_min), "eps": torch.randn(x.shape, generator=g),
                 # (B, k, ...): the k fake updates' generator noise, w, noise level and DSM noise
                 "fake_z": torch.randn(b, k, *x.shape[1:], generator=g),
                 "fake_w": c.w_min + (c.w_max - c.w_min) * torch.rand(b, k, generator=g),
                 "fake_sigma": self._sigma((b, k), g, 0.0), "fake_eps": torch.randn(b, k, *x.shape[1:], generator=g)}
 
-    def fake_loss(self, gen, fake, z, y, w, sigma, eps):
+    def fake_loss(self, gen, fake, z, y, w, sigma, eps, step_noise=None):
         """lambda(sigma) ||D_fake(x + sigma eps) - x||^2 on generator samples x = G(z) (detached)."""
         with torch.no_grad():
-            clean = one_step_generate(gen, z, y, w)
+            clean = self.generate(gen, z, y, w, step_noise)
         noisy = clean + sigma.to(clean.dtype).view(-1, 1, 1, 1) * eps
         return weighted_error(fake, fake.denoise(noisy, sigma, y, guidance=w), clean, sigma)
 
@@ -107,7 +116,7 @@ class DMDTask:
                 group["lr"] = self.cfg.fake_lr * min(1.0, (self.fake_steps + 1) / max(1, self.cfg.warmup))
             loss = self.fake_loss(gen, fake, noise["fake_z"][:, j].to(device, dtype), y,
                                   noise["fake_w"][:, j].to(device), noise["fake_sigma"][:, j].to(device),
-                                  noise["fake_eps"][:, j].to(device, dtype))
+                                  noise["fake_eps"][:, j].to(device, dtype), noise["fake_steps"][:, j].to(device, dtype))
             self.fake_opt.zero_grad(set_to_none=True)
             loss.backward()
             self.fake_opt.step()
@@ -122,7 +131,8 @@ class DMDTask:
         if self.cfg.fake_updates and torch.is_grad_enabled():
             logs["fake"] = sum(self.update_fake(gen, fake, y, noise, x.device, x.dtype)) / self.cfg.fake_updates
         z, w = noise["z"].to(x.device, x.dtype), noise["w"].to(x.device)
-        sample = one_step_generate(gen, z, y, w)                                  # (B, C, H, W), grads to G
+        step_noise = noise["steps"].to(x.device, x.dtype)
+        sample = self.generate(gen, z, y, w, step_noise)                          # (B, C, H, W), grads to G
         clean = sample.detach()
         sigma = noise["sigma"].to(x.device)
         noisy = clean + sigma.to(x.dtype).view(-1, 1, 1, 1) * noise["eps"].to(x.device, x.dtype)
@@ -133,7 +143,7 @@ class DMDTask:
         logs["dmd"] = float(loss.detach())
         if self.anchor is not None and self.cfg.anchor_weight > 0:
             with torch.no_grad():
-                start = one_step_generate(self.anchor, z, y, w)
+                start = self.generate(self.anchor, z, y, w, step_noise)
             anchor = (sample - start).square().mean()
             loss = loss + self.cfg.anchor_weight * anchor
             logs["anchor"] = float(anchor.detach())
@@ -156,7 +166,7 @@ def load_fake(cfg: DMDConfig, teacher: ScoreModel, student: ScoreModel) -> Score
     return fake
 
 
-def making_of(cfg: DMDConfig, history: list[dict]) -> dict:
+def making_of(cfg: DMDConfig, history: list[dict], steps: int = 1) -> dict:
     """What the new student's record adds to finish's: the stages that made the starting student (from its record in
     train/records/, for shipped weights; each with its run's command) and this run as a last stage, "dmd"; the
     progressive run's config as `distill_config` (the card's loss line), `dmd` naming this run's settings."""
@@ -170,14 +180,14 @@ def making_of(cfg: DMDConfig, history: list[dict]) -> dict:
     tail = [h["loss"] for h in history[-max(1, len(history) // 10):]]
     final_loss = round(sum(tail) / len(tail), 5) if tail else None
     wall = history[-1]["wall_s"] if history else 0.0
-    stages.append({"stage": "dmd", "steps": int(cfg._run_info.get("steps_done", cfg.steps)), "student_steps": 1,
+    stages.append({"stage": "dmd", "steps": int(cfg._run_info.get("steps_done", cfg.steps)), "student_steps": steps,
                    "final_loss": final_loss, "wall_s": wall, "command": run_command()})
-    return {"stages": stages, "ship_steps": 1, "final_loss": final_loss,
+    return {"stages": stages, "ship_steps": steps, "final_loss": final_loss,
             "total_wall_s": round(sum(st.get("wall_s") or 0.0 for st in stages), 1),
             "distill_config": earlier.get("config", {}),
             "dmd": {"w_range": [cfg.w_min, cfg.w_max], "lr": cfg.lr, "fake_lr": cfg.fake_lr,
                     "fake_updates": cfg.fake_updates, "anchor_weight": cfg.anchor_weight,
-                    "dmd_sigma_min": cfg.dmd_sigma_min, "batch_size": cfg.batch_size, "steps": cfg.steps,
+                    "dmd_sigma_min": cfg.dmd_sigma_min, "eta": cfg.eta, "batch_size": cfg.batch_size, "steps": cfg.steps,
                     "fake_init": cfg.fake_init or "the teacher, a zero w-embedding"}}
 
 
@@ -187,11 +197,13 @@ def _portable(model):
 
 def main(argv=None):
     cfg = parse_config(DMDConfig, argv)
+    if not 0 <= cfg.eta <= 1:
+        raise SystemExit(f"--eta must be in [0, 1], got {cfg.eta}")
     if not 0 <= cfg.w_min <= cfg.w_max:
         raise SystemExit(f"need 0 <= --w-min <= --w-max, got {cfg.w_min}, {cfg.w_max}")
     student, teacher = ScoreModel.from_pretrained(cfg.student), ScoreModel.from_pretrained(cfg.teacher)
     try:
-        check_one_step_pair(student, teacher)
+        check_student_pair(student, teacher)
     except ValueError as e:
         raise SystemExit(f"--student {cfg.student} / --teacher {cfg.teacher}: {e}") from None
     lo, hi = student.distilled["guidance_range"]
@@ -205,19 +217,21 @@ def main(argv=None):
     frozen = [m.to(device, memory_format=fmt).eval().requires_grad_(False) for m in (teacher, copy.deepcopy(student))]
     anchor = frozen[1] if cfg.anchor_weight > 0 else None
     pair = GeneratorAndFake(student, fake).to(device, memory_format=fmt)
-    ema, history = train_loop(cfg, pair, DMDTask(frozen[0], anchor, cfg), x_train, y_train, device=device)
+    steps = int(student.distilled["steps"])
+    ema, history = train_loop(cfg, pair, DMDTask(frozen[0], anchor, cfg, steps), x_train, y_train, device=device)
     trained = _portable(ema.generator)
     distilled = {**trained.distilled, "guidance_range": [float(cfg.w_min), float(cfg.w_max)],
                  "dmd": {"teacher": Path(cfg.teacher).name, "start": Path(cfg.student).name,
                          "steps": int(cfg._run_info.get("steps_done", cfg.steps)), "anchor_weight": cfg.anchor_weight,
+                         "eta": cfg.eta,
                          "fake_updates": cfg.fake_updates}}
     generator = ScoreModel(**{**dict(trained._hub_mixin_config), "distilled": distilled})
     generator.load_state_dict(trained.state_dict())
     w = min(max(cfg.sample_guidance, cfg.w_min), cfg.w_max)
     images, _ = Pipeline(generator, name="dmd", precision="fp32").generate(
-        torch.arange(10).repeat_interleave(10), sampler="ddim", num_steps=1, guidance=w, seed=0)
+        torch.arange(10).repeat_interleave(10), sampler="ddim", num_steps=steps, guidance=w, seed=0, eta=cfg.eta)
     save_grid(images, Path(cfg.out) / "samples.png", nrow=10)
-    finish(cfg, generator, making_of(cfg, history))
+    finish(cfg, generator, making_of(cfg, history, steps))
     return generator, history
 
 

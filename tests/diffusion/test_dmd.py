@@ -1,10 +1,10 @@
 """Distribution matching distillation (diffusion/dmd.py): the direction against the Gaussian closed form, the
-surrogate's gradient, a generator pulled onto the real distribution, the one-step generator as `ddim`'s step."""
+surrogate's gradient, a generator pulled onto the real distribution, the generator as the student's own sampler."""
 import pytest
 import torch
 
 from diffusion.distill import distilled_config, make_student
-from diffusion.dmd import check_one_step_pair, dmd_direction, dmd_loss, one_step_generate
+from diffusion.dmd import check_student_pair, dmd_direction, dmd_loss, student_generate
 from diffusion.samplers import ddim
 from tests.factories import tiny_score
 
@@ -57,33 +57,49 @@ def test_dmd_steps_move_a_gaussian_generator_onto_the_real_mean():
 
 
 def one_step_student(teacher, steps=1):
-    return make_student(teacher, distilled_config(steps, 16, (0.0, 4.0))).eval()
-
-
-def test_one_step_generation_is_ddims_single_step():
-    teacher = tiny_score(num_classes=10, image_size=8, precond="edm")
-    student = one_step_student(teacher)
+    student = make_student(teacher, distilled_config(steps, 16, (0.0, 4.0))).eval()
     with torch.no_grad():
         student.net.guidance_embed[-1].weight.normal_(0, 0.5)      # w reaches the output, as after training
+    return student
+
+
+@pytest.mark.parametrize("steps, eta", [(1, 0.0), (2, 0.0), (2, 0.5), (4, 1.0)])
+def test_the_generator_is_the_students_own_sampler(steps, eta):
+    """student_generate (differentiable) lands where `ddim` at that eta lands from the same noise, step noise
+    included: ddim draws its ancestral noise from the generator in step order, the test hands the same draws in."""
+    teacher = tiny_score(num_classes=10, image_size=8, precond="edm")
+    student = one_step_student(teacher, steps)
     z, labels = torch.randn(4, 1, 8, 8), torch.tensor([0, 3, 5, 9])
     w = torch.tensor([1.0, 1.5, 2.0, 3.0])
+    g = torch.Generator().manual_seed(7)
+    noises = torch.stack([torch.randn(z.shape, generator=g) for _ in range(steps - 1)], 1) if steps > 1 else None
     with torch.no_grad():
-        steps = list(ddim(student, z * student.sde.std_max, labels, num_steps=1, guidance=w))
-        direct = one_step_generate(student, z, labels, w)
-    torch.testing.assert_close(direct, steps[-1].x)
-    assert not torch.allclose(direct[:1], one_step_generate(student, z[:1], labels[:1], 3.0))
+        walk = list(ddim(student, z * student.sde.std_max, labels, num_steps=steps, guidance=w, eta=eta,
+                         generator=torch.Generator().manual_seed(7)))
+    direct = student_generate(student, z, labels, w, eta, noises)
+    torch.testing.assert_close(direct.detach(), walk[-1].x)
+    direct.sum().backward()                                     # differentiable through every step
+    assert student.net.conv_in.weight.grad.abs().sum() > 0
+
+
+def test_an_ancestral_generator_needs_its_step_noise():
+    student = one_step_student(tiny_score(num_classes=10, image_size=8, precond="edm"), 2)
+    with pytest.raises(ValueError, match="needs the noises"):
+        student_generate(student, torch.randn(1, 1, 8, 8), torch.tensor([1]), 1.5, eta=0.5)
+    student_generate(student, torch.randn(1, 1, 8, 8), torch.tensor([1]), 1.5, eta=0.0)   # deterministic: none needed
 
 
 def test_pairs_that_dmd_cannot_train_are_named():
     teacher = tiny_score(num_classes=10, image_size=8, precond="edm")
-    check_one_step_pair(one_step_student(teacher), teacher)
-    with pytest.raises(ValueError, match="one-step distilled student"):
-        check_one_step_pair(one_step_student(teacher, steps=4), teacher)
-    with pytest.raises(ValueError, match="one-step distilled student"):
-        check_one_step_pair(teacher, teacher)
+    check_student_pair(one_step_student(teacher), teacher)
+    check_student_pair(one_step_student(teacher, steps=4), teacher)
+    with pytest.raises(ValueError, match="few-step distilled student"):
+        check_student_pair(teacher, teacher)
+    with pytest.raises(ValueError, match="few-step distilled student"):
+        check_student_pair(make_student(teacher, distilled_config(None, 16, (0.0, 4.0))), teacher)   # stage 1's
     with pytest.raises(ValueError, match="not a student"):
-        check_one_step_pair(one_step_student(teacher), one_step_student(teacher))
+        check_student_pair(one_step_student(teacher), one_step_student(teacher))
     with pytest.raises(ValueError, match="sigma"):
-        check_one_step_pair(one_step_student(teacher), tiny_score(num_classes=10, image_size=8, sigma=10.0))
+        check_student_pair(one_step_student(teacher), tiny_score(num_classes=10, image_size=8, sigma=10.0))
     with pytest.raises(ValueError, match="image size"):
-        check_one_step_pair(one_step_student(teacher), tiny_score(num_classes=10, image_size=16, precond="edm"))
+        check_student_pair(one_step_student(teacher), tiny_score(num_classes=10, image_size=16, precond="edm"))

@@ -7,7 +7,7 @@ import torch
 
 import train.common
 from diffusion.distill import distilled_config, make_student
-from diffusion.dmd import dmd_direction, dmd_loss, one_step_generate
+from diffusion.dmd import dmd_direction, dmd_loss, student_generate
 from diffusion.pipeline import Pipeline
 from diffusion.score import ScoreModel
 from tests.factories import tiny_score
@@ -49,7 +49,8 @@ def test_script_end_to_end(folders, monkeypatch):
     shipped = ScoreModel.from_pretrained(folders / "run" / "w")
     d = shipped.distilled
     assert d["steps"] == 1 and d["guidance_range"] == [1.0, 3.0]
-    assert d["dmd"] == {"teacher": "teacher", "start": "student", "steps": 3, "anchor_weight": 0.25, "fake_updates": 4}
+    assert d["dmd"] == {"teacher": "teacher", "start": "student", "steps": 3, "anchor_weight": 0.25, "eta": 0.0,
+                        "fake_updates": 4}
     start = ScoreModel.from_pretrained(folders / "student")
     assert not torch.equal(shipped.net.conv_in.weight, start.net.conv_in.weight)    # the generator trained
     ckpt = latest_checkpoint(folders / "run")
@@ -60,6 +61,7 @@ def test_script_end_to_end(folders, monkeypatch):
     record = json.loads((folders / "run" / "record.json").read_text())
     assert record["command"].startswith("python -m ") and record["config"]["anchor_weight"] == 0.25
     assert [st["stage"] for st in record["stages"]] == ["dmd"] and record["stages"][0]["steps"] == 3
+    assert record["stages"][0]["student_steps"] == record["ship_steps"] == 1
     assert record["dmd"]["w_range"] == [1.0, 3.0] and record["distill_config"] == {}
     pipe = Pipeline(shipped, name="x", precision="fp32")
     images, last = pipe.generate([0, 7], sampler="ddim", num_steps=1, guidance=2.0, seed=0)
@@ -76,6 +78,23 @@ def _pair_and_task(folders, **cfg):
     pair = dmd.GeneratorAndFake(ScoreModel.from_pretrained(folders / "student"),
                                 ScoreModel.from_pretrained(folders / "stage1"))
     return pair, dmd.DMDTask(teacher, start, dmd.DMDConfig(**cfg)), teacher, start
+
+
+def test_a_four_step_student_trains_through_its_ancestral_steps(folders, monkeypatch):
+    """--student a 4-step student with --eta 1 (euler_ancestral's noise): the generator is its whole sampler, the
+    shipped folder keeps its 4-step grid and runs that sampler."""
+    argv = _args(folders, "four", "--eta", "1.0")
+    argv[argv.index("--student") + 1] = str(folders / "student4")
+    _run(monkeypatch, argv)
+    shipped = ScoreModel.from_pretrained(folders / "four" / "w")
+    assert shipped.distilled["steps"] == 4 and shipped.distilled["dmd"]["eta"] == 1.0
+    record = json.loads((folders / "four" / "record.json").read_text())
+    assert record["ship_steps"] == 4 and record["dmd"]["eta"] == 1.0
+    start = ScoreModel.from_pretrained(folders / "student4")
+    assert not torch.equal(shipped.net.conv_in.weight, start.net.conv_in.weight)
+    images, last = Pipeline(shipped, name="x", precision="fp32").generate([1, 2], sampler="euler_ancestral",
+                                                                          num_steps=4, guidance=2.0, seed=0)
+    assert last.nfe == 4 and torch.isfinite(images).all()
 
 
 def test_the_generator_loss_is_dmd_plus_anchor_and_reaches_only_the_generator(folders):
@@ -97,13 +116,13 @@ def test_the_generator_loss_is_dmd_plus_anchor_and_reaches_only_the_generator(fo
     pair.zero_grad()
 
     gen, fake, w = pair.generator, pair.fake, n["w"]
-    sample = one_step_generate(gen, n["z"], y, w)
+    sample = student_generate(gen, n["z"], y, w)
     clean = sample.detach()
     noisy = clean + n["sigma"].float().view(-1, 1, 1, 1) * n["eps"]
     with torch.no_grad():
         direction = dmd_direction(clean, teacher.denoise(noisy, n["sigma"], y, guidance=w),
                                   fake.denoise(noisy, n["sigma"], y, guidance=w))
-        start_sample = one_step_generate(start, n["z"], y, w)
+        start_sample = student_generate(start, n["z"], y, w)
     by_hand = dmd_loss(sample, direction) + 0.25 * (sample - start_sample).square().mean()
     assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6) and logs["anchor"] > 0
     by_hand.backward()
@@ -130,7 +149,9 @@ def test_the_fake_learns_the_generators_samples(folders):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--student", "{tmp}/student4"], "one-step distilled student"),
+    (["--student", "{tmp}/teacher"], "few-step distilled student"),
+    (["--student", "{tmp}/stage1"], "few-step distilled student"),
+    (["--eta", "1.5"], "--eta must be in"),
     (["--teacher", "{tmp}/student"], "not a student"),
     (["--fake-init", "{tmp}/teacher"], "guidance-embedded denoiser"),
     (["--fake-init", "{tmp}/student4"], "guidance-embedded denoiser"),
