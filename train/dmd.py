@@ -184,7 +184,7 @@ def making_of(cfg: DMDConfig, history: list[dict], steps: int = 1) -> dict:
                    "final_loss": final_loss, "wall_s": wall, "command": run_command()})
     return {"stages": stages, "ship_steps": steps, "final_loss": final_loss,
             "total_wall_s": round(sum(st.get("wall_s") or 0.0 for st in stages), 1),
-            "distill_config": earlier.get("config", {}),
+            "distill_config": earlier.get("distill_config") or earlier.get("config", {}),
             "dmd": {"w_range": [cfg.w_min, cfg.w_max], "lr": cfg.lr, "fake_lr": cfg.fake_lr,
                     "fake_updates": cfg.fake_updates, "anchor_weight": cfg.anchor_weight,
                     "dmd_sigma_min": cfg.dmd_sigma_min, "eta": cfg.eta, "batch_size": cfg.batch_size, "steps": cfg.steps,

@@ -191,3 +191,10 @@ def test_a_shipped_students_record_carries_its_stages_into_the_new_one(folders, 
     assert "w ~ U[0.0, 4.0]" in text                       # the progressive stages' range, from their own config
     assert "distribution matching" in text and "w ~ U[1.0, 3.0]" in text
     assert "stage dmd" in text and "(24 images)" in text   # 3 steps of batch 8, not the progressive batch of 64
+    # run again on the fine-tuned student (its record now the DMD one): one dmd stage, the progressive config kept
+    (records / "pixel-cond-distilled-1step.json").write_text(json.dumps(record))
+    _run(monkeypatch, _args(folders, "again", "--batch-size", "8")[:1] + [str(shipped / "pixel-cond-distilled-1step")]
+         + _args(folders, "again", "--batch-size", "8")[2:])
+    again = json.loads((folders / "again" / "record.json").read_text())
+    assert [st["stage"] for st in again["stages"]] == ["guidance", "round-2-to-1", "dmd"]
+    assert again["distill_config"] == old["config"]
