@@ -303,15 +303,16 @@ register(ModelSpec(
 # few-step students distilled from pixel-cond (diffusion/distill.py, train/distill.py): 4, 2 and 1 network calls
 _DISTILL = ("python -m train.distill --teacher weights/pixel-cond --out runs/pixel-cond-distilled "
             "--weights-dir weights/pixel-cond-distilled (writes all three students)")
-_DMD = ("; then python -m train.dmd --student weights/pixel-cond-distilled-1step --teacher weights/pixel-cond "
-        "--fake-init runs/pixel-cond-distilled/guidance/student --weights-dir weights/pixel-cond-distilled-1step "
-        "--steps 600 (distribution matching)")
+_DMD = ("; then python -m train.dmd --student weights/{0} --teacher weights/pixel-cond --fake-init "
+        "runs/pixel-cond-distilled/guidance/student --weights-dir weights/{0} --steps 600{1} (distribution matching)")
 for _name, _defaults in (("pixel-cond-distilled", SamplingDefaults("euler_ancestral", 4, 1.4375)),
-                         ("pixel-cond-distilled-2step", SamplingDefaults("ddim", 2, 1.625, options=(("eta", 0.5),))),
+                         ("pixel-cond-distilled-2step", SamplingDefaults("ddim", 2, 1.4375, options=(("eta", 0.5),))),
                          ("pixel-cond-distilled-1step", SamplingDefaults("ddim", 1, 1.5))):
     register(ModelSpec(_name, ScoreModel, "student", "train.distill", conditional=True, guidance="classifier-free",
                        defaults=_defaults, teacher="pixel-cond",
-                       build_command=_DISTILL + (_DMD if _name.endswith("1step") else "")))
+                       build_command=_DISTILL + {"pixel-cond-distilled-1step": _DMD.format(_name, ""),
+                                                 "pixel-cond-distilled-2step": _DMD.format(_name, " --eta 0.5"),
+                                                 }.get(_name, "")))
 # autoguidance (diffusion/autoguidance.py): weaker versions of a model (an early checkpoint of its own training run)
 # that a model names in its config (`autoguide`); load_pipeline loads the pair, and w then means D_bad + w (D_good - D_bad)
 register(ModelSpec(

@@ -14,7 +14,7 @@ WEIGHTS_CHANGED = {
     "classifier": "2026-12-01", "autoencoder": "2026-12-01", "latent-cond": "2026-12-01",
     "classifier-resnet": "2026-12-02", "pixel-cond": "2026-12-02",
     "pixel-uncond": "2026-12-03", "pixel-uncond-guide": "2026-12-03", "pixel-cond-distilled": "2026-12-03",
-    "pixel-cond-distilled-2step": "2026-12-03", "pixel-cond-distilled-1step": "2026-12-05",
+    "pixel-cond-distilled-2step": "2026-12-05", "pixel-cond-distilled-1step": "2026-12-05",
 }
 
 

@@ -177,6 +177,8 @@ def making_of(cfg: DMDConfig, history: list[dict], steps: int = 1) -> dict:
         earlier = json.loads(path.read_text())
     stages = [{**st, "command": st.get("command") or earlier.get("command")} for st in earlier.get("stages", [])
               if st["stage"] != "dmd"]     # a rerun (build_all.sh --resume) reads its own earlier record: one dmd stage
+    made = [k for k, st in enumerate(stages) if st.get("student_steps") == steps]
+    stages = stages[:made[-1] + 1] if made else stages     # later rounds only used this student as their teacher
     tail = [h["loss"] for h in history[-max(1, len(history) // 10):]]
     final_loss = round(sum(tail) / len(tail), 5) if tail else None
     wall = history[-1]["wall_s"] if history else 0.0
