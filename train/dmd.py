@@ -33,6 +33,7 @@ from diffusion.pipeline import Pipeline
 from diffusion.score import ScoreModel
 from diffusion.hub import DEFAULT_WEIGHTS_DIR
 from train.common import RECORDS, finish, run_command, setup
+from train.distill import _portable
 from train.loop import TrainConfig, parse_config, train_loop
 
 
@@ -193,10 +194,6 @@ def making_of(cfg: DMDConfig, history: list[dict], steps: int = 1) -> dict:
                     "fake_init": cfg.fake_init or "the teacher, a zero w-embedding"}}
 
 
-def _portable(model):
-    return copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format).float()
-
-
 def main(argv=None):
     cfg = parse_config(DMDConfig, argv)
     if not 0 <= cfg.eta <= 1:
@@ -221,7 +218,7 @@ def main(argv=None):
     pair = GeneratorAndFake(student, fake).to(device, memory_format=fmt)
     steps = int(student.distilled["steps"])
     ema, history = train_loop(cfg, pair, DMDTask(frozen[0], anchor, cfg, steps), x_train, y_train, device=device)
-    trained = _portable(ema.generator)
+    trained = _portable(ema.generator).float()
     distilled = {**trained.distilled, "guidance_range": [float(cfg.w_min), float(cfg.w_max)],
                  "dmd": {"teacher": Path(cfg.teacher).name, "start": Path(cfg.student).name,
                          "steps": int(cfg._run_info.get("steps_done", cfg.steps)), "anchor_weight": cfg.anchor_weight,
