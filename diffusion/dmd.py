@@ -25,10 +25,18 @@ generator's specks) keeps it, so g points from the speck towards clean paper.
 
 An optional anchor lambda ||x - G_0(z)||^2 to the starting student's output (DMD's regression term, here onto the
 progressive student instead of an ODE dataset) keeps the generator near the modes it already covers.
+
+An optional GAN term (DMD2): a small head on the fake denoiser's bottleneck features (`BottleneckHead`, read by
+`bottleneck_logits` at a noised input) learns to tell noised real digits from noised generator samples (`gan_d_loss`,
+with the fake's DSM loss), and the generator is pushed the other way (`gan_g_loss`). DMD's scores only see what the
+teacher sees; the head sees real digits, so whatever the teacher itself gets wrong (a lone speck included) is
+something the generator can still be told about.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from .samplers import ancestral_split, ddim_step, sampling_sigmas
 
@@ -84,3 +92,43 @@ def check_student_pair(student, teacher) -> None:
                        ("classes", student.num_classes, teacher.num_classes)):
         if a != b:
             raise ValueError(f"student and teacher differ in {what}: {a} against {b}")
+
+
+class BottleneckHead(nn.Module):
+    """A discriminator head on a U-Net's bottleneck features (B, C, h, w) -> (B,) logits (real > 0): conv 3x3, GroupNorm,
+    SiLU, a 1x1 conv to one channel, averaged over the map. Cheap: the features come from the fake denoiser's own
+    forward pass (DMD2's classifier on the fake's encoder)."""
+
+    def __init__(self, channels: int, groups: int = 8):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm = nn.GroupNorm(min(groups, channels), channels)
+        self.out = nn.Conv2d(channels, 1, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.out(F.silu(self.norm(self.conv(features)))).mean(dim=(1, 2, 3))
+
+
+def bottleneck_logits(model, head: BottleneckHead, noisy: torch.Tensor, sigma: torch.Tensor, labels, w):
+    """head(features) for `model.denoise(noisy, sigma, labels, guidance=w)`, the features being the output of the U-Net's
+    middle block (B, C_last, H/4, W/4) caught by a forward hook that is removed again. (B,) logits."""
+    caught = []
+    hook = model.net.mid_block2.register_forward_hook(lambda mod, args, out: caught.append(out))
+    try:
+        model.denoise(noisy, sigma, labels, guidance=w)
+    finally:
+        hook.remove()
+    if len(caught) != 1:
+        raise RuntimeError(f"expected one pass through the bottleneck, saw {len(caught)} (a guided pair halves the "
+                           "batch: the head needs a w-embedded denoiser)")
+    return head(caught[0].float())
+
+
+def gan_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """The head's non-saturating loss: softplus(-D(real)) + softplus(D(fake)), each a batch mean (2 ln 2 at D = 0)."""
+    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+
+def gan_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """The generator's non-saturating loss: softplus(-D(G(z))), a batch mean."""
+    return F.softplus(-fake_logits).mean()

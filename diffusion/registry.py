@@ -313,6 +313,11 @@ for _name, _defaults in (("pixel-cond-distilled", SamplingDefaults("euler_ancest
                        build_command=_DISTILL + {"pixel-cond-distilled-1step": _DMD.format(_name, ""),
                                                  "pixel-cond-distilled-2step": _DMD.format(_name, " --eta 0.5"),
                                                  }.get(_name, "")))
+# The order Live prefers its students in: by measured quality at each one's default, the worst FD ratio over the four
+# feature spaces (weights/metrics.json's bf16 evaluation: 2-step 2.15, 1-step 2.57, 4-step 3.32; specks 1.65 / 3.4 /
+# 1.8%). Since their DMD fine-tunes (train/dmd.py) the 2- and 1-step students beat the 4-step one, at a half and a
+# quarter of its network calls. tests/diffusion/test_registry.py checks this order against weights/metrics.json.
+LIVE_PREFERENCE = ("pixel-cond-distilled-2step", "pixel-cond-distilled-1step", "pixel-cond-distilled")
 # autoguidance (diffusion/autoguidance.py): weaker versions of a model (an early checkpoint of its own training run)
 # that a model names in its config (`autoguide`); load_pipeline loads the pair, and w then means D_bad + w (D_good - D_bad)
 register(ModelSpec(

@@ -13,6 +13,9 @@ Two networks train together (DMD2's two time-scale update):
                 as --fake-init (stage 1's guidance student, a denoiser of the guided teacher, so the DMD direction
                 starts near zero) or, without it, as the teacher with a new, zero w-embedding
 `--anchor-weight a` adds a ||G(z) - G_0(z)||^2, G_0 the starting student (0: off, one network call less per step).
+`--gan-weight g` adds DMD2's GAN term: a head on the fake's bottleneck (diffusion.dmd.BottleneckHead) learns, in each
+fake update, to tell noised real digits (the run's MNIST batch, same labels, same w) from noised generator samples
+(weight --gan-d-weight beside the fake's DSM loss), and the generator gets g softplus(-D(G(z) + sigma eps)).
 The run is a train_loop run (checkpoints of both networks, --resume, EMA, --deadline; the fake's optimizer state is not
 checkpointed: a resumed run restarts its moments); the EMA generator goes to --weights-dir with `distilled.dmd` in its
 config and the guidance range narrowed to the one DMD trained on.
@@ -27,7 +30,8 @@ from pathlib import Path
 import torch
 
 from diffusion.distill import make_student, weighted_error
-from diffusion.dmd import check_student_pair, dmd_direction, dmd_loss, student_generate
+from diffusion.dmd import (BottleneckHead, bottleneck_logits, check_student_pair, dmd_direction, dmd_loss, gan_d_loss,
+                           gan_g_loss, student_generate)
 from diffusion.images import save_grid
 from diffusion.pipeline import Pipeline
 from diffusion.score import ScoreModel
@@ -61,6 +65,8 @@ class DMDConfig(TrainConfig):
     dmd_sigma_min: float = 0.05             # the generator's loss: no noise level below this (the fake's error there
                                             # is pixel noise, and the generator learns it as grain)
     anchor_weight: float = 0.25
+    gan_weight: float = 0.0                 # the generator's GAN term (DMD2: 3e-3 beside the same mean-reduced DMD loss)
+    gan_d_weight: float = 1.0               # the head's loss beside the fake's DSM loss (per-image sums: ~10 at start)
     sample_guidance: float = 1.5            # w of the 10x10 grid written at the end (the shipped default)
     channels_last: bool = True
 
@@ -68,9 +74,9 @@ class DMDConfig(TrainConfig):
 class GeneratorAndFake(torch.nn.Module):
     """The two trained networks as one module: train_loop's optimizer, EMA and checkpoints then hold both."""
 
-    def __init__(self, generator: ScoreModel, fake: ScoreModel):
+    def __init__(self, generator: ScoreModel, fake: ScoreModel, head: BottleneckHead | None = None):
         super().__init__()
-        self.generator, self.fake = generator, fake
+        self.generator, self.fake, self.head = generator, fake, head
 
 
 class DMDTask:
@@ -99,38 +105,58 @@ class DMDTask:
                 # (B, k, ...): the k fake updates' generator noise, w, noise level and DSM noise
                 "fake_z": torch.randn(b, k, *x.shape[1:], generator=g),
                 "fake_w": c.w_min + (c.w_max - c.w_min) * torch.rand(b, k, generator=g),
-                "fake_sigma": self._sigma((b, k), g, 0.0), "fake_eps": torch.randn(b, k, *x.shape[1:], generator=g)}
+                "fake_sigma": self._sigma((b, k), g, 0.0), "fake_eps": torch.randn(b, k, *x.shape[1:], generator=g),
+                # the GAN term's noise of the real and the generated image in each fake update (drawn only when on)
+                **({"gan_real_eps": torch.randn(b, k, *x.shape[1:], generator=g),
+                    "gan_fake_eps": torch.randn(b, k, *x.shape[1:], generator=g)} if c.gan_weight > 0 else {})}
 
     def fake_loss(self, gen, fake, z, y, w, sigma, eps, step_noise=None):
-        """lambda(sigma) ||D_fake(x + sigma eps) - x||^2 on generator samples x = G(z) (detached)."""
+        """lambda(sigma) ||D_fake(x + sigma eps) - x||^2 on generator samples x = G(z) (detached); (loss, x)."""
         with torch.no_grad():
             clean = self.generate(gen, z, y, w, step_noise)
         noisy = clean + sigma.to(clean.dtype).view(-1, 1, 1, 1) * eps
-        return weighted_error(fake, fake.denoise(noisy, sigma, y, guidance=w), clean, sigma)
+        return weighted_error(fake, fake.denoise(noisy, sigma, y, guidance=w), clean, sigma), clean
 
-    def update_fake(self, gen, fake, y, noise, device, dtype):
+    def head_loss(self, fake, head, real, generated, y, w, sigma, real_eps, fake_eps):
+        """The GAN head's loss: real digits and generator samples, both noised at sigma and seen at the same w."""
+        s = sigma.to(real.dtype).view(-1, 1, 1, 1)
+        return gan_d_loss(bottleneck_logits(fake, head, real + s * real_eps, sigma, y, w),
+                          bottleneck_logits(fake, head, generated + s * fake_eps, sigma, y, w))
+
+    def update_fake(self, gen, fake, y, noise, device, dtype, real=None, head=None):
+        """--fake-updates DSM steps of the fake (with the GAN head's loss on `real` when `head` is given); the losses."""
         if self.fake_opt is None:
-            self.fake_opt = torch.optim.AdamW(fake.parameters(), lr=self.cfg.fake_lr)
-        losses = []
+            params = [*fake.parameters(), *(head.parameters() if head is not None else ())]
+            self.fake_opt = torch.optim.AdamW(params, lr=self.cfg.fake_lr)
+        losses, self.head_losses = [], []
         for j in range(self.cfg.fake_updates):
             for group in self.fake_opt.param_groups:
                 group["lr"] = self.cfg.fake_lr * min(1.0, (self.fake_steps + 1) / max(1, self.cfg.warmup))
-            loss = self.fake_loss(gen, fake, noise["fake_z"][:, j].to(device, dtype), y,
-                                  noise["fake_w"][:, j].to(device), noise["fake_sigma"][:, j].to(device),
-                                  noise["fake_eps"][:, j].to(device, dtype), noise["fake_steps"][:, j].to(device, dtype))
+            w, sigma = noise["fake_w"][:, j].to(device), noise["fake_sigma"][:, j].to(device)
+            loss, generated = self.fake_loss(gen, fake, noise["fake_z"][:, j].to(device, dtype), y, w, sigma,
+                                             noise["fake_eps"][:, j].to(device, dtype),
+                                             noise["fake_steps"][:, j].to(device, dtype))
+            losses.append(float(loss.detach()))
+            if head is not None:
+                d = self.head_loss(fake, head, real, generated, y, w, sigma, noise["gan_real_eps"][:, j].to(device, dtype),
+                                   noise["gan_fake_eps"][:, j].to(device, dtype))
+                self.head_losses.append(float(d.detach()))
+                loss = loss + self.cfg.gan_d_weight * d
             self.fake_opt.zero_grad(set_to_none=True)
             loss.backward()
             self.fake_opt.step()
             self.fake_opt.zero_grad(set_to_none=True)
             self.fake_steps += 1
-            losses.append(float(loss.detach()))
         return losses
 
     def loss(self, pair, x, y, noise):
         gen, fake = pair.generator, pair.fake
+        head = pair.head if self.cfg.gan_weight > 0 else None
         logs = {}
         if self.cfg.fake_updates and torch.is_grad_enabled():
-            logs["fake"] = sum(self.update_fake(gen, fake, y, noise, x.device, x.dtype)) / self.cfg.fake_updates
+            logs["fake"] = sum(self.update_fake(gen, fake, y, noise, x.device, x.dtype, x, head)) / self.cfg.fake_updates
+            if head is not None:
+                logs["gan_d"] = sum(self.head_losses) / len(self.head_losses)
         z, w = noise["z"].to(x.device, x.dtype), noise["w"].to(x.device)
         step_noise = noise["steps"].to(x.device, x.dtype)
         sample = self.generate(gen, z, y, w, step_noise)                          # (B, C, H, W), grads to G
@@ -142,6 +168,15 @@ class DMDTask:
             fake_d = fake.denoise(noisy, sigma, y, guidance=w)
         loss = dmd_loss(sample, dmd_direction(clean, real_d, fake_d))
         logs["dmd"] = float(loss.detach())
+        if head is not None:          # through the fake and the head, whose parameters take no gradient from it
+            fake.requires_grad_(False), head.requires_grad_(False)
+            try:
+                seen = sample + sigma.to(x.dtype).view(-1, 1, 1, 1) * noise["eps"].to(x.device, x.dtype)
+                gan = gan_g_loss(bottleneck_logits(fake, head, seen, sigma, y, w))
+            finally:
+                fake.requires_grad_(True), head.requires_grad_(True)
+            loss = loss + self.cfg.gan_weight * gan
+            logs["gan_g"] = float(gan.detach())
         if self.anchor is not None and self.cfg.anchor_weight > 0:
             with torch.no_grad():
                 start = self.generate(self.anchor, z, y, w, step_noise)
@@ -190,6 +225,7 @@ def making_of(cfg: DMDConfig, history: list[dict], steps: int = 1) -> dict:
             "distill_config": earlier.get("distill_config") or earlier.get("config", {}),
             "dmd": {"w_range": [cfg.w_min, cfg.w_max], "lr": cfg.lr, "fake_lr": cfg.fake_lr,
                     "fake_updates": cfg.fake_updates, "anchor_weight": cfg.anchor_weight,
+                    **({"gan_weight": cfg.gan_weight, "gan_d_weight": cfg.gan_d_weight} if cfg.gan_weight > 0 else {}),
                     "dmd_sigma_min": cfg.dmd_sigma_min, "eta": cfg.eta, "batch_size": cfg.batch_size, "steps": cfg.steps,
                     "fake_init": cfg.fake_init or "the teacher, a zero w-embedding"}}
 
@@ -215,15 +251,18 @@ def main(argv=None):
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     frozen = [m.to(device, memory_format=fmt).eval().requires_grad_(False) for m in (teacher, copy.deepcopy(student))]
     anchor = frozen[1] if cfg.anchor_weight > 0 else None
-    pair = GeneratorAndFake(student, fake).to(device, memory_format=fmt)
+    if cfg.gan_weight < 0 or cfg.gan_d_weight < 0:
+        raise SystemExit(f"--gan-weight and --gan-d-weight must be >= 0, got {cfg.gan_weight}, {cfg.gan_d_weight}")
+    head = BottleneckHead(int(fake._hub_mixin_config["channels"][-1])) if cfg.gan_weight > 0 else None
+    pair = GeneratorAndFake(student, fake, head).to(device, memory_format=fmt)
     steps = int(student.distilled["steps"])
     ema, history = train_loop(cfg, pair, DMDTask(frozen[0], anchor, cfg, steps), x_train, y_train, device=device)
     trained = _portable(ema.generator).float()
     distilled = {**trained.distilled, "guidance_range": [float(cfg.w_min), float(cfg.w_max)],
                  "dmd": {"teacher": Path(cfg.teacher).name, "start": Path(cfg.student).name,
                          "steps": int(cfg._run_info.get("steps_done", cfg.steps)), "anchor_weight": cfg.anchor_weight,
-                         "eta": cfg.eta,
-                         "fake_updates": cfg.fake_updates}}
+                         "eta": cfg.eta, "fake_updates": cfg.fake_updates,
+                         **({"gan_weight": cfg.gan_weight} if cfg.gan_weight > 0 else {})}}
     generator = ScoreModel(**{**dict(trained._hub_mixin_config), "distilled": distilled})
     generator.load_state_dict(trained.state_dict())
     w = min(max(cfg.sample_guidance, cfg.w_min), cfg.w_max)

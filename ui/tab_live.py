@@ -13,7 +13,7 @@ import gradio as gr
 import torch
 
 from diffusion.cost import seconds_per_nfe, work_batch
-from diffusion.registry import DISTILLED_NAMES, defaults_for, model_spec
+from diffusion.registry import DISTILLED_NAMES, LIVE_PREFERENCE, defaults_for, model_spec
 from diffusion.samplers import sampler_spec
 
 from .controls import DEFAULT_DIGIT, DEFAULT_SEED, GUIDANCE_STEP, IMG, Page, note
@@ -171,19 +171,23 @@ class LiveTab:
 
     @property
     def default_steps(self) -> int:
-        """The most steps (up to 4) whose DEFAULT_LIVE_IMAGES images take at most LIVE_TARGET_S of network time on
-        this machine, by the start-up timing (a student never timed counts as fast enough); the fewest otherwise.
-        On the build machine: 4 steps on a quiet day, 2 on a slow one (bench/results/live_latency.md)."""
+        """The best student (registry.LIVE_PREFERENCE: measured quality at each one's default) whose DEFAULT_LIVE_IMAGES
+        images take at most LIVE_TARGET_S of network time on this machine, by the start-up timing (a student never
+        timed counts as fast enough); the fewest steps when none is. The shipped students: the 2-step one, which
+        beats the 4-step one by every evaluator at half its calls (bench/results/live_latency.md)."""
         if not self.runners:
             return FALLBACK_STEPS
         if self.fallback:
             return max(self.runners)
 
-        def fast_enough(steps: int) -> bool:
-            r = self.runners[steps]
+        def fast_enough(r: Runner) -> bool:
             est = self.lab.cost.estimate(r.name, r.nfe, r.batch(DEFAULT_LIVE_IMAGES, defaults_for(r.name).guidance))
             return est is None or est <= LIVE_TARGET_S
-        return max((s for s in self.runners if s <= 4 and fast_enough(s)), default=min(self.runners))
+
+        def rank(r: Runner) -> int:
+            return LIVE_PREFERENCE.index(r.name) if r.name in LIVE_PREFERENCE else len(LIVE_PREFERENCE)
+        fast = sorted((r for r in self.runners.values() if fast_enough(r)), key=lambda r: (rank(r), r.steps))
+        return fast[0].steps if fast else min(self.runners)
 
     @property
     def default_guidance(self) -> float:

@@ -181,3 +181,17 @@ def test_tiny_factory_builds_from_the_spec():
     with pytest.raises(ValueError, match=UNKNOWN):
         tiny_model("nope")
     assert torch.equal(tiny_model("pixel-cond").net.conv_in.weight, tiny_model("pixel-cond").net.conv_in.weight)
+
+
+def test_live_prefers_its_students_in_the_order_of_their_measured_quality():
+    """registry.LIVE_PREFERENCE lists every student, best first by the worst FD ratio over all four feature spaces at
+    its default, as weights/metrics.json (the cards' evaluation) measured it: re-evaluating a student re-checks it."""
+    import json
+
+    from diffusion.hub import DEFAULT_WEIGHTS_DIR
+    from diffusion.setting_rules import worst_fd_ratio_v3
+
+    metrics = json.loads((DEFAULT_WEIGHTS_DIR / "metrics.json").read_text())
+    assert sorted(registry.LIVE_PREFERENCE) == sorted(registry.DISTILLED_NAMES)
+    measured = sorted(registry.DISTILLED_NAMES, key=lambda n: worst_fd_ratio_v3(metrics[n]))
+    assert list(registry.LIVE_PREFERENCE) == measured, {n: round(worst_fd_ratio_v3(metrics[n]), 2) for n in measured}

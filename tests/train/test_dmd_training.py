@@ -1,6 +1,7 @@
 """train.dmd end to end on tiny models: both networks train on their own losses, the EMA generator ships as a one-step
 student with its DMD record and narrowed guidance range, and runs that cannot work are refused by name."""
 import json
+import math
 
 import pytest
 import torch
@@ -140,7 +141,7 @@ def test_the_fake_learns_the_generators_samples(folders):
     def held_out_loss():
         with torch.no_grad():
             return float(task.fake_loss(pair.generator, pair.fake, held_out["fake_z"][:, 0], y, held_out["fake_w"][:, 0],
-                                        held_out["fake_sigma"][:, 0], held_out["fake_eps"][:, 0]))
+                                        held_out["fake_sigma"][:, 0], held_out["fake_eps"][:, 0])[0])
 
     first, g = held_out_loss(), torch.Generator().manual_seed(0)
     for _ in range(40):
@@ -148,7 +149,96 @@ def test_the_fake_learns_the_generators_samples(folders):
     assert held_out_loss() < 0.8 * first
 
 
+def test_the_gan_term_trains_the_head_and_pushes_only_the_generator(folders):
+    """--gan-weight: the fake updates also train the bottleneck head (real digits against generator samples, same w),
+    and the generator's loss gains gan_weight softplus(-D(G(z) + sigma eps)), rebuilt here by hand, whose gradient
+    reaches the generator only (the fake and the head stay requires_grad for their own optimizer)."""
+    from diffusion.dmd import BottleneckHead, bottleneck_logits, gan_g_loss
+
+    pair, task, teacher, start = _pair_and_task(folders, fake_updates=2, warmup=1, gan_weight=0.5, anchor_weight=0.0)
+    pair.head = BottleneckHead(int(pair.fake._hub_mixin_config["channels"][-1]))
+    head_before = [p.detach().clone() for p in pair.head.parameters()]
+    x, y = _data(8)
+    n = task.noise(x, y, torch.Generator().manual_seed(3))
+    assert n["gan_real_eps"].shape == n["gan_fake_eps"].shape == (8, 2, 1, 8, 8)
+    loss, logs = task.loss(pair, x, y, n)
+    assert any(not torch.equal(a, b) for a, b in zip(head_before, pair.head.parameters()))     # the head trained
+    assert {"gan_d", "gan_g"} <= set(logs) and 0 < logs["gan_d"] < 5 and logs["gan_g"] > 0
+    assert all(p.requires_grad for p in [*pair.fake.parameters(), *pair.head.parameters()])
+    loss.backward()
+    got = {name: p.grad.clone() for name, p in pair.generator.named_parameters()}
+    assert all(p.grad is None for p in [*pair.fake.parameters(), *pair.head.parameters()])
+    pair.zero_grad()
+
+    gen, fake, w, sigma = pair.generator, pair.fake, n["w"], n["sigma"]
+    sample = student_generate(gen, n["z"], y, w)
+    clean = sample.detach()
+    noisy = clean + sigma.float().view(-1, 1, 1, 1) * n["eps"]
+    with torch.no_grad():
+        direction = dmd_direction(clean, teacher.denoise(noisy, sigma, y, guidance=w),
+                                  fake.denoise(noisy, sigma, y, guidance=w))
+    gan = gan_g_loss(bottleneck_logits(fake, pair.head, sample + sigma.float().view(-1, 1, 1, 1) * n["eps"], sigma, y, w))
+    by_hand = dmd_loss(sample, direction) + 0.5 * gan
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6) and logs["gan_g"] == pytest.approx(gan.item())
+    pair.zero_grad()
+    by_hand.backward()
+    for name, p in gen.named_parameters():
+        torch.testing.assert_close(got[name], p.grad, msg=name)
+
+
+def test_the_gan_head_learns_to_tell_real_digits_from_generator_samples(folders):
+    """With the generator fixed, the head's loss on held-out noise falls well below 2 ln 2 (chance)."""
+    pair, task, _, _ = _pair_and_task(folders, fake_updates=1, warmup=1, fake_lr=3e-3, gan_weight=1.0)
+    from diffusion.dmd import BottleneckHead
+    pair.head = BottleneckHead(int(pair.fake._hub_mixin_config["channels"][-1]))
+    x, y = _data(32)
+    x = (x > 0.7).float()                     # "real digits": sparse binary ink, unlike the tiny generator's grey
+    held = task.noise(x, y, torch.Generator().manual_seed(99))
+
+    def held_out_head_loss():
+        with torch.no_grad():
+            _, generated = task.fake_loss(pair.generator, pair.fake, held["fake_z"][:, 0], y, held["fake_w"][:, 0],
+                                          held["fake_sigma"][:, 0], held["fake_eps"][:, 0])
+            return float(task.head_loss(pair.fake, pair.head, x, generated, y, held["fake_w"][:, 0],
+                                        held["fake_sigma"][:, 0] * 0 + 0.05, held["gan_real_eps"][:, 0],
+                                        held["gan_fake_eps"][:, 0]))
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        n = task.noise(x, y, g)
+        n["fake_sigma"] = n["fake_sigma"].clamp(max=0.2)
+        task.update_fake(pair.generator, pair.fake, y, n, x.device, x.dtype, x, pair.head)
+    assert held_out_head_loss() < 0.5 * 2 * math.log(2)
+
+
+def test_script_with_the_gan_term_checkpoints_the_head_and_records_its_weights(folders, monkeypatch):
+    generator, history = _run(monkeypatch, _args(folders, "gan", "--w-min", "1", "--w-max", "3", "--gan-weight", "0.01",
+                                                 "--fake-updates", "1"))
+    assert all({"gan_d", "gan_g"} <= set(h) for h in history)
+    from safetensors.torch import load_file
+    keys = load_file(latest_checkpoint(folders / "gan") / "state.safetensors").keys()
+    assert any(k.startswith("model.head.") for k in keys)
+    shipped = ScoreModel.from_pretrained(folders / "gan" / "w")
+    assert shipped.distilled["dmd"]["gan_weight"] == 0.01
+    assert not any("head" in k for k in shipped.state_dict())            # the head is training gear, not shipped
+    record = json.loads((folders / "gan" / "record.json").read_text())
+    assert record["dmd"]["gan_weight"] == 0.01 and record["dmd"]["gan_d_weight"] == 1.0
+
+
+def test_the_gan_losses_and_the_head_against_hand_computed_values():
+    from diffusion.dmd import BottleneckHead, gan_d_loss, gan_g_loss
+
+    zero = torch.zeros(4)
+    assert gan_d_loss(zero, zero).item() == pytest.approx(2 * math.log(2))
+    assert gan_g_loss(zero).item() == pytest.approx(math.log(2))
+    assert gan_d_loss(torch.full((3,), 20.0), torch.full((3,), -20.0)).item() == pytest.approx(0, abs=1e-8)
+    assert gan_g_loss(torch.tensor([-2.0])).item() == pytest.approx(math.log1p(math.exp(2.0)))
+    head = BottleneckHead(16)
+    assert head(torch.randn(5, 16, 2, 2)).shape == (5,)
+
+
 @pytest.mark.parametrize("extra, message", [
+    (["--gan-weight", "-1"], "--gan-weight and --gan-d-weight must be >= 0"),
     (["--student", "{tmp}/teacher"], "few-step distilled student"),
     (["--student", "{tmp}/stage1"], "few-step distilled student"),
     (["--eta", "1.5"], "--eta must be in"),

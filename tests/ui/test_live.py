@@ -138,21 +138,27 @@ def test_the_time_limit_stops_a_run(live, monkeypatch):
 
 # ---------------------------------------------------------------- without students
 
-def test_the_default_step_count_is_the_most_that_meets_the_speed_target_here(teacher):
-    """Live opens at the most steps whose 16 images take <= LIVE_TARGET_S of network time by the start-up timing:
-    4 on a fast machine, fewer on a slow one, the fewest when none is fast enough; untimed students count as fast."""
+def test_the_default_is_the_best_measured_student_that_meets_the_speed_target_here(teacher):
+    """Live opens at the first student of registry.LIVE_PREFERENCE (measured quality) whose 16 images take <=
+    LIVE_TARGET_S of network time by the start-up timing; untimed students count as fast; the fewest steps when none
+    is fast enough."""
     from ui import tab_live
 
+    assert tab_live.LIVE_PREFERENCE[0] == "pixel-cond-distilled-2step"
     tab = _live_tab(teacher)                                   # calibrate=False: nothing timed
-    assert tab.default_steps == 4
-    per_image = {"pixel-cond-distilled": 0.006, "pixel-cond-distilled-2step": 0.006,
-                 "pixel-cond-distilled-1step": 0.006}          # s per NFE per image: 4 x 16 x 0.006 = 0.38 s
-    tab.lab.cost.rates.update(per_image)
-    assert tab_live.LIVE_TARGET_S == 0.25 and tab.default_steps == 2          # 2 x 16 x 0.006 = 0.19 s
-    tab.lab.cost.rates.update({n: 0.05 for n in per_image})                   # even 1 step: 0.8 s
+    assert sorted(tab.runners) == [1, 2, 4] and tab.default_steps == 2
+    rates = tab.lab.cost.rates                                 # s per NFE per image, 16 images, LIVE_TARGET_S = 0.25
+    assert tab_live.LIVE_TARGET_S == 0.25
+    rates.update({"pixel-cond-distilled-2step": 0.01, "pixel-cond-distilled-1step": 0.01,
+                  "pixel-cond-distilled": 0.001})              # 2 x 16 x 0.01 = 0.32 s: too slow; 1 x 16 x 0.01 = 0.16
     assert tab.default_steps == 1
-    tab.lab.cost.rates.update({n: 0.001 for n in per_image})
+    rates.update({"pixel-cond-distilled-1step": 0.02})         # 0.32 s: the 4-step one (4 x 16 x 0.001 = 0.064 s) is left
     assert tab.default_steps == 4
+    rates.update({n: 0.05 for n in list(rates)})               # none fast enough: the fewest steps
+    assert tab.default_steps == 1
+    rates.update({n: 0.001 for n in list(rates)})
+    assert tab.default_steps == 2
+    assert tab.default_guidance == tab_live.defaults_for("pixel-cond-distilled-2step").guidance
 
 
 def test_a_calibrated_app_times_its_students_at_start(teacher):
