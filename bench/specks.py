@@ -11,7 +11,8 @@ would lose them; if they stay, they belong to the learned probability flow itsel
     python -m bench.specks --source ~/.cache/mnist-diffusion-lab/runs/pixel-cond-long --w 1.0 --runs ddim:16
     python -m bench.specks --report-only
 
-`--source` is a weights folder (model.safetensors) or a training run folder (its newest checkpoint's EMA weights).
+`--source` is a weights folder (model.safetensors) or a training run folder (its newest checkpoint's EMA weights; for a
+`train.dmd` run, its EMA generator).
 Every image of a row starts from the same noise (seed --seed) and labels i % 10, so rows differ only by sampler,
 steps, w and weights. Rows are added to bench/results/specks.json (a row already there is measured again and
 replaced) and the report bench/results/specks.md is rewritten; real test digits' own rate is its first line.
@@ -53,8 +54,12 @@ def load_source(source: Path):
     if not ckpts or not (source / "config.json").is_file():
         raise SystemExit(f"--source {source}: neither a weights folder (model.safetensors) nor a training run "
                          "folder (config.json and ckpt-*/state.json)")
+    step = int(ckpts[-1].name.split("-")[-1])
+    if "fake_updates" in json.loads((source / "config.json").read_text()):       # a train.dmd run: its generator
+        from train.dmd import generator_from_checkpoint
+        return generator_from_checkpoint(source, ckpts[-1]), ckpts[-1].name, step
     from train.diffusion_models import ema_from_checkpoint
-    return ema_from_checkpoint(source, ckpts[-1]).eval(), ckpts[-1].name, int(ckpts[-1].name.split("-")[-1])
+    return ema_from_checkpoint(source, ckpts[-1]).eval(), ckpts[-1].name, step
 
 
 @torch.no_grad()

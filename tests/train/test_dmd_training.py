@@ -288,3 +288,17 @@ def test_a_shipped_students_record_carries_its_stages_into_the_new_one(folders, 
     again = json.loads((folders / "again" / "record.json").read_text())
     assert [st["stage"] for st in again["stages"]] == ["guidance", "round-2-to-1", "dmd"]
     assert again["distill_config"] == old["config"]
+
+
+def test_a_dmd_runs_checkpoint_loads_as_its_ema_generator_for_the_speck_bench(folders, monkeypatch):
+    """bench.specks --source <a train.dmd run>: the newest checkpoint's EMA generator, in the student's architecture."""
+    from bench import specks
+    from safetensors.torch import load_file
+
+    _run(monkeypatch, _args(folders, "specks-run", "--w-min", "1", "--w-max", "3"))
+    model, name, step = specks.load_source(folders / "specks-run")
+    ckpt = latest_checkpoint(folders / "specks-run")
+    assert name == ckpt.name and step == 3 and model.distilled["steps"] == 1
+    ema = load_file(str(ckpt / "state.safetensors"))
+    torch.testing.assert_close(model.net.conv_in.weight, ema["ema.generator.net.conv_in.weight"])
+    assert not torch.equal(model.net.conv_in.weight, ema["ema.fake.net.conv_in.weight"])
