@@ -58,9 +58,10 @@ print(json.dumps({"times": times, "sampler": d.sampler, "steps": d.steps, "guida
 
 # Live: the tree's own app decides (its start-up timing included) which student, steps and w the tab opens on
 CHILD_LIVE = r"""
-import json, sys, time, torch
+import json, sys, time
+from ui.server import create_demo        # first, as app.py does: the app package's settings precede torch's loading
+import torch
 torch.set_num_threads(2)
-from ui.server import create_demo
 repeats, weights = int(sys.argv[1]), sys.argv[2]
 tab = create_demo(weights_dir=weights).tabs["LiveTab"]
 steps, w = tab.default_steps, tab.default_guidance

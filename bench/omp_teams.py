@@ -11,7 +11,8 @@ OMP_WAIT_POLICY=PASSIVE.
     python -m bench.omp_teams [--model pixel-cond-distilled-2step] [--out bench/results/omp_teams]
 
 Each case runs in a fresh subprocess with the environment named: the model's 16-image grid (its own defaults),
-fastest of 7, first alone, then while a second Python thread that has generated once is alive and idle.
+fastest of 7, first alone, then while a second Python thread that has generated once is alive and idle; and the
+process's CPU seconds over 1 s of idling after each (spinning threads would show there).
 """
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ from diffusion.pipeline import cpu_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CASES = {"default": {}, "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
-         "OMP_WAIT_POLICY=ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"}, "1 torch thread": {"OMP_NUM_THREADS": "1"}}
+         "OMP_WAIT_POLICY=ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"},
+         "the app's: ACTIVE, GOMP_SPINCOUNT=300000": {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "300000"},
+         "1 torch thread": {"OMP_NUM_THREADS": "1"}}
 
 CHILD = r"""
 import json, sys, threading, time, torch
@@ -43,6 +46,7 @@ def best():
     return min(times)
 
 alone = best()
+c = time.process_time(); time.sleep(1); idle = time.process_time() - c
 release = threading.Event()
 
 def second():
@@ -52,9 +56,11 @@ t = threading.Thread(target=second)
 t.start()
 time.sleep(0.5)
 beside = best()
+c = time.process_time(); time.sleep(1); idle_beside = time.process_time() - c
 release.set()
 t.join()
-print(json.dumps({"alone": alone, "beside_idle_thread": beside, "threads": torch.get_num_threads()}))
+print(json.dumps({"alone": alone, "beside_idle_thread": beside, "threads": torch.get_num_threads(),
+                  "idle_cpu_s": max(idle, idle_beside)}))
 """
 
 
@@ -67,10 +73,11 @@ def run_case(model: str, env: dict) -> dict:
 def report(rows: dict, model: str, machine: str) -> str:
     lines = [f"# OpenMP teams: {model}'s 16-image grid alone and beside an idle second torch thread "
              "(bench/omp_teams.py)", "", f"{machine}; fastest of 7, each case a fresh process.", "",
-             "| case | torch threads | alone ms | beside an idle torch thread ms | slowdown |", "|---|---:|---:|---:|---:|"]
+             "| case | torch threads | alone ms | beside an idle torch thread ms | slowdown | idle CPU-s per s |",
+             "|---|---:|---:|---:|---:|---:|"]
     for case, r in rows.items():
         lines.append(f"| {case} | {r['threads']} | {1000 * r['alone']:.1f} | {1000 * r['beside_idle_thread']:.1f} | "
-                     f"{r['beside_idle_thread'] / r['alone']:.2f}x |")
+                     f"{r['beside_idle_thread'] / r['alone']:.2f}x | {r.get('idle_cpu_s', float('nan')):.3f} |")
     return "\n".join(lines) + "\n"
 
 

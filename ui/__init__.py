@@ -3,10 +3,19 @@
 `pictures`, `plots`, `controls`; long prose in .md files. Adding a tab is one new module and one line in TABS."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import gradio as gr
-import torch
+# Before torch loads libgomp (python -m bench.omp_teams, docs/performance.md): the server always holds more OpenMP
+# threads than a 2-core machine has CPUs (each thread that runs torch ops has a team), and libgomp then cuts its spin
+# between parallel regions to 100 iterations, which makes every 16-image network call ~1.5x slower. ACTIVE raises
+# that throttled spin to 1000 and GOMP_SPINCOUNT keeps the unthrottled one at libgomp's default (so idle threads
+# still sleep). A variable already set wins; no effect once torch is loaded.
+os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
+os.environ.setdefault("GOMP_SPINCOUNT", "300000")
+
+import gradio as gr  # noqa: E402
+import torch  # noqa: E402
 
 from .controls import Page
 from .lab import DEFAULT_MAX_SECONDS, Lab
