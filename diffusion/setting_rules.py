@@ -6,6 +6,8 @@ the pick (bench/results/defaults*.md, the model cards).
   then the lowest worse-of-two FD ratio against the same-N floor (bench/defaults.py, bench/autoguidance.py);
 - `choose_setting_v3`: defaults rule v3 (Quality v3, issue 27): as classifiable, as clean and as diverse as real
   digits at the same N, not more, in every feature space; then the lowest worst FD ratio (bench/defaults_v3.py).
+- `choose_setting_v3_1`: a proposal, committed before any sweep it may judge and **not used for any default**: v3
+  with a fallback that counts failed criteria (accuracy, specks, recall), not failed checks (docs/quality-v3.md).
 """
 from __future__ import annotations
 
@@ -93,4 +95,27 @@ def choose_setting_v3(rows: list[dict]) -> dict:
     def key(r):
         failed = sum(not ok for ok in rule_v3_checks(r["metrics"]).values())
         return failed, round(worst_fd_ratio_v3(r["metrics"]), 2), r["setting"]["guidance"]
+    return min(rows, key=key)
+
+
+# --- rule v3.1 (a proposal, not adopted: the issue decides; docs/quality-v3.md, "What is left") ---
+
+CRITERIA = ("accuracy", "speck", "recall")
+
+
+def failed_criteria(metrics: dict) -> set[str]:
+    """The criteria a row misses: "accuracy" if it misses under any classifier, "recall" if in any feature space,
+    "speck" for specks. Rule v3's fallback counted checks instead, so recall (one check per space: four) outweighed
+    accuracy (two) and specks (one) together."""
+    return {name.split(" ")[0] for name, ok in rule_v3_checks(metrics).items() if not ok}
+
+
+def choose_setting_v3_1(rows: list[dict]) -> dict:
+    """Rule v3 where some row meets every check (the same pick). Otherwise the rows missing the fewest *criteria*
+    (`failed_criteria`) compete by the lowest worst FD ratio, ties (2 decimals) to the lower guidance."""
+    if not rows:
+        raise ValueError("rows is empty: rule v3.1 has nothing to choose from")
+
+    def key(r):
+        return len(failed_criteria(r["metrics"])), round(worst_fd_ratio_v3(r["metrics"]), 2), r["setting"]["guidance"]
     return min(rows, key=key)

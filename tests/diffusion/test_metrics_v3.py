@@ -8,7 +8,8 @@ import torch
 
 from diffusion.metrics import (Classifier, Evaluator, PixelPCA, ResNetClassifier, pixel_stats, pixel_summary, spread,
                                stroke_widths)
-from diffusion.setting_rules import choose_setting_v3, rule_v3_checks, worst_fd_ratio_v3
+from diffusion.setting_rules import (choose_setting_v3, choose_setting_v3_1, failed_criteria, rule_v3_checks,
+                                     worst_fd_ratio_v3)
 
 
 def canvas():
@@ -184,3 +185,25 @@ def test_pixel_stats_of_blank_images_read_as_width_zero_not_an_error():
     stats = pixel_stats(pixel_summary(torch.zeros(4, 28, 28)), reference)
     assert stats["ink_share"] == 0.0 and stats["stroke_width_mean"] == 0.0
     assert stats["stroke_width_w1"] == pytest.approx(float(reference["widths"].mean()))
+
+
+def test_rule_v3_1_counts_criteria_where_v3_counts_checks():
+    """The 4-step DMD candidate's case in small: one row misses recall in every space (3 checks, 1 criterion), the
+    other both accuracies and specks (3 checks, 2 criteria) at a lower FD. Rule v3's fallback sees a tie and takes
+    the lower FD; v3.1 takes the row that misses one criterion."""
+    recall_only = v3_row(1.25, (0.995, 0.995), 0.005, 0.77, (1.5, 0.15, 3.0))     # recall c, r, v: 3 checks
+    rough = v3_row(1.0, (0.96, 0.95), 0.03, 0.80, (1.1, 0.11, 2.2))                # accuracy c, r, speck: 3 checks
+    assert failed_criteria(recall_only["metrics"]) == {"recall"}
+    assert failed_criteria(rough["metrics"]) == {"accuracy", "speck"}
+    rows = [rough, recall_only]
+    assert choose_setting_v3(rows)["setting"]["guidance"] == 1.0         # 3 checks each: the lower FD wins
+    assert choose_setting_v3_1(rows)["setting"]["guidance"] == 1.25      # 1 criterion against 2
+
+
+def test_rule_v3_1_is_rule_v3_where_a_row_meets_every_check():
+    rows = [v3_row(1.0, (0.985, 0.988), 0.005, 0.82, (1.05, 0.105, 2.1)),
+            v3_row(1.25, (0.992, 0.994), 0.006, 0.80, (1.30, 0.12, 2.2)),
+            v3_row(1.5, (0.996, 0.997), 0.005, 0.79, (1.40, 0.125, 2.4))]
+    assert choose_setting_v3_1(rows) is choose_setting_v3(rows)
+    with pytest.raises(ValueError, match="rows is empty"):
+        choose_setting_v3_1([])
