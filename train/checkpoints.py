@@ -103,6 +103,15 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def checkpoint_weights(ckpt: Path, prefix: str) -> dict:
+    """The tensors under `prefix` (e.g. "ema." or "ema.generator.") of a checkpoint's state.safetensors, the prefix
+    stripped, read with the project's safetensors-only checks: one network's weights from a checkpoint."""
+    st = Path(ckpt) / "state.safetensors"
+    refuse_pickle(st)
+    check_safetensors_header(st)
+    return {k[len(prefix):]: v for k, v in load_file(str(st)).items() if k.startswith(prefix)}
+
+
 def load_checkpoint(path: Path, model, ema: EMA, opt, generators: dict) -> dict:
     st = path / "state.safetensors"
     refuse_pickle(st)

@@ -107,20 +107,13 @@ def ema_from_checkpoint(run_dir: Path, ckpt: Path, which: str = "ema") -> ScoreM
     which="model": the raw (optimised) weights of the same checkpoint instead."""
     if which not in ("ema", "model"):
         raise ValueError(f"which must be 'ema' or 'model', got {which!r}")
-    from safetensors.torch import load_file
-
-    from diffusion.hub_mixin import check_safetensors_header, refuse_pickle
+    from train.checkpoints import checkpoint_weights
     cfg = json.loads((Path(run_dir) / "config.json").read_text())
     known = ScoreConfig.__dataclass_fields__
     cfg = ScoreConfig(**{k: v for k, v in cfg.items() if k in known})
     in_channels, size = (1, 28) if cfg.space == "pixel" else AutoEncoder.from_pretrained(cfg.autoencoder).latent_shape[:2]
     model = build_model(cfg, in_channels, size)
-    st = Path(ckpt) / "state.safetensors"
-    refuse_pickle(st)
-    check_safetensors_header(st)
-    tensors = load_file(str(st))
-    prefix = f"{which}."
-    model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
+    model.load_state_dict(checkpoint_weights(ckpt, f"{which}."), strict=True)
     return model.eval()
 
 

@@ -205,17 +205,9 @@ def load_fake(cfg: DMDConfig, teacher: ScoreModel, student: ScoreModel) -> Score
 def generator_from_checkpoint(run_dir: Path, ckpt: Path) -> ScoreModel:
     """The EMA generator of a DMD run's checkpoint (ckpt/state.safetensors, keys "ema.generator.*") in the architecture
     of the run's --student (run_dir/config.json), with the project's safetensors-only checks: a student as it trains."""
-    from safetensors.torch import load_file
-
-    from diffusion.hub_mixin import check_safetensors_header, refuse_pickle
-    cfg = json.loads((Path(run_dir) / "config.json").read_text())
-    model = ScoreModel.from_pretrained(cfg["student"])
-    st = Path(ckpt) / "state.safetensors"
-    refuse_pickle(st)
-    check_safetensors_header(st)
-    prefix = "ema.generator."
-    model.load_state_dict({k[len(prefix):]: v for k, v in load_file(str(st)).items() if k.startswith(prefix)},
-                          strict=True)
+    from train.checkpoints import checkpoint_weights
+    model = ScoreModel.from_pretrained(json.loads((Path(run_dir) / "config.json").read_text())["student"])
+    model.load_state_dict(checkpoint_weights(ckpt, "ema.generator."), strict=True)
     return model.eval()
 
 
