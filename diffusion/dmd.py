@@ -26,8 +26,8 @@ generator's specks) keeps it, so g points from the speck towards clean paper.
 An optional anchor lambda ||x - G_0(z)||^2 to the starting student's output (DMD's regression term, here onto the
 progressive student instead of an ODE dataset) keeps the generator near the modes it already covers.
 
-An optional GAN term (DMD2): a small head on the fake denoiser's bottleneck features (`BottleneckHead`, read by
-`bottleneck_logits` at a noised input) learns to tell noised real digits from noised generator samples (`gan_d_loss`,
+An optional GAN term (DMD2): a small head on the fake denoiser's bottleneck features (`BottleneckHead`; with
+`MultiScaleHead`, a second one on its full-resolution decoder features; both read by `gan_logits` at a noised input) learns to tell noised real digits from noised generator samples (`gan_d_loss`,
 with the fake's DSM loss), and the generator is pushed the other way (`gan_g_loss`). DMD's scores only see what the
 teacher sees; the head sees real digits, so whatever the teacher itself gets wrong (a lone speck included) is
 something the generator can still be told about.
@@ -109,19 +109,49 @@ class BottleneckHead(nn.Module):
         return self.out(F.silu(self.norm(self.conv(features)))).mean(dim=(1, 2, 3))
 
 
-def bottleneck_logits(model, head: BottleneckHead, noisy: torch.Tensor, sigma: torch.Tensor, labels, w):
-    """head(features) for `model.denoise(noisy, sigma, labels, guidance=w)`, the features being the output of the U-Net's
-    middle block (B, C_last, H/4, W/4) caught by a forward hook that is removed again. (B,) logits."""
-    caught = []
-    hook = model.net.mid_block2.register_forward_hook(lambda mod, args, out: caught.append(out))
+class MultiScaleHead(nn.Module):
+    """Two BottleneckHeads, logits summed: one on the bottleneck (B, C_last, H/4, W/4) and one on the decoder's
+    full-resolution features (B, C_0, H, W), the input of the U-Net's output norm. At H/4 a speck of a few pixels is
+    averaged away; at full resolution it is still there to be told from a real digit's clean background."""
+
+    def __init__(self, bottleneck_channels: int, full_channels: int, groups: int = 8):
+        super().__init__()
+        self.bottleneck = BottleneckHead(bottleneck_channels, groups)
+        self.full = BottleneckHead(full_channels, groups)
+
+    def forward(self, bottleneck: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+        return self.bottleneck(bottleneck) + self.full(full)
+
+
+GAN_FEATURES = ("bottleneck", "both")        # train.dmd --gan-features: BottleneckHead, MultiScaleHead
+
+
+def make_gan_head(model, features: str = "bottleneck") -> nn.Module:
+    """The GAN head for `model`'s U-Net (channels from its config): BottleneckHead, or MultiScaleHead for "both"."""
+    if features not in GAN_FEATURES:
+        raise ValueError(f"GAN features must be one of {GAN_FEATURES}, got {features!r}")
+    channels = [int(c) for c in model._hub_mixin_config["channels"]]
+    return BottleneckHead(channels[-1]) if features == "bottleneck" else MultiScaleHead(channels[-1], channels[0])
+
+
+def gan_logits(model, head: nn.Module, noisy: torch.Tensor, sigma: torch.Tensor, labels, w):
+    """head(features) for `model.denoise(noisy, sigma, labels, guidance=w)`: the output of the U-Net's middle block
+    (B, C_last, H/4, W/4) and, for a MultiScaleHead, the input of its output norm (B, C_0, H, W), each caught by a hook
+    that is removed again. (B,) logits."""
+    caught = {"bottleneck": []}
+    hooks = [model.net.mid_block2.register_forward_hook(lambda mod, args, out: caught["bottleneck"].append(out))]
+    if isinstance(head, MultiScaleHead):
+        caught["full"] = []
+        hooks.append(model.net.norm_out.register_forward_pre_hook(lambda mod, args: caught["full"].append(args[0])))
     try:
         model.denoise(noisy, sigma, labels, guidance=w)
     finally:
-        hook.remove()
-    if len(caught) != 1:
-        raise RuntimeError(f"expected one pass through the bottleneck, saw {len(caught)} (a guided pair halves the "
-                           "batch: the head needs a w-embedded denoiser)")
-    return head(caught[0].float())
+        for hook in hooks:
+            hook.remove()
+    if any(len(seen) != 1 for seen in caught.values()):
+        raise RuntimeError(f"expected one pass through the U-Net, saw {len(caught['bottleneck'])} (a guided pair halves "
+                           "the batch: the head needs a w-embedded denoiser)")
+    return head(*(seen[0].float() for seen in caught.values()))
 
 
 def gan_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,8 @@ Two networks train together (DMD2's two time-scale update):
                 as --fake-init (stage 1's guidance student, a denoiser of the guided teacher, so the DMD direction
                 starts near zero) or, without it, as the teacher with a new, zero w-embedding
 `--anchor-weight a` adds a ||G(z) - G_0(z)||^2, G_0 the starting student (0: off, one network call less per step).
-`--gan-weight g` adds DMD2's GAN term: a head on the fake's bottleneck (diffusion.dmd.BottleneckHead) learns, in each
+`--gan-weight g` adds DMD2's GAN term: a head on the fake's bottleneck (diffusion.dmd.BottleneckHead; `--gan-features
+both` adds one on its full-resolution decoder features, MultiScaleHead) learns, in each
 fake update, to tell noised real digits (the run's MNIST batch, same labels, same w) from noised generator samples
 (weight --gan-d-weight beside the fake's DSM loss), and the generator gets g softplus(-D(G(z) + sigma eps)).
 The run is a train_loop run (checkpoints of both networks, --resume, EMA, --deadline; the fake's optimizer state is not
@@ -30,8 +31,8 @@ from pathlib import Path
 import torch
 
 from diffusion.distill import make_student, weighted_error
-from diffusion.dmd import (BottleneckHead, bottleneck_logits, check_student_pair, dmd_direction, dmd_loss, gan_d_loss,
-                           gan_g_loss, student_generate)
+from diffusion.dmd import (GAN_FEATURES, check_student_pair, dmd_direction, dmd_loss, gan_d_loss, gan_g_loss, gan_logits,
+                           make_gan_head, student_generate)
 from diffusion.images import save_grid
 from diffusion.pipeline import Pipeline
 from diffusion.score import ScoreModel
@@ -67,6 +68,7 @@ class DMDConfig(TrainConfig):
     anchor_weight: float = 0.25
     gan_weight: float = 0.0                 # the generator's GAN term (DMD2: 3e-3 beside the same mean-reduced DMD loss)
     gan_d_weight: float = 1.0               # the head's loss beside the fake's DSM loss (per-image sums: ~10 at start)
+    gan_features: str = "bottleneck"        # the head reads the bottleneck, or "both": that and the full-res features
     sample_guidance: float = 1.5            # w of the 10x10 grid written at the end (the shipped default)
     channels_last: bool = True
 
@@ -74,7 +76,7 @@ class DMDConfig(TrainConfig):
 class GeneratorAndFake(torch.nn.Module):
     """The two trained networks as one module: train_loop's optimizer, EMA and checkpoints then hold both."""
 
-    def __init__(self, generator: ScoreModel, fake: ScoreModel, head: BottleneckHead | None = None):
+    def __init__(self, generator: ScoreModel, fake: ScoreModel, head: torch.nn.Module | None = None):
         super().__init__()
         self.generator, self.fake, self.head = generator, fake, head
 
@@ -120,8 +122,8 @@ class DMDTask:
     def head_loss(self, fake, head, real, generated, y, w, sigma, real_eps, fake_eps):
         """The GAN head's loss: real digits and generator samples, both noised at sigma and seen at the same w."""
         s = sigma.to(real.dtype).view(-1, 1, 1, 1)
-        return gan_d_loss(bottleneck_logits(fake, head, real + s * real_eps, sigma, y, w),
-                          bottleneck_logits(fake, head, generated + s * fake_eps, sigma, y, w))
+        return gan_d_loss(gan_logits(fake, head, real + s * real_eps, sigma, y, w),
+                          gan_logits(fake, head, generated + s * fake_eps, sigma, y, w))
 
     def update_fake(self, gen, fake, y, noise, device, dtype, real=None, head=None):
         """--fake-updates DSM steps of the fake (with the GAN head's loss on `real` when `head` is given); the losses."""
@@ -172,7 +174,7 @@ class DMDTask:
             fake.requires_grad_(False), head.requires_grad_(False)
             try:
                 seen = sample + sigma.to(x.dtype).view(-1, 1, 1, 1) * noise["eps"].to(x.device, x.dtype)
-                gan = gan_g_loss(bottleneck_logits(fake, head, seen, sigma, y, w))
+                gan = gan_g_loss(gan_logits(fake, head, seen, sigma, y, w))
             finally:
                 fake.requires_grad_(True), head.requires_grad_(True)
             loss = loss + self.cfg.gan_weight * gan
@@ -234,7 +236,8 @@ def making_of(cfg: DMDConfig, history: list[dict], steps: int = 1) -> dict:
             "distill_config": earlier.get("distill_config") or earlier.get("config", {}),
             "dmd": {"w_range": [cfg.w_min, cfg.w_max], "lr": cfg.lr, "fake_lr": cfg.fake_lr,
                     "fake_updates": cfg.fake_updates, "anchor_weight": cfg.anchor_weight,
-                    **({"gan_weight": cfg.gan_weight, "gan_d_weight": cfg.gan_d_weight} if cfg.gan_weight > 0 else {}),
+                    **({"gan_weight": cfg.gan_weight, "gan_d_weight": cfg.gan_d_weight, "gan_features": cfg.gan_features}
+                       if cfg.gan_weight > 0 else {}),
                     "dmd_sigma_min": cfg.dmd_sigma_min, "eta": cfg.eta, "batch_size": cfg.batch_size, "steps": cfg.steps,
                     "fake_init": cfg.fake_init or "the teacher, a zero w-embedding"}}
 
@@ -262,7 +265,9 @@ def main(argv=None):
     anchor = frozen[1] if cfg.anchor_weight > 0 else None
     if cfg.gan_weight < 0 or cfg.gan_d_weight < 0:
         raise SystemExit(f"--gan-weight and --gan-d-weight must be >= 0, got {cfg.gan_weight}, {cfg.gan_d_weight}")
-    head = BottleneckHead(int(fake._hub_mixin_config["channels"][-1])) if cfg.gan_weight > 0 else None
+    if cfg.gan_features not in GAN_FEATURES:
+        raise SystemExit(f"--gan-features must be one of {', '.join(GAN_FEATURES)}, got {cfg.gan_features!r}")
+    head = make_gan_head(fake, cfg.gan_features) if cfg.gan_weight > 0 else None
     pair = GeneratorAndFake(student, fake, head).to(device, memory_format=fmt)
     steps = int(student.distilled["steps"])
     ema, history = train_loop(cfg, pair, DMDTask(frozen[0], anchor, cfg, steps), x_train, y_train, device=device)
@@ -271,7 +276,7 @@ def main(argv=None):
                  "dmd": {"teacher": Path(cfg.teacher).name, "start": Path(cfg.student).name,
                          "steps": int(cfg._run_info.get("steps_done", cfg.steps)), "anchor_weight": cfg.anchor_weight,
                          "eta": cfg.eta, "fake_updates": cfg.fake_updates,
-                         **({"gan_weight": cfg.gan_weight} if cfg.gan_weight > 0 else {})}}
+                         **({"gan_weight": cfg.gan_weight, "gan_features": cfg.gan_features} if cfg.gan_weight > 0 else {})}}
     generator = ScoreModel(**{**dict(trained._hub_mixin_config), "distilled": distilled})
     generator.load_state_dict(trained.state_dict())
     w = min(max(cfg.sample_guidance, cfg.w_min), cfg.w_max)

@@ -153,7 +153,7 @@ def test_the_gan_term_trains_the_head_and_pushes_only_the_generator(folders):
     """--gan-weight: the fake updates also train the bottleneck head (real digits against generator samples, same w),
     and the generator's loss gains gan_weight softplus(-D(G(z) + sigma eps)), rebuilt here by hand, whose gradient
     reaches the generator only (the fake and the head stay requires_grad for their own optimizer)."""
-    from diffusion.dmd import BottleneckHead, bottleneck_logits, gan_g_loss
+    from diffusion.dmd import BottleneckHead, gan_logits, gan_g_loss
 
     pair, task, teacher, start = _pair_and_task(folders, fake_updates=2, warmup=1, gan_weight=0.5, anchor_weight=0.0)
     pair.head = BottleneckHead(int(pair.fake._hub_mixin_config["channels"][-1]))
@@ -177,7 +177,7 @@ def test_the_gan_term_trains_the_head_and_pushes_only_the_generator(folders):
     with torch.no_grad():
         direction = dmd_direction(clean, teacher.denoise(noisy, sigma, y, guidance=w),
                                   fake.denoise(noisy, sigma, y, guidance=w))
-    gan = gan_g_loss(bottleneck_logits(fake, pair.head, sample + sigma.float().view(-1, 1, 1, 1) * n["eps"], sigma, y, w))
+    gan = gan_g_loss(gan_logits(fake, pair.head, sample + sigma.float().view(-1, 1, 1, 1) * n["eps"], sigma, y, w))
     by_hand = dmd_loss(sample, direction) + 0.5 * gan
     assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6) and logs["gan_g"] == pytest.approx(gan.item())
     pair.zero_grad()
@@ -186,11 +186,12 @@ def test_the_gan_term_trains_the_head_and_pushes_only_the_generator(folders):
         torch.testing.assert_close(got[name], p.grad, msg=name)
 
 
-def test_the_gan_head_learns_to_tell_real_digits_from_generator_samples(folders):
+@pytest.mark.parametrize("features", ["bottleneck", "both"])
+def test_the_gan_head_learns_to_tell_real_digits_from_generator_samples(folders, features):
     """With the generator fixed, the head's loss on held-out noise falls well below 2 ln 2 (chance)."""
     pair, task, _, _ = _pair_and_task(folders, fake_updates=1, warmup=1, fake_lr=3e-3, gan_weight=1.0)
-    from diffusion.dmd import BottleneckHead
-    pair.head = BottleneckHead(int(pair.fake._hub_mixin_config["channels"][-1]))
+    from diffusion.dmd import make_gan_head
+    pair.head = make_gan_head(pair.fake, features)
     x, y = _data(32)
     x = (x > 0.7).float()                     # "real digits": sparse binary ink, unlike the tiny generator's grey
     held = task.noise(x, y, torch.Generator().manual_seed(99))
@@ -223,6 +224,43 @@ def test_script_with_the_gan_term_checkpoints_the_head_and_records_its_weights(f
     assert not any("head" in k for k in shipped.state_dict())            # the head is training gear, not shipped
     record = json.loads((folders / "gan" / "record.json").read_text())
     assert record["dmd"]["gan_weight"] == 0.01 and record["dmd"]["gan_d_weight"] == 1.0
+
+
+def test_the_two_scale_head_reads_the_bottleneck_and_the_full_resolution_features(folders):
+    """--gan-features both: gan_logits hands MultiScaleHead the middle block's output (B, C_last, H/4, W/4) and the
+    output norm's input (B, C_0, H, W) of one denoiser pass; its logits are the two heads' sum, rebuilt here by hand."""
+    from diffusion.dmd import MultiScaleHead, gan_logits, make_gan_head
+    pair, _, _, _ = _pair_and_task(folders)
+    fake = pair.fake
+    head = make_gan_head(fake, "both")
+    channels = fake._hub_mixin_config["channels"]
+    assert isinstance(head, MultiScaleHead) and head.full.conv.in_channels == channels[0]
+    x, y = _data(4)
+    sigma, w = torch.full((4,), 0.3), torch.full((4,), 1.5)
+    seen = {}
+    hooks = [fake.net.mid_block2.register_forward_hook(lambda m, a, out: seen.setdefault("mid", out)),
+             fake.net.norm_out.register_forward_pre_hook(lambda m, a: seen.setdefault("full", a[0]))]
+    with torch.no_grad():
+        fake.denoise(x, sigma, y, guidance=w)
+        for hook in hooks:
+            hook.remove()
+        assert seen["mid"].shape[1] == channels[-1] and seen["full"].shape == (4, channels[0], *x.shape[-2:])
+        want = head.bottleneck(seen["mid"]) + head.full(seen["full"])
+        torch.testing.assert_close(gan_logits(fake, head, x, sigma, y, w), want)
+    assert not fake.net.norm_out._forward_pre_hooks and not fake.net.mid_block2._forward_hooks     # hooks removed
+    with pytest.raises(ValueError, match="one of"):
+        make_gan_head(fake, "decoder")
+
+
+def test_script_trains_a_two_scale_head_and_refuses_unknown_features(folders, monkeypatch):
+    _run(monkeypatch, _args(folders, "gan2", "--w-min", "1", "--w-max", "3", "--gan-weight", "0.01",
+                            "--fake-updates", "1", "--gan-features", "both"))
+    from safetensors.torch import load_file
+    keys = load_file(latest_checkpoint(folders / "gan2") / "state.safetensors").keys()
+    assert any(k.startswith("model.head.full.") for k in keys) and any(k.startswith("model.head.bottleneck.") for k in keys)
+    assert json.loads((folders / "gan2" / "record.json").read_text())["dmd"]["gan_features"] == "both"
+    with pytest.raises(SystemExit, match="--gan-features must be one of bottleneck, both"):
+        _run(monkeypatch, _args(folders, "gan3", "--gan-weight", "0.01", "--gan-features", "decoder"))
 
 
 def test_the_gan_losses_and_the_head_against_hand_computed_values():
