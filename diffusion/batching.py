@@ -22,8 +22,13 @@ flood. Before a pass without an active owner's call, the worker waits up to `lin
 between two calls takes a millisecond or two), so that owner's next call rides in this pass, not the next.
 
 What bypasses the broker (runs directly on the caller's thread): calls with autograd recording (the likelihood's
-vector-Jacobian products), and calls inside `exclusive(net)` (e.g. diffusion.anatomy's forward hooks on the
-network's blocks, which must see that one call and no other: the lock keeps the worker off the network meanwhile).
+vector-Jacobian products), calls inside `exclusive(net)` (e.g. diffusion.anatomy's forward hooks on the
+network's blocks, which must see that one call and no other: the lock keeps the worker off the network meanwhile),
+and calls made on the worker thread itself (inside `run`).
+
+Other work on the worker thread (`broker.run(fn, ...)`): the app's other torch work (a classifier, the autoencoder's
+decoder, start-up timing) runs there too, so that the process has one OpenMP team (bench/omp_teams.py: every thread
+that runs a parallel op gets its own, and more of them than CPUs makes libgomp throttle every team's spin).
 
     broker = NetworkBroker(owner=lambda: session_of_this_thread())
     broker.install(score_model.net)        # its forward now goes through the broker; pre-hooks still run first
@@ -80,6 +85,32 @@ class _Call:
         return self.rows - self.done_rows
 
 
+@dataclass
+class _Task:
+    """Other work for the worker thread (NetworkBroker.run): fn(*args, **kwargs) in the caller's context variables,
+    grad mode (inference mode, no_grad) and CPU autocast, all made on the caller's thread."""
+    fn: Callable
+    args: tuple
+    kwargs: dict
+    out: object = None
+    error: BaseException | None = None
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
+    grad: tuple = field(default_factory=lambda: (torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
+    autocast: tuple = field(default_factory=lambda: (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+    finished: threading.Event = field(default_factory=threading.Event)
+
+    def execute(self) -> None:
+        inference, grad = self.grad
+        try:
+            with (torch.inference_mode() if inference else torch.set_grad_enabled(grad)), \
+                    torch.autocast("cpu", dtype=self.autocast[1], enabled=self.autocast[0]):
+                self.out = self.context.run(self.fn, *self.args, **self.kwargs)
+        except BaseException as e:                      # noqa: BLE001 - raised again on the caller's thread
+            self.error = e
+        finally:
+            self.finished.set()
+
+
 def _autocast_state() -> tuple:
     return (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"),
             torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
@@ -103,6 +134,7 @@ class NetworkBroker:
         self._waited: OrderedDict = OrderedDict()    # account -> seconds its calls waited for others' rows
         self.stats = BrokerStats()
         self._line: list[_Call] = []                  # waiting calls, oldest first (partly done ones re-queued last)
+        self._tasks: list[_Task] = []                 # other work for the worker thread (`run`), first come first
         self._wake = threading.Condition()
         self._locks: dict[int, threading.RLock] = {}  # id(network) -> held by the worker during a pass, or by a caller
         self._worker: threading.Thread | None = None
@@ -135,7 +167,8 @@ class NetworkBroker:
     def call(self, net: nn.Module, forward: Callable, x: torch.Tensor, t: torch.Tensor, labels=None, **extra):
         """forward(x, t, labels, **extra) for this caller, through the line (or directly: see the module doc)."""
         recording = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
-        if recording or id(net) in getattr(self._held, "nets", ()):
+        on_worker = threading.current_thread() is self._worker       # inside `run`: the line would wait for itself
+        if recording or on_worker or id(net) in getattr(self._held, "nets", ()):
             self.stats.calls += 1
             self.stats.direct += 1
             with self._locks[id(net)]:                  # not during a pass, nor inside another thread's exclusive
@@ -168,6 +201,24 @@ class NetworkBroker:
         if job.error is not None:
             raise job.error
         return job.out
+
+    def run(self, fn: Callable, *args, **kwargs):
+        """fn(*args, **kwargs) on the worker thread, between two passes, in the caller's context variables; its result
+        (or its exception, raised here). For other torch work of the app (a classifier, start-up timing): OpenMP gives
+        each thread that runs a parallel op its own team of threads, and once those outnumber the CPUs, libgomp cuts
+        every team's spin between parallel regions (bench/omp_teams.py), slowing every network pass. Work run here
+        keeps the process at one team. Called on the worker thread itself, fn runs at once."""
+        if threading.current_thread() is self._worker:
+            return fn(*args, **kwargs)
+        task = _Task(fn, args, kwargs)
+        with self._wake:
+            self._tasks.append(task)
+            self._start_worker()
+            self._wake.notify()
+        task.finished.wait()
+        if task.error is not None:
+            raise task.error
+        return task.out
 
     def waited_for_others(self, account: Hashable) -> float:
         """Seconds the calls made under `account` (e.g. one request) spent waiting for other callers' rows: in the
@@ -221,12 +272,17 @@ class NetworkBroker:
     def _serve(self) -> None:
         while True:
             with self._wake:
-                while not self._line:
+                while not self._line and not self._tasks:
                     self._wake.wait()
-                deadline = time.monotonic() + self.linger_s
-                while self._absent() and (left := deadline - time.monotonic()) > 0:
-                    self._wake.wait(left)          # an active owner's next call, on its way: let it ride along
-                taken = self._take()
+                task = self._tasks.pop(0) if self._tasks else None   # other work (`run`) first: it is short
+                if task is None:
+                    deadline = time.monotonic() + self.linger_s
+                    while self._absent() and (left := deadline - time.monotonic()) > 0:
+                        self._wake.wait(left)      # an active owner's next call, on its way: let it ride along
+                    taken = self._take()
+            if task is not None:
+                task.execute()
+                continue
             self._run_pass(taken)
             with self._wake:
                 now = time.monotonic()

@@ -5,6 +5,7 @@ limit, and `Lab.guard_nfe` puts its guard before every network evaluation."""
 from __future__ import annotations
 
 import atexit
+import functools
 import math
 import shutil
 import tempfile
@@ -76,19 +77,23 @@ class Lab:
         self.cost = CostModel()
         self.call_floor: dict[str, float] = {}    # images a batch-of-one call costs as (per-call overhead)
         self.calibrated = bool(calibrate)         # the Live tab times its students too
-        if calibrate:
-            for name, pipe in self.pipelines.items():
-                decode = pipe.autoencoder.decode if pipe.is_latent else None
-                rate = self.cost.measure(name, pipe.score_model, decode)
-                # the same rule as the rate's (the fastest of a few calls: load can only slow a call down), so a
-                # busy CPU at start-up cannot inflate the per-call overhead that worst-case admission adds
-                one = seconds_per_nfe(pipe.score_model, 1, decoder=decode, reps=self.cost.reps, fastest=True)
-                self.call_floor[name] = max(1.0, one / rate)
-        # concurrent jobs' network calls are batched and shared fairly between visitors (diffusion/batching.py)
+        # concurrent jobs' network calls are batched and shared fairly between visitors (diffusion/batching.py); the
+        # app's other torch work runs on the broker's thread too (broker.run): one OpenMP team, never throttled
         self.running, self._running_lock = 0, threading.Lock()     # jobs inside `run` now (the preview throttle)
         self.broker = NetworkBroker(owner=visitor_of_this_event, account=lambda: current_event()[0],
                                     max_rows=BROKER_MAX_ROWS)
+        if calibrate:
+            self.broker.run(self._calibrate)
         self.serve(self.pipelines)
+
+    def _calibrate(self) -> None:
+        for name, pipe in self.pipelines.items():
+            decode = pipe.autoencoder.decode if pipe.is_latent else None
+            rate = self.cost.measure(name, pipe.score_model, decode)
+            # the same rule as the rate's (the fastest of a few calls: load can only slow a call down), so a
+            # busy CPU at start-up cannot inflate the per-call overhead that worst-case admission adds
+            one = seconds_per_nfe(pipe.score_model, 1, decoder=decode, reps=self.cost.reps, fastest=True)
+            self.call_floor[name] = max(1.0, one / rate)
 
     def serve(self, pipelines: dict) -> None:
         """Put every score network of `pipelines` (both of an autoguided pair) behind the guard, which then runs
@@ -97,6 +102,9 @@ class Lab:
             for net in networks(pipe.score_model):
                 self.broker.install(net)
                 net.register_forward_pre_hook(self.guard_nfe)
+            autoencoder = pipe.autoencoder if pipe.is_latent else None
+            if autoencoder is not None and "decode" not in vars(autoencoder):     # once per (shared) autoencoder
+                autoencoder.decode = functools.partial(self.broker.run, autoencoder.decode)
 
     # -- guards ------------------------------------------------------------------------------------
     def pipeline(self, name: str, *, conditional: bool | None = None, param: str = "model"):
@@ -200,7 +208,7 @@ class Lab:
         if self.classifier is None:
             return ""
         from diffusion.metrics import classify
-        preds, _ = classify(self.classifier, images[:, None])
+        preds, _ = self.broker.run(classify, self.classifier, images[:, None])
         if digit is None:
             counts = np.bincount(preds.numpy(), minlength=10)
             return " · evaluation classifier reads: " + ", ".join(f"{d}×{c}" for d, c in enumerate(counts) if c)

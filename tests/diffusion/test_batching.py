@@ -295,3 +295,50 @@ def test_a_pass_runs_in_its_callers_context_variables():
     with torch.inference_mode():
         net(torch.ones(1, 1, 2, 2), torch.zeros(1))
     assert seen == ["caller's"]
+
+
+def test_other_work_runs_on_the_worker_thread_between_passes():
+    """broker.run: the function runs on the worker thread (the one that runs the passes: one OpenMP team for the
+    process), in the caller's context variables, its result or its exception handed back; a pass in progress
+    finishes first; on the worker thread itself it runs at once."""
+    import contextvars
+
+    gate = threading.Event()
+    net = Recorder(gate)
+    broker = NetworkBroker()
+    broker.install(net)
+    flag = contextvars.ContextVar("flag", default="worker's")
+    flag.set("caller's")
+    first = threading.Thread(target=lambda: in_threads([lambda: net(torch.zeros(3, 1, 2, 2), torch.zeros(3))]))
+    first.start()
+    assert net.entered.wait(10)                                 # the worker is inside a pass
+    order = []
+    def caller():
+        flag.set("second caller's")
+        order.append(broker.run(lambda a, b=0: (threading.current_thread().name, flag.get(), a + b, list(net.sizes)),
+                                2, b=3))
+
+    ran = threading.Thread(target=caller)
+    ran.start()
+    threading.Event().wait(0.05)
+    assert not order                                            # waits for the pass
+    gate.set()
+    first.join(10)
+    ran.join(10)
+    name, seen_flag, total, sizes = order[0]
+    assert (name, seen_flag, total, sizes) == ("network-broker", "second caller's", 5, [3])
+    assert broker.run(lambda: flag.get()) == "caller's"
+    assert broker.run(lambda: broker.run(lambda: threading.current_thread().name)) == "network-broker"
+    with pytest.raises(ZeroDivisionError):
+        broker.run(lambda: 1 / 0)
+    assert net(torch.ones(1, 1, 2, 2), torch.zeros(1)).shape == (1, 1, 2, 2)      # and it keeps serving
+    with torch.inference_mode():                                # the caller's grad mode and autocast go along
+        assert broker.run(lambda: (torch.is_inference_mode_enabled(), torch.is_grad_enabled())) == (True, False)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert broker.run(lambda: (torch.is_inference_mode_enabled(), torch.is_grad_enabled(),
+                                   torch.is_autocast_enabled("cpu"))) == (False, False, True)
+    assert broker.run(lambda: (torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"))) == (True, False)
+    # a network called inside `run` runs at once on the worker (the line would wait for the worker itself)
+    with torch.inference_mode():
+        assert broker.run(lambda: net(torch.ones(2, 1, 2, 2), torch.zeros(2)).shape) == (2, 1, 2, 2)
+    assert broker.stats.direct >= 1

@@ -411,3 +411,25 @@ def test_unreachable_hub_falls_back_to_local_weights_and_says_so(tiny_weights, t
                            device=torch.device("cpu"), calibrate=False)
     assert set(demo.lab.pipelines) == {"pixel-uncond", "pixel-cond", "latent-cond"}
     assert any("not loaded from the Hub" in m and "local weights" in m for m in demo.lab.messages)
+
+
+def test_the_app_is_built_on_a_thread_that_ends_with_the_build():
+    """ui.server.on_a_passing_thread: the result (or the exception) comes back, the work ran on another thread in the
+    caller's context variables, and that thread has ended (its OpenMP team with it)."""
+    import contextvars
+    import threading
+
+    from ui.server import on_a_passing_thread
+    flag = contextvars.ContextVar("flag", default="unset")
+    flag.set("caller's")
+    seen = {}
+
+    def work(a, b=0):
+        seen["thread"] = threading.current_thread()
+        torch.ones(300, 300).mul(2).sum()            # big enough for a parallel region
+        return a + b, flag.get()
+
+    assert on_a_passing_thread(work, 2, b=3) == (5, "caller's")
+    assert seen["thread"] is not threading.current_thread() and not seen["thread"].is_alive()
+    with pytest.raises(KeyError, match="boom"):
+        on_a_passing_thread(lambda: {}["boom"])
