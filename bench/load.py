@@ -41,6 +41,7 @@ import numpy as np
 
 import diffusion.pipeline as dp
 from bench.app_server import Server
+from bench.tables import write_results
 from diffusion.pipeline import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -379,11 +380,7 @@ def main(argv=None) -> dict:
         shutil.rmtree(work, ignore_errors=True)
         results["machine"]["load_avg_end"] = _load()
     results["targets"] = targets(results["rows"])
-    table = report(results)
-    print("\n" + table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(f"# Load: {len(args.visitors)} visitor counts, before | after\n\n{table}")
+    write_results(results, args.out, f"Load: {len(args.visitors)} visitor counts, before | after", report(results))
     return results
 
 

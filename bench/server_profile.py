@@ -25,6 +25,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from bench.load import ENDPOINTS, launch, parse_visitors, run_phase
+from bench.tables import write_results
 from diffusion.pipeline import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -205,11 +206,7 @@ def main(argv=None) -> dict:
     finally:
         srv.close()
         shutil.rmtree(work, ignore_errors=True)
-    table = report(results)
-    print("\n" + table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(f"# Where the server's CPU goes under load\n\n{table}")
+    write_results(results, args.out, "Where the server's CPU goes under load", report(results))
     return results
 
 
