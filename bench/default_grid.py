@@ -86,7 +86,9 @@ def network_round(tree: Path, repeats: int, tab: str = "generate") -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     child = CHILD_LIVE if tab == "live" else CHILD
     out = subprocess.run([sys.executable, "-c", child, str(repeats), str(tree / "weights")], cwd=tree, env=env,
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True)
+    if out.returncode != 0:                       # what the child said, not only its exit status
+        raise RuntimeError(f"{tab} network round in {tree} exited with {out.returncode}:\n{out.stderr[-3000:]}\nstdout: {out.stdout[-500:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

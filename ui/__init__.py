@@ -79,12 +79,12 @@ def _models_panel(lab: Lab, device, concurrency: int, max_queue: int, max_second
 def build_demo(pipelines: dict, messages=(), *, classifier=None, cards: dict | None = None,
                max_seconds: float = DEFAULT_MAX_SECONDS, concurrency: int | None = None, max_queue: int = 16,
                device: torch.device | str | None = None, calibrate: bool = True,
-               students: dict | None = None) -> gr.Blocks:
+               students: dict | None = None, broker=None) -> gr.Blocks:
     """The app, for already loaded pipelines {name: Pipeline}; `messages` say where models came from; `students`:
     the distilled few-step students of pixel-cond {name: Pipeline} (the Live tab's; kept apart from the models
     the other tabs offer, as `lab.students`).
     The Blocks carry `.lab` (the shared state) and `.tabs` ({tab class name: tab}) for tests and benchmarks."""
-    lab = Lab(pipelines, messages, classifier=classifier, max_seconds=max_seconds, calibrate=calibrate)
+    lab = Lab(pipelines, messages, classifier=classifier, max_seconds=max_seconds, calibrate=calibrate, broker=broker)
     lab.students = dict(students or {})
     lab.serve(lab.students)
     for name, pipe in lab.students.items() if calibrate else ():     # timed once, which also warms them up

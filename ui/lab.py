@@ -60,11 +60,18 @@ def preview_every(sampler: str, steps: int) -> int:
     return 1 if sampler_spec(sampler).adaptive else max(1, math.ceil(steps / PREVIEW_FRAMES))
 
 
+def new_broker() -> NetworkBroker:
+    """The app's broker: its network calls batched and shared between visitors (diffusion/batching.py), owned by the
+    event's browser session and accounted per event."""
+    return NetworkBroker(owner=visitor_of_this_event, account=lambda: current_event()[0], max_rows=BROKER_MAX_ROWS)
+
+
 class Lab:
-    """Shared state (see the module docstring); `calibrate` times each model once (which also warms it up)."""
+    """Shared state (see the module docstring); `calibrate` times each model once (which also warms it up).
+    `broker`: the app's (`new_broker()`, made here if not given; ui/server.py builds the app on its thread)."""
 
     def __init__(self, pipelines: dict, messages=(), *, classifier=None, max_seconds: float = DEFAULT_MAX_SECONDS,
-                 sample_path: Path = SAMPLE_PATH, calibrate: bool = True):
+                 sample_path: Path = SAMPLE_PATH, calibrate: bool = True, broker: NetworkBroker | None = None):
         self.pipelines, self.messages, self.classifier = dict(pipelines), list(messages), classifier
         self.max_seconds = float(max_seconds)
         any_model = next(iter(self.pipelines.values()), None)
@@ -80,8 +87,7 @@ class Lab:
         # concurrent jobs' network calls are batched and shared fairly between visitors (diffusion/batching.py); the
         # app's other torch work runs on the broker's thread too (broker.run): one OpenMP team, never throttled
         self.running, self._running_lock = 0, threading.Lock()     # jobs inside `run` now (the preview throttle)
-        self.broker = NetworkBroker(owner=visitor_of_this_event, account=lambda: current_event()[0],
-                                    max_rows=BROKER_MAX_ROWS)
+        self.broker = broker or new_broker()
         if calibrate:
             self.broker.run(self._calibrate)
         self.serve(self.pipelines)

@@ -9,10 +9,8 @@ the console script, `python app.py` and the tests launch the same server.
 from __future__ import annotations
 
 import argparse
-import contextvars
 import os
 import socket
-import threading
 
 import gradio as gr
 import torch
@@ -26,7 +24,7 @@ from .allocator import tune_allocator
 from .fair_queue import MAX_JOBS_PER_CLIENT, MAX_JOBS_PER_SESSION, FairQueue
 from .http_limits import app_kwargs
 from .sessions import SESSION_CAPACITY
-from .lab import DEFAULT_MAX_SECONDS
+from .lab import DEFAULT_MAX_SECONDS, new_broker
 from .tab_about import CARD_NAMES
 from .tab_live import student_messages
 
@@ -59,34 +57,16 @@ def launch_kwargs(host: str | None = None, port: int | None = None, *, max_jobs_
                 state_session_capacity=SESSION_CAPACITY)
 
 
-def on_a_passing_thread(fn, *args, **kwargs):
-    """fn(*args, **kwargs) on a new thread that ends with it; its result, or its exception raised here. Loading and
-    building run there: torch ops on big tensors (copying weights in) give the thread that runs them an OpenMP team,
-    which lives as long as the thread. Left on the main thread, that team would be a second one beside the broker's
-    (ui/lab.py) for the app's whole life, and two teams on two cores make libgomp throttle both (bench/omp_teams.py);
-    a thread that ends takes its team with it. fn runs in a copy of the caller's context variables."""
-    box, context = {}, contextvars.copy_context()
-
-    def target():
-        try:
-            box["out"] = context.run(fn, *args, **kwargs)
-        except BaseException as e:          # noqa: BLE001 - raised again on the calling thread
-            box["error"] = e
-
-    thread = threading.Thread(target=target, name="app-build")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["out"]
-
-
 def create_demo(weights_dir=None, hub_repo=None, revision=None, device=None, precision: str = "auto",
                 **kwargs) -> gr.Blocks:
-    """Load whatever models can be loaded (never raising for missing weights) and build the app, on a thread of its
-    own (`on_a_passing_thread`). precision: "auto" (bf16 autocast on a CPU with bf16 hardware, else fp32), "fp32" or
-    "bf16"."""
-    return on_a_passing_thread(_create_demo, weights_dir, hub_repo, revision, device, precision, **kwargs)
+    """Load whatever models can be loaded (never raising for missing weights) and build the app. precision: "auto"
+    (bf16 autocast on a CPU with bf16 hardware, else fp32), "fp32" or "bf16".
+    Both run on the thread of the app's broker (ui/lab.py's `new_broker`), the one that later runs every network:
+    torch ops on big tensors (copying weights in, start-up timing) give the thread that runs them an OpenMP team for
+    the thread's life, and a second team beside the broker's (the main thread's, had it loaded the models) makes
+    libgomp throttle both on two cores (bench/omp_teams.py)."""
+    broker = new_broker()
+    return broker.run(_create_demo, weights_dir, hub_repo, revision, device, precision, broker=broker, **kwargs)
 
 
 def _create_demo(weights_dir, hub_repo, revision, device, precision, **kwargs) -> gr.Blocks:

@@ -413,23 +413,28 @@ def test_unreachable_hub_falls_back_to_local_weights_and_says_so(tiny_weights, t
     assert any("not loaded from the Hub" in m and "local weights" in m for m in demo.lab.messages)
 
 
-def test_the_app_is_built_on_a_thread_that_ends_with_the_build():
-    """ui.server.on_a_passing_thread: the result (or the exception) comes back, the work ran on another thread in the
-    caller's context variables, and that thread has ended (its OpenMP team with it)."""
-    import contextvars
+def test_the_app_is_loaded_and_built_on_its_brokers_thread(tiny_weights, monkeypatch):
+    """create_demo loads the weights and builds the app on the thread of the broker that then runs every network (the
+    process keeps one OpenMP team), start-up timing included; the main thread runs no network."""
     import threading
 
-    from ui.server import on_a_passing_thread
-    flag = contextvars.ContextVar("flag", default="unset")
-    flag.set("caller's")
-    seen = {}
+    from diffusion import hub
+    from diffusion.score import networks
+    from ui import server
+    seen, load = [], hub.load_pipelines
 
-    def work(a, b=0):
-        seen["thread"] = threading.current_thread()
-        torch.ones(300, 300).mul(2).sum()            # big enough for a parallel region
-        return a + b, flag.get()
+    def loading(*args, **kwargs):
+        seen.append(threading.current_thread())
+        return load(*args, **kwargs)
 
-    assert on_a_passing_thread(work, 2, b=3) == (5, "caller's")
-    assert seen["thread"] is not threading.current_thread() and not seen["thread"].is_alive()
-    with pytest.raises(KeyError, match="boom"):
-        on_a_passing_thread(lambda: {}["boom"])
+    monkeypatch.setattr(server.hub, "load_pipelines", loading)
+    calls = []
+    monkeypatch.setattr(server.gr.Blocks, "__enter__", lambda self, real=server.gr.Blocks.__enter__: (
+        calls.append(threading.current_thread()), real(self))[1])
+    demo = app.create_demo(weights_dir=tiny_weights, device=torch.device("cpu"), max_seconds=60)
+    worker = demo.lab.broker._worker
+    assert worker is not None and worker.name == "network-broker" and worker is not threading.current_thread()
+    assert seen == [worker] and calls and all(t is worker for t in calls)
+    assert demo.lab.cost.rates                                   # start-up timing ran (there, through the broker)
+    net = next(iter(networks(demo.lab.pipelines["pixel-cond"].score_model)))
+    assert getattr(net, "_batching_broker")[0] is demo.lab.broker
