@@ -96,6 +96,8 @@ def test_concurrent_run_calls_run_nothing_and_queued_calls_share_batched_passes(
         t.join(60)
     assert answers == [404] * 6 and len(live.calls) == before
     spans, handles = _event_spans(live)
+    stats = live.demo.lab.broker.stats
+    calls, direct = stats.calls, stats.direct       # start-up's timing ran directly, on the broker's own thread
     try:
         ids = []
         for k in range(4):
@@ -109,7 +111,7 @@ def test_concurrent_run_calls_run_nothing_and_queued_calls_share_batched_passes(
             h.remove()
     assert all("event: complete" in r for r in results), [r[-300:] for r in results]
     assert len(spans) == 4 and _peak_overlap(spans) <= SAMPLING_CONCURRENCY, spans
-    assert live.demo.lab.broker.stats.calls >= 4 * 3 and live.demo.lab.broker.stats.direct == 0
+    assert stats.calls - calls >= 4 * 3 and stats.direct == direct
 
 
 def test_gradio_client_still_reaches_every_kind_of_endpoint(live):
