@@ -24,7 +24,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from bench.load import ENDPOINTS, launch, parse_visitors, run_phase
+from bench.load import ENDPOINTS, _load, commit_of, launch, parse_visitors, run_phase
 from bench.tables import write_results
 from diffusion.pipeline import cpu_name
 
@@ -185,12 +185,14 @@ def main(argv=None) -> dict:
     p.add_argument("--weights-dir", type=Path, default=ROOT / "weights")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "server_profile.json")
     args = p.parse_args(argv)
-    visitors = parse_visitors(args.visitors)
+    try:
+        visitors = parse_visitors(args.visitors)
+    except ValueError as e:
+        p.error(str(e))
     if not 5 <= args.seconds <= 600:
         p.error(f"--seconds must be in [5, 600], got {args.seconds:g}")
     if shutil.which("py-spy") is None:
         p.error("py-spy is not installed: pip install py-spy")
-    from bench.load import commit_of, _load
     results = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "load_avg_start": _load(),
                            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())},
                "settings": f"{args.endpoint}, back to back, a {args.seconds:g} s window sampled at {args.rate}/s",

@@ -77,3 +77,12 @@ def test_thread_cpu_times_of_this_process_see_a_busy_thread():
         worker.join()
     assert threading.get_native_id() in times and worker.native_id in times
     assert times[worker.native_id] > 0.05 and all(v >= 0 for v in times.values())
+
+
+@pytest.mark.parametrize("argv, message", [(["--visitors", "0"], "--visitors must list counts from 1 to 64"),
+                                           (["--seconds", "1"], "--seconds must be in")])
+def test_bad_arguments_get_a_clear_error_before_any_server_starts(argv, message, capsys, monkeypatch):
+    monkeypatch.setattr(sp, "launch", lambda *a, **k: pytest.fail("a server was started"))
+    with pytest.raises(SystemExit):
+        sp.main(argv)
+    assert message in capsys.readouterr().err
